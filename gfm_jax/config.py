@@ -1,0 +1,220 @@
+"""Loading, overriding and validating ml_collections configs.
+
+A config file is a Python file with `get_config(arg=None) -> ConfigDict`, built on the defaults
+below so that every key exists before the file runs. Configs are locked: a typo in a config file
+or in a `--config.a.b=v` override is a `UserError` naming the key and listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from gfm_jax.errors import UserError
+
+ConfigDict = ml_collections.ConfigDict
+
+# Logical axis name -> mesh axes. Parameters and activations are annotated with the names on the
+# left (see gfm_jax/models); these rules decide how they are laid out on the mesh.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("classes", None),
+)
+
+
+def mesh_defaults() -> ConfigDict:
+    c = ConfigDict()
+    # Sizes of the ("data", "fsdp", "tensor") axes; one -1 takes the remaining devices.
+    c.shape = (-1, 1, 1)
+    c.rules = DEFAULT_RULES
+    return c
+
+
+def optim_defaults() -> ConfigDict:
+    """AdamW with linear warm-up and a decay schedule (see gfm_jax/train/optim.py)."""
+    o = ConfigDict()
+    o.learning_rate = 1e-3
+    o.warmup_steps = 100
+    o.schedule = "cosine"  # cosine | constant | inv_sqrt
+    o.end_lr_fraction = 0.1
+    o.b1 = 0.9
+    o.b2 = 0.98
+    o.eps = 1e-8
+    o.weight_decay = 0.01
+    o.grad_clip = 1.0
+    return o
+
+
+def pretrain_defaults() -> ConfigDict:
+    """Every key a pretraining config may set, with its default."""
+    from gfm_jax.models import presets  # local: keeps `import gfm_jax.config` light
+
+    c = ConfigDict()
+    c.seed = 0
+    c.model = presets.get("tiny")
+
+    c.data = d = ConfigDict()
+    d.genomes = ("builtin",)  # FASTA(.gz) paths; "builtin" = the genomes shipped in the package
+    d.tokenizer = "char"
+    d.window_len = 512  # bases per window
+    d.val_fraction = 0.1  # of each record, held out for validation
+    # Where the held-out range starts, as a fraction of each record. 0.3 keeps it away from the
+    # ends (telomeres) and, in the built-in chloroplast, from the inverted repeats.
+    d.val_start = 0.3
+    d.reverse_complement = True  # augment: each window is reverse-complemented with p=0.5
+    d.mask_rate = 0.15
+    d.mask_token_fraction = 0.8  # of masked positions replaced by <mask>
+    d.random_token_fraction = 0.1  # ... by a random base; the rest keep their token
+    d.prefetch = 2
+
+    c.train = t = ConfigDict()
+    t.global_batch_size = 16
+    t.num_steps = 1000
+    t.log_every = 50
+    t.eval_every = 500
+    t.eval_batches = 8  # held-out windows per evaluation = eval_batches * global_batch_size
+    t.checkpoint_every = 500
+    t.keep_checkpoints = 3
+
+    c.optim = optim_defaults()
+
+    c.mesh = mesh_defaults()
+    c.lock()  # config files may change values, never add keys
+    return c
+
+
+def finetune_defaults() -> ConfigDict:
+    """Every key a downstream (fine-tuning) task config may set, with its default."""
+    c = ConfigDict()
+    c.seed = 0
+    c.task = t = ConfigDict()
+    t.csv = "builtin:splice.csv"  # a path, or builtin:<name> for the files in the package
+    t.sequence_column = "sequence"
+    t.label_column = "label"
+    # Row ranges [start, end) of the CSV (0-based, header excluded). An empty test range means
+    # "use the `split` column" (values train / test).
+    t.train_rows = (0, 2000)
+    t.test_rows = (2000, 3186)
+    t.val_fraction = 0.1  # of the training rows, fixed by `seed`, for choosing the best epoch
+    t.drop_test_duplicates = True  # drop test rows whose sequence occurs in train (leakage)
+
+    c.finetune = f = ConfigDict()
+    f.epochs = 10
+    f.batch_size = 64
+    c.optim = optim_defaults()
+    c.optim.learning_rate = 5e-4
+    c.optim.warmup_steps = 50
+
+    c.mesh = mesh_defaults()
+    c.lock()
+    return c
+
+
+def _load_module(path: pathlib.Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"gfm_config_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Loads `path[:arg]`, applies `key=value` overrides, and returns the locked config."""
+    path_str, _, arg = spec.partition(":")
+    path = pathlib.Path(path_str)
+    if not path.is_file():
+        raise UserError(f"config file {path_str!r} not found; pass e.g. configs/pretrain/tiny.py")
+    try:
+        module = _load_module(path)
+    except (AttributeError, KeyError) as e:
+        raise UserError(f"config file {path_str}: {e}; only keys of the defaults exist") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path_str} has no get_config(); see configs/ for examples")
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except (AttributeError, KeyError) as e:
+        msg = str(e).strip("'\"")
+        raise UserError(f"config file {path_str}: {msg}; only keys of the defaults exist") from None
+    if not isinstance(config, ConfigDict):
+        raise UserError(f"config file {path_str}: get_config() must return a ConfigDict")
+    for item in overrides:
+        apply_override(config, item)
+    config.lock()
+    return config
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    """Parses `text` to the type of the value it replaces."""
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise UserError(f"config key {key!r} is a bool; got {text!r} (use true or false)")
+    if isinstance(current, int | float):
+        try:
+            return type(current)(text) if isinstance(current, float) else int(text)
+        except ValueError:
+            kind = type(current).__name__
+            raise UserError(f"config key {key!r} is a {kind}; got {text!r}") from None
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise UserError(f"config key {key!r}: cannot parse {text!r} as a Python literal") from None
+    if isinstance(current, tuple) and isinstance(value, list | tuple):
+        return tuple(value)
+    if isinstance(current, tuple) and not isinstance(value, tuple):
+        return (value,)
+    return value
+
+
+def apply_override(config: ConfigDict, item: str) -> None:
+    """Applies one `a.b.c=value` (a leading `--config.` is accepted) to `config` in place."""
+    text = item.removeprefix("--").removeprefix("config.")
+    key, sep, value_text = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"bad override {item!r}: write --config.<key>=<value>")
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "<top>"
+            valid = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "none"
+            raise UserError(f"unknown config key {key!r} (under {where} the keys are: {valid})")
+        if i < len(parts) - 1:
+            node = node[part]
+    last = parts[-1]
+    node[last] = _parse_value(key, value_text, node[last])
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.k=v` overrides from the other command-line arguments."""
+    overrides = [a for a in argv if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
+    return overrides, rest
+
+
+def to_json(config: ConfigDict) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ConfigDict:
+    return ConfigDict(json.loads(text))

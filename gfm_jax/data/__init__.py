@@ -1,0 +1,1 @@
+"""FASTA genomes -> tokenized, masked, index-pure training windows (tf.data)."""

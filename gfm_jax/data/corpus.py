@@ -1,0 +1,81 @@
+"""A set of genomes in memory, and its split into training and held-out segments.
+
+All records are concatenated into one uint8 array of base codes; a split is a list of segments
+[start, end) of that array that windows are drawn from. The validation segment of each record is
+one contiguous range (`val_start`, `val_fraction` of its length), so no training window overlaps
+a held-out one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from gfm_jax.data import builtin, fasta
+from gfm_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """Ranges [starts[k], ends[k]) of the corpus array belonging to one split."""
+
+    starts: np.ndarray  # int64[K]
+    ends: np.ndarray  # int64[K]
+
+    def num_valid_starts(self, window_len: int) -> np.ndarray:
+        return np.maximum(self.ends - self.starts - window_len + 1, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    codes: np.ndarray  # uint8[total], every record back to back
+    names: tuple[str, ...]  # "file/record" per record
+    offsets: np.ndarray  # int64[R], start of each record in `codes`
+    lengths: np.ndarray  # int64[R]
+
+    def split(self, name: str, val_fraction: float, val_start: float) -> Segments:
+        """Training ('train') or held-out ('val') segments of every record."""
+        if not 0.0 < val_fraction < 1.0 or not 0.0 <= val_start <= 1.0 - val_fraction:
+            raise UserError(
+                f"data.val_fraction={val_fraction} / data.val_start={val_start}: need "
+                "0 < val_fraction < 1 and 0 <= val_start <= 1 - val_fraction"
+            )
+        lo = self.offsets + np.floor(self.lengths * val_start).astype(np.int64)
+        hi = lo + np.floor(self.lengths * val_fraction).astype(np.int64)
+        if name == "val":
+            return Segments(lo, hi)
+        if name == "train":
+            starts = np.concatenate([self.offsets, hi])
+            ends = np.concatenate([lo, self.offsets + self.lengths])
+            return Segments(starts, ends)
+        raise ValueError(f"unknown split {name!r}")
+
+    def summary(self) -> str:
+        upper = self.codes & ~np.uint8(fasta.SOFT_MASK_BIT)
+        lines = [f"corpus: {len(self.names)} records, {self.codes.size:,} bases"]
+        for name, off, length in zip(self.names, self.offsets, self.lengths, strict=True):
+            rec = upper[off : off + length]
+            soft = self.codes[off : off + length] >= fasta.SOFT_MASK_BIT
+            gc = np.isin(rec, (fasta.C, fasta.G)).mean()
+            lines.append(
+                f"  {name}: {length:,} bp, GC {gc:.1%}, N {np.mean(rec == fasta.N):.2%}, "
+                f"soft-masked {soft.mean():.1%}"
+            )
+        return "\n".join(lines)
+
+
+def load_corpus(specs: Sequence[str]) -> Corpus:
+    """Reads every record of every FASTA file named (see `builtin.resolve` for the syntax)."""
+    records: list[tuple[str, np.ndarray]] = []
+    for spec in specs:
+        for path in builtin.resolve(spec):
+            for rec in fasta.read_fasta(path):
+                records.append((f"{path.name}/{rec.name}", rec.codes))
+    if not records:
+        raise UserError("data.genomes is empty; list at least one FASTA file (or 'builtin')")
+    lengths = np.array([len(c) for _, c in records], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    codes = np.concatenate([c for _, c in records])
+    return Corpus(codes, tuple(n for n, _ in records), offsets, lengths)

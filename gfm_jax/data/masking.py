@@ -1,0 +1,59 @@
+"""BERT-style masking from stateless per-window keys (vectorised TensorFlow ops).
+
+Each nucleotide token is selected with probability `rate`; a selected token becomes <mask> with
+probability `mask_fraction`, a random nucleotide with probability `random_fraction`, and stays
+unchanged otherwise. The loss is taken on selected positions only. Every decision is a hash of
+(window key, position), so a window is masked the same way whatever batch or host it lands in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from gfm_jax.data import windows
+from gfm_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSpec:
+    rate: float = 0.15
+    mask_fraction: float = 0.8
+    random_fraction: float = 0.1
+
+    def __post_init__(self):
+        ok = 0 <= self.rate <= 1 and self.mask_fraction >= 0 and self.random_fraction >= 0
+        if not ok or self.mask_fraction + self.random_fraction > 1:
+            raise UserError(
+                f"masking rates {self}: need 0 <= mask_rate <= 1 and "
+                "mask_token_fraction + random_token_fraction <= 1"
+            )
+
+
+def mask_tokens(
+    ids_BxL: tf.Tensor,
+    keys_B: tf.Tensor,
+    spec: MaskingSpec,
+    *,
+    mask_id: int,
+    base_ids: tuple[int, ...],
+) -> dict[str, tf.Tensor]:
+    """Returns inputs (masked ids), targets (original ids) and weights (1.0 where selected)."""
+    length = tf.shape(ids_BxL, out_type=tf.int64)[1]
+    pos_keys_BxL = windows.hash_combine(
+        windows.hash_combine(keys_B, windows.SALT_MASK)[:, None], tf.range(length)[None, :]
+    )
+    u_select = windows.uniform_from_key(windows.hash_combine(pos_keys_BxL, 0))
+    u_action = windows.uniform_from_key(windows.hash_combine(pos_keys_BxL, 1))
+    random_pick = tf.math.floormod(windows.hash_combine(pos_keys_BxL, 2), len(base_ids))
+
+    base_ids_t = tf.constant(base_ids, ids_BxL.dtype)
+    is_base = tf.reduce_any(ids_BxL[..., None] == base_ids_t, axis=-1)
+    selected = is_base & (u_select < spec.rate)
+    to_mask = selected & (u_action < spec.mask_fraction)
+    to_random = selected & ~to_mask & (u_action < spec.mask_fraction + spec.random_fraction)
+
+    inputs = tf.where(to_mask, tf.cast(mask_id, ids_BxL.dtype), ids_BxL)
+    inputs = tf.where(to_random, tf.gather(base_ids_t, random_pick), inputs)
+    return {"inputs": inputs, "targets": ids_BxL, "weights": tf.cast(selected, tf.float32)}

@@ -1,0 +1,116 @@
+"""tf.data: step range -> global window indices -> windows -> tokens -> masks -> host batches.
+
+The dataset is `Dataset.range(first_step, last_step)`; each element (a step) is mapped by one
+vectorised function that builds this host's slice of that step's global batch. Window indices of
+step s are `s * global_batch + [0, global_batch)`, and host h of H takes the h-th contiguous
+slice of them, so the global batch is the same for any number of hosts and resuming at step s
+needs no iterator state. `to_global` turns a host batch into a global `jax.Array`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from gfm_jax.data import windows
+from gfm_jax.data.corpus import Corpus
+from gfm_jax.data.masking import MaskingSpec, mask_tokens
+from gfm_jax.data.tokenizers import Tokenizer
+from gfm_jax.errors import UserError
+
+# tf.data runs on the host CPU only; keep TensorFlow off any accelerator JAX is using.
+tf.config.set_visible_devices([], "GPU")
+
+# Held-out windows do not depend on the training seed, so evaluations of different runs compare.
+EVAL_SEED = 0x5EED
+
+
+class WindowPipeline:
+    """Builds masked, tokenized windows of a corpus for the 'train' and 'val' splits."""
+
+    def __init__(
+        self, corpus: Corpus, tokenizer: Tokenizer, data: ml_collections.ConfigDict, seed: int
+    ):
+        self.tokenizer = tokenizer
+        self.window_len = int(data.window_len)
+        self.seeds = {"train": int(seed), "val": EVAL_SEED}
+        self.masking = MaskingSpec(
+            data.mask_rate, data.mask_token_fraction, data.random_token_fraction
+        )
+        self.prefetch = int(data.prefetch)
+        # A variable, not a constant: a constant would be embedded in the graph (2 GB limit).
+        self.genome = tf.Variable(corpus.codes, trainable=False, dtype=tf.uint8)
+        self.samplers = {
+            split: windows.WindowSampler(
+                corpus.split(split, data.val_fraction, data.val_start),
+                self.window_len,
+                reverse_complement=bool(data.reverse_complement) and split == "train",
+            )
+            for split in ("train", "val")
+        }
+
+    def windows_for_indices(self, split: str, indices_B: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The masked windows of the given global indices (a pure function of split, index)."""
+        keys_B = windows.window_keys(self.seeds[split], indices_B)
+        starts_B, strands_B = self.samplers[split].starts_and_strands(keys_B)
+        codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, self.window_len)
+        ids_BxL = self.tokenizer.ids_from_codes(codes_BxL)
+        batch = mask_tokens(
+            ids_BxL,
+            keys_B,
+            self.masking,
+            mask_id=self.tokenizer.mask_id,
+            base_ids=self.tokenizer.base_ids,
+        )
+        batch["index"] = indices_B
+        return batch
+
+    def dataset(
+        self,
+        split: str,
+        *,
+        global_batch: int,
+        first_step: int,
+        last_step: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> tf.data.Dataset:
+        """Host `process_index`'s slices of the global batches of steps [first_step, last_step)."""
+        per_host = host_batch_size(global_batch, process_count)
+        offset = process_index * per_host
+
+        def build(step: tf.Tensor) -> dict[str, tf.Tensor]:
+            first = step * global_batch + offset
+            return self.windows_for_indices(split, first + tf.range(per_host, dtype=tf.int64))
+
+        ds = tf.data.Dataset.range(first_step, last_step)
+        ds = ds.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(self.prefetch)
+
+
+def host_batch_size(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise UserError(
+            f"global batch {global_batch} does not divide over {process_count} processes; "
+            "make train.global_batch_size a multiple of the process count"
+        )
+    return global_batch // process_count
+
+
+def to_global(
+    batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
+    """This host's slice of a batch -> global arrays sharded along the batch axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def global_batches(
+    ds: tf.data.Dataset, sharding: jax.sharding.Sharding, keys: tuple[str, ...]
+) -> Iterator[dict[str, jax.Array]]:
+    """Global arrays of the given keys of each host batch of `ds`."""
+    for batch in ds.as_numpy_iterator():
+        yield to_global({k: batch[k] for k in keys}, sharding)

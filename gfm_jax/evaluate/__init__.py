@@ -1,0 +1,1 @@
+"""Evaluation entry points that restore parameters only (no optimizer state)."""

@@ -1,0 +1,1 @@
+"""Flax Linen encoders for genomic sequences; every parameter carries logical axis names."""

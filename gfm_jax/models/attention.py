@@ -1,0 +1,100 @@
+"""Multi-head self-attention with rotary positions and padding masks.
+
+The attention itself goes through `jax.nn.dot_product_attention` with the implementation chosen
+by config (`xla`, or `cudnn` on GPU with bf16/fp16); `reference_attention` is the plain einsum
+version tests compare against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gfm_jax.models.layers import Dtype, dense
+
+
+def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
+    """Rotary embedding in the rotate-half layout (as in ESM-2 / Nucleotide Transformer v2)."""
+    head_dim = x_BxLxNxH.shape[-1]
+    inv_freq_H2 = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H2
+    angles_BxLx1xH = jnp.concatenate([angles_BxLxH2, angles_BxLxH2], axis=-1)[:, :, None, :]
+    x = x_BxLxNxH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x * jnp.cos(angles_BxLx1xH) + rotated * jnp.sin(angles_BxLx1xH)
+    return out.astype(x_BxLxNxH.dtype)
+
+
+def reference_attention(
+    q_BxLxNxH: jax.Array, k_BxLxNxH: jax.Array, v_BxLxNxH: jax.Array, mask_BxL: jax.Array
+) -> jax.Array:
+    """Softmax(q k^T / sqrt(H)) v in float32, keys masked where mask_BxL is False."""
+    scale = q_BxLxNxH.shape[-1] ** -0.5
+    logits_BxNxLxL = jnp.einsum(
+        "bqnh,bknh->bnqk", q_BxLxNxH.astype(jnp.float32), k_BxLxNxH.astype(jnp.float32)
+    )
+    logits_BxNxLxL = jnp.where(mask_BxL[:, None, None, :], logits_BxNxLxL * scale, -1e30)
+    probs = jax.nn.softmax(logits_BxNxLxL, axis=-1)
+    out = jnp.einsum("bnqk,bknh->bqnh", probs, v_BxLxNxH.astype(jnp.float32))
+    return out.astype(q_BxLxNxH.dtype)
+
+
+def attend(
+    q_BxLxNxH: jax.Array,
+    k_BxLxNxH: jax.Array,
+    v_BxLxNxH: jax.Array,
+    mask_BxL: jax.Array,
+    implementation: str,
+) -> jax.Array:
+    if implementation == "reference":
+        return reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
+    if implementation not in ("xla", "cudnn"):
+        raise ValueError(f"unknown attention implementation {implementation!r}")
+    return jax.nn.dot_product_attention(
+        q_BxLxNxH,
+        k_BxLxNxH,
+        v_BxLxNxH,
+        mask=mask_BxL[:, None, None, :],
+        implementation=implementation,
+    )
+
+
+class SelfAttention(nn.Module):
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    rope_base: float = 10000.0
+    use_bias: bool = True
+    implementation: str = "xla"
+    std: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, positions_BxL: Any) -> jax.Array:
+        def proj(name: str) -> jax.Array:
+            return dense(
+                (self.num_heads, self.head_dim),
+                ("embed", "heads", "kv"),
+                name=name,
+                use_bias=self.use_bias,
+                std=self.std,
+                dtype=self.dtype,
+            )(x_BxLxD)
+
+        q, k, v = proj("query"), proj("key"), proj("value")
+        q = rope(q, positions_BxL, self.rope_base)
+        k = rope(k, positions_BxL, self.rope_base)
+        out_BxLxNxH = attend(q, k, v, mask_BxL, self.implementation)
+        return dense(
+            self.hidden_size,
+            ("heads", "kv", "embed"),
+            name="out",
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            std=self.std,
+            dtype=self.dtype,
+        )(out_BxLxNxH)

@@ -1,0 +1,68 @@
+"""Heads on the encoder: masked-LM and sequence classification.
+
+The full models keep the encoder under the parameter name `encoder`, so a pretrained encoder's
+parameters drop into a classifier unchanged (see gfm_jax/evaluate/finetune.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gfm_jax.models.encoder import Encoder, EncoderConfig
+from gfm_jax.models.layers import Norm, dense, dtype_of
+
+
+class MlmHead(nn.Module):
+    """dense -> GELU -> norm -> vocabulary logits (float32), as in ESM / Nucleotide Transformer."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
+        c = self.config
+        dtype = dtype_of(c.dtype)
+        h = dense(c.hidden_size, ("embed", "mlp"), name="dense", std=c.init_std, dtype=dtype)(
+            h_BxLxD
+        )
+        h = Norm(c.norm, c.norm_eps, dtype, name="norm")(nn.gelu(h))
+        decoder = dense(c.vocab_size, ("mlp", "vocab"), name="decoder", std=c.init_std, dtype=dtype)
+        logits_BxLxV = decoder(h)
+        return logits_BxLxV.astype(jnp.float32)
+
+
+class MaskedLM(nn.Module):
+    config: EncoderConfig
+    mesh: Any = None
+    rules: Sequence = ()
+
+    @nn.compact
+    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+        h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
+        return MlmHead(self.config, name="mlm_head")(h)
+
+
+def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+    """Mean over the non-padding positions, in float32."""
+    w_BxLx1 = mask_BxL[..., None].astype(jnp.float32)
+    total_BxD = jnp.sum(h_BxLxD.astype(jnp.float32) * w_BxLx1, axis=1)
+    return total_BxD / jnp.maximum(jnp.sum(w_BxLx1, axis=1), 1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder -> masked mean pooling -> linear layer to class logits (float32)."""
+
+    config: EncoderConfig
+    num_classes: int
+    mesh: Any = None
+    rules: Sequence = ()
+
+    @nn.compact
+    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+        h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
+        pooled_BxD = masked_mean(h, mask_BxL)
+        return dense(self.num_classes, ("embed", "classes"), name="head")(pooled_BxD)

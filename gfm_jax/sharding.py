@@ -1,0 +1,103 @@
+"""The device mesh, logical-axis rules, and the shardings of parameters, state and batches.
+
+Mesh axes are ("data", "fsdp", "tensor"). Parameters carry logical names (see gfm_jax/models);
+`config.mesh.rules` maps each logical name to mesh axes. A mesh axis that does not divide a
+dimension is dropped for that dimension (the dimension is replicated over it), so small models
+run on any mesh; `describe` prints what each parameter really got.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gfm_jax.errors import UserError
+
+AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh; one -1 in `shape` takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = [int(s) for s in shape]
+    if len(shape) != len(AXES) or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise UserError(
+            f"mesh.shape={tuple(shape)}: give 3 sizes for {AXES}, positive or one -1 "
+            "(-1 takes the remaining devices)"
+        )
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise UserError(
+                f"mesh.shape={tuple(shape)} does not divide the {len(devices)} devices; "
+                f"make the fixed sizes multiply to a divisor of {len(devices)}"
+            )
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise UserError(
+            f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but {len(devices)} are "
+            f"available; set --config.mesh.shape so the sizes multiply to {len(devices)}"
+        )
+    auto = (jax.sharding.AxisType.Auto,) * len(AXES)
+    return jax.make_mesh(tuple(shape), AXES, axis_types=auto, devices=devices)
+
+
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops, per dimension, the mesh axes that do not divide it."""
+    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    fitted = []
+    for dim, axes in zip(shape, entries, strict=True):
+        if axes is None:
+            fitted.append(None)
+            continue
+        kept, size = [], 1
+        for axis in (axes,) if isinstance(axes, str) else axes:
+            if dim % (size * mesh.shape[axis]) == 0:
+                kept.append(axis)
+                size *= mesh.shape[axis]
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*fitted)
+
+
+def _is_boxed(x: Any) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
+    """NamedShardings for a (boxed, abstract) pytree; the result matches the unboxed tree.
+
+    Leaves without logical names (step counters, optimizer counts) are replicated.
+    """
+
+    def one(x: Any) -> NamedSharding:
+        if _is_boxed(x):
+            spec, shape = nn.logical_to_mesh_axes(x.names, rules), x.value.shape
+        else:
+            spec, shape = PartitionSpec(), np.shape(x)
+        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
+
+    return jax.tree.map(one, abstract_boxed, is_leaf=_is_boxed)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Batches are split along their leading axis over the mesh axes of logical `batch`."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def describe(tree: Any, shardings: Any) -> str:
+    """One line per array: path, shape, dtype and PartitionSpec."""
+    lines, total = [], 0
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings), strict=True):
+        total += int(np.prod(leaf.shape))
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        lines.append(f"  {name:60s} {str(tuple(leaf.shape)):18s} {leaf.dtype!s:9s} {sharding.spec}")
+    lines.append(f"  total: {total:,} values")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Pretraining: state, optimizer, losses, the pure train step, and the loop."""

@@ -1,0 +1,248 @@
+"""The pretraining loop: set up, init or restore, train, evaluate, checkpoint, log.
+
+Read top to bottom; each section is labelled. Metrics go to stdout (process 0) and, as one JSON
+object per line, to `<workdir>/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import gfm_jax
+from gfm_jax import checkpoint, sharding
+from gfm_jax import config as config_lib
+from gfm_jax.data.corpus import load_corpus
+from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size
+from gfm_jax.data.tokenizers import get_tokenizer
+from gfm_jax.errors import UserError
+from gfm_jax.models.encoder import EncoderConfig
+from gfm_jax.models.heads import MaskedLM
+from gfm_jax.train import optim
+from gfm_jax.train import state as state_lib
+from gfm_jax.train import step as step_lib
+
+MODEL_KEYS = ("inputs", "targets", "weights")
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+class MetricsWriter:
+    """Appends JSON lines to `<workdir>/metrics.jsonl` (process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / "metrics.jsonl"
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        if jax.process_index() == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+
+
+def unigram_entropy(targets: np.ndarray, weights: np.ndarray) -> float:
+    """Entropy (nats) of the masked targets' token distribution: the best context-free loss."""
+    ids = targets[weights > 0]
+    p = np.bincount(ids).astype(np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def summarize(sums: dict[str, float], bases_per_token: float) -> dict[str, float]:
+    loss = sums["loss_sum"] / max(sums["weight_sum"], 1.0)
+    return {
+        "loss": loss,
+        "accuracy": sums["correct_sum"] / max(sums["weight_sum"], 1.0),
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_base": loss / math.log(2) / bases_per_token,
+    }
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Runs (or resumes) pretraining; returns the final held-out metrics."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_cfg = config.train
+
+    # --- Devices, mesh and data -----------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh.shape)
+    rules = tuple(tuple(r) for r in config.mesh.rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
+    host_batch_size(t_cfg.global_batch_size, jax.process_count())
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    corpus = load_corpus(config.data.genomes)
+    log(corpus.summary())
+    pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
+
+    # --- Model, optimizer and sharded state -----------------------------------------------
+    model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size)
+    model = MaskedLM(model_cfg, mesh, rules)
+    window = np.zeros((1, config.data.window_len), np.int32)
+
+    def init_params(rng: jax.Array) -> Any:
+        return model.init(rng, window)["params"]
+
+    tx = optim.make_optimizer(config.optim, t_cfg.num_steps)
+    rng = jax.random.key(config.seed)
+    boxed = state_lib.abstract_state(init_params, tx, rng)
+    state_shardings = sharding.tree_shardings(boxed, mesh, rules)
+    ckpt = checkpoint.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
+    start_step = ckpt.latest_step()
+    if start_step is None:
+        state, _ = state_lib.create_sharded_state(init_params, tx, rng, mesh, rules)
+        start_step = 0
+    else:
+        state = _restore(ckpt, start_step, boxed, state_shardings, config)
+        log(f"resumed from {ckpt.directory}/{start_step}")
+    log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
+    log(sharding.describe(state.params, state_shardings.params))
+
+    objective = step_lib.mlm_objective(model)
+    train_step = step_lib.compile_train_step(
+        step_lib.make_train_step(objective, tx), state_shardings, batch_sharding
+    )
+    eval_step = step_lib.compile_eval_step(objective, state_shardings.params, batch_sharding)
+    writer = MetricsWriter(workdir)
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+    # --- Held-out evaluation (fixed windows from the held-out ranges) -----------------------
+    eval_ds = pipeline.dataset(
+        "val",
+        global_batch=t_cfg.global_batch_size,
+        first_step=0,
+        last_step=t_cfg.eval_batches,
+        **process,
+    )
+    eval_batches = [{k: b[k] for k in MODEL_KEYS} for b in eval_ds.as_numpy_iterator()]
+    baseline = unigram_entropy(
+        np.concatenate([b["targets"] for b in eval_batches]),
+        np.concatenate([b["weights"] for b in eval_batches]),
+    )
+
+    def evaluate(step: int) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for host_batch in eval_batches:
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, v)
+                for k, v in host_batch.items()
+            }
+            for k, v in jax.device_get(eval_step(state.params, batch)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        values = summarize(totals, tokenizer.bases_per_token)
+        values["unigram_entropy"] = baseline
+        writer.write(step, "val", values)
+        log(
+            f"[eval] step {step}: loss {values['loss']:.4f} (unigram entropy {baseline:.4f}) "
+            f"accuracy {values['accuracy']:.4f} bits/base {values['bits_per_base']:.4f}"
+        )
+        return values
+
+    def save(step: int) -> None:
+        meta = {
+            "step": step,
+            "config": json.loads(config_lib.to_json(config)),
+            "tokenizer": tokenizer.spec(),
+            "data_position": {"next_window_index": step * t_cfg.global_batch_size},
+            "mesh": dict(mesh.shape),
+            "version": gfm_jax.__version__,
+        }
+        ckpt.save(step, state.params, state.opt_state, meta)
+
+    # --- Training ---------------------------------------------------------------------------
+    final = evaluate(start_step) if start_step == 0 else {}
+    train_ds = pipeline.dataset(
+        "train",
+        global_batch=t_cfg.global_batch_size,
+        first_step=start_step,
+        last_step=t_cfg.num_steps,
+        **process,
+    )
+    batches = global_batches(train_ds, batch_sharding, MODEL_KEYS)
+    tokens_per_step = t_cfg.global_batch_size * config.data.window_len
+    pending: tuple[int, dict] | None = None  # step t-1's metrics, read after step t is dispatched
+    interval: dict[str, float] = {}
+    interval_start, interval_steps = time.perf_counter(), 0
+
+    def account(step: int, metrics: dict) -> None:
+        nonlocal interval, interval_start, interval_steps
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values["loss_sum"]):
+            raise UserError(
+                f"training loss became {values['loss_sum']} at step {step}; the last checkpoint "
+                f"({ckpt.latest_step()}) is kept. Lower optim.learning_rate or raise warmup_steps"
+            )
+        for k, v in values.items():
+            interval[k] = interval.get(k, 0.0) + v
+        interval_steps += 1
+        if step % t_cfg.log_every == 0 or step == t_cfg.num_steps:
+            elapsed = time.perf_counter() - interval_start
+            out = summarize(interval, tokenizer.bases_per_token)
+            out["grad_norm"] = interval["grad_norm"] / interval_steps
+            out["tokens_per_sec"] = interval_steps * tokens_per_step / elapsed
+            writer.write(step, "train", out)
+            log(
+                f"step {step}/{t_cfg.num_steps}: loss {out['loss']:.4f} "
+                f"accuracy {out['accuracy']:.4f} grad_norm {out['grad_norm']:.3f} "
+                f"{out['tokens_per_sec']:,.0f} tokens/s"
+            )
+            interval, interval_start, interval_steps = {}, time.perf_counter(), 0
+
+    for step in range(start_step + 1, t_cfg.num_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        if pending is not None:
+            account(*pending)
+        pending = (step, metrics)
+        if step % t_cfg.eval_every == 0 or step % t_cfg.checkpoint_every == 0:
+            account(*pending)
+            pending = None
+        if step % t_cfg.checkpoint_every == 0 and step != t_cfg.num_steps:
+            save(step)
+        if step % t_cfg.eval_every == 0 and step != t_cfg.num_steps:
+            evaluate(step)
+    if pending is not None:
+        account(*pending)
+
+    # --- Finish -----------------------------------------------------------------------------
+    end_step = int(jax.device_get(state.step))
+    if end_step > start_step or ckpt.latest_step() != end_step:
+        save(end_step)
+        final = evaluate(end_step)
+    ckpt.wait()
+    ckpt.close()
+    return final
+
+
+def _restore(
+    ckpt: checkpoint.Checkpointer,
+    step: int,
+    boxed: state_lib.TrainState,
+    shardings: state_lib.TrainState,
+    config: ml_collections.ConfigDict,
+) -> state_lib.TrainState:
+    """Restores the state of `step` onto this run's mesh, refusing a different model shape."""
+    _, meta = checkpoint.read_meta(ckpt.directory.parent, step)
+    saved_model = meta["config"]["model"]
+    current = json.loads(config_lib.to_json(config))["model"]
+    if saved_model != current:
+        changed = sorted(k for k in current if saved_model.get(k) != current[k])
+        raise UserError(
+            f"the checkpoint in {ckpt.directory} was trained with another model config "
+            f"(model.{', model.'.join(changed)} differ); use a new --workdir or the saved config"
+        )
+    params, opt_state, _ = ckpt.restore(
+        step,
+        state_lib.abstract_arrays(boxed.params, shardings.params),
+        state_lib.abstract_arrays(boxed.opt_state, shardings.opt_state),
+    )
+    step_array = jax.device_put(np.int32(step), shardings.step)
+    return state_lib.TrainState(step_array, params, opt_state)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command of the README (`make test` calls this).
+#   scripts/test.sh          fast default suite (under 10 minutes on 2 cores)
+#   scripts/test.sh --slow   only the tests marked slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+export TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=2
+if [[ "${1:-}" == "--slow" ]]; then
+  exec "$PYTHON" -m pytest -m slow "${@:2}"
+fi
+"$PYTHON" -m ruff format --check .
+"$PYTHON" -m ruff check .
+exec "$PYTHON" -m pytest -m "not slow" "$@"
