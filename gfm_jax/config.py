@@ -88,6 +88,9 @@ def pretrain_defaults() -> ConfigDict:
     t.eval_batches = 8  # held-out windows per evaluation = eval_batches * global_batch_size
     t.checkpoint_every = 500
     t.keep_checkpoints = 3
+    # Stop (with a checkpoint) after this step, leaving the schedule of num_steps unchanged:
+    # for time-sliced jobs and resume tests. 0 runs to num_steps.
+    t.stop_at_step = 0
 
     c.optim = optim_defaults()
 

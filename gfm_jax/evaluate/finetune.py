@@ -17,15 +17,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gfm_jax import checkpoint, sharding
-from gfm_jax import config as config_lib
+from gfm_jax import sharding
 from gfm_jax.data import tasks
 from gfm_jax.data.pipeline import host_batch_size
-from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
-from gfm_jax.evaluate import metrics
-from gfm_jax.models.encoder import EncoderConfig
-from gfm_jax.models.heads import MaskedLM, SequenceClassifier
+from gfm_jax.evaluate import metrics, pretrained
+from gfm_jax.models.heads import SequenceClassifier
 from gfm_jax.train import losses, optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
@@ -70,10 +67,8 @@ def finetune(
     t0 = time.perf_counter()
 
     # --- The pretrained model's description (meta only, no arrays) ------------------------
-    ckpt_step, meta = checkpoint.read_meta(workdir)
-    pre = config_lib.ConfigDict(meta["config"])
-    tokenizer = get_tokenizer(meta["tokenizer"]["name"])
-    model_cfg = EncoderConfig.from_config(pre.model, tokenizer.vocab_size)
+    pre = pretrained.describe(workdir)
+    tokenizer, model_cfg, ckpt_step = pre.tokenizer, pre.model_config, pre.step
 
     # --- Task data -----------------------------------------------------------------------------
     task = tasks.load_csv_task(config.task, seed)
@@ -106,12 +101,8 @@ def finetune(
         init_params, tx, jax.random.key(seed), mesh, rules
     )
     if init == "pretrained":
-        state = state.replace(
-            params={
-                **state.params,
-                "encoder": _pretrained_encoder(workdir, model_cfg, mesh, rules, example_ids),
-            }
-        )
+        encoder = pretrained.load_params(workdir, pre, mesh, rules)["encoder"]
+        state = state.replace(params={**state.params, "encoder": encoder})
         log(f"encoder initialised from {workdir} step {ckpt_step}")
 
     def objective(params: Any, batch: dict) -> dict:
@@ -195,12 +186,3 @@ def finetune(
 
 def _global(batch_sharding: NamedSharding, host_array: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(batch_sharding, host_array)
-
-
-def _pretrained_encoder(workdir, model_cfg: EncoderConfig, mesh, rules, example_ids) -> Any:
-    """Restores the checkpoint's params item alone, sharded like this run's encoder."""
-    mlm = MaskedLM(model_cfg, mesh, rules)
-    boxed = jax.eval_shape(lambda r: mlm.init(r, example_ids)["params"], jax.random.key(0))
-    abstract = state_lib.abstract_arrays(boxed, sharding.tree_shardings(boxed, mesh, rules))
-    _, params = checkpoint.restore_params(workdir, abstract)
-    return params["encoder"]

@@ -160,11 +160,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
 
     # --- Training ---------------------------------------------------------------------------
     final = evaluate(start_step) if start_step == 0 else {}
+    last_step = t_cfg.num_steps
+    if t_cfg.stop_at_step:
+        last_step = min(last_step, t_cfg.stop_at_step)
     train_ds = pipeline.dataset(
         "train",
         global_batch=t_cfg.global_batch_size,
         first_step=start_step,
-        last_step=t_cfg.num_steps,
+        last_step=last_step,
         **process,
     )
     batches = global_batches(train_ds, batch_sharding, MODEL_KEYS)
@@ -184,7 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         for k, v in values.items():
             interval[k] = interval.get(k, 0.0) + v
         interval_steps += 1
-        if step % t_cfg.log_every == 0 or step == t_cfg.num_steps:
+        if step % t_cfg.log_every == 0 or step == last_step:
             elapsed = time.perf_counter() - interval_start
             out = summarize(interval, tokenizer.bases_per_token)
             out["grad_norm"] = interval["grad_norm"] / interval_steps
@@ -197,17 +200,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             )
             interval, interval_start, interval_steps = {}, time.perf_counter(), 0
 
-    for step in range(start_step + 1, t_cfg.num_steps + 1):
+    for step in range(start_step + 1, last_step + 1):
         state, metrics = train_step(state, next(batches))
         if pending is not None:
             account(*pending)
         pending = (step, metrics)
-        if step % t_cfg.eval_every == 0 or step % t_cfg.checkpoint_every == 0:
+        do_save = step % t_cfg.checkpoint_every == 0 and step != last_step
+        do_eval = step % t_cfg.eval_every == 0 and step != last_step
+        if do_save or do_eval:
             account(*pending)
             pending = None
-        if step % t_cfg.checkpoint_every == 0 and step != t_cfg.num_steps:
+        if do_save:
             save(step)
-        if step % t_cfg.eval_every == 0 and step != t_cfg.num_steps:
+        if do_eval:
             evaluate(step)
     if pending is not None:
         account(*pending)

@@ -40,7 +40,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation):
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**sums, "grad_norm": optax.global_norm(grads)}
+        metrics = {**sums, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return train_step

@@ -1,0 +1,52 @@
+"""Test set-up: 8 CPU devices before jax is imported, quiet TensorFlow, shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def micro_overrides(**extra: object) -> list[str]:
+    """Overrides that shrink the tiny preset so a few steps take seconds."""
+    values = {
+        "model.num_layers": 2,
+        "model.hidden_size": 32,
+        "model.num_heads": 2,
+        "model.mlp_dim": 64,
+        "data.window_len": 64,
+        "train.global_batch_size": 16,
+        "train.eval_batches": 2,
+        "train.log_every": 5,
+        "optim.warmup_steps": 2,
+        **extra,
+    }
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` in a fresh process (1 CPU device unless XLA_FLAGS says)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def root() -> pathlib.Path:
+    return ROOT

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gfm_jax import config as config_lib
+from gfm_jax.data import fasta, windows
+from gfm_jax.data.corpus import load_corpus
+from gfm_jax.data.pipeline import WindowPipeline
+from gfm_jax.data.tokenizers import get_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(["builtin"])
+
+
+def make_pipeline(corpus, seed=7, **data_overrides):
+    config = config_lib.pretrain_defaults()
+    for k, v in data_overrides.items():
+        config.data[k] = v
+    return WindowPipeline(corpus, get_tokenizer("char"), config.data, seed=seed)
+
+
+def collect(ds):
+    return list(ds.as_numpy_iterator())
+
+
+def test_window_is_pure_function_of_seed_and_index(corpus):
+    p = make_pipeline(corpus, window_len=64)
+    a = p.windows_for_indices("train", tf.constant([5, 6, 7, 1000], tf.int64))
+    b = p.windows_for_indices("train", tf.constant([1000, 3, 7], tf.int64))
+    np.testing.assert_array_equal(a["inputs"][3], b["inputs"][0])
+    np.testing.assert_array_equal(a["inputs"][2], b["inputs"][2])
+    np.testing.assert_array_equal(a["weights"][2], b["weights"][2])
+    other_seed = make_pipeline(corpus, seed=8, window_len=64)
+    c = other_seed.windows_for_indices("train", tf.constant([5], tf.int64))
+    assert not np.array_equal(c["targets"][0], a["targets"][0])
+
+
+def test_windows_come_from_their_split_and_strands_are_reverse_complements(corpus):
+    L = 100
+    config = config_lib.pretrain_defaults().data
+    for split in ("train", "val"):
+        segs = corpus.split(split, config.val_fraction, config.val_start)
+        sampler = windows.WindowSampler(segs, L, reverse_complement=True)
+        keys = windows.window_keys(3, tf.range(4000, dtype=tf.int64))
+        starts, strands = (t.numpy() for t in sampler.starts_and_strands(keys))
+        inside = [
+            (starts >= s) & (starts + L <= e) for s, e in zip(segs.starts, segs.ends, strict=True)
+        ]
+        assert np.logical_or.reduce(inside).all()
+        assert 0.45 < strands.mean() < 0.55
+        genome = tf.Variable(corpus.codes)
+        got = windows.gather_windows(genome, tf.constant(starts), tf.constant(strands), L).numpy()
+        for i in range(20):
+            forward = corpus.codes[starts[i] : starts[i] + L]
+            expect = windows.COMPLEMENT[forward][::-1] if strands[i] else forward
+            np.testing.assert_array_equal(got[i], expect)
+
+
+def test_mask_rates_over_a_million_tokens(corpus):
+    p = make_pipeline(corpus, window_len=1024)
+    ds = p.dataset("train", global_batch=128, first_step=0, last_step=8)
+    inputs, targets, weights = (
+        np.concatenate([b[k] for b in collect(ds)]) for k in ("inputs", "targets", "weights")
+    )
+    assert targets.size >= 1_000_000
+    selected = weights > 0
+    assert abs(selected.mean() - 0.15) < 0.005
+    tok = get_tokenizer("char")
+    sel_in, sel_tg = inputs[selected], targets[selected]
+    masked = np.mean(sel_in == tok.mask_id)
+    kept = np.mean(sel_in == sel_tg)
+    random_changed = np.mean((sel_in != tok.mask_id) & (sel_in != sel_tg))
+    assert abs(masked - 0.8) < 0.01
+    # A random base equals the original 1/4 of the time: 10% * 3/4 change it, 10% + 2.5% keep it.
+    assert abs(random_changed - 0.075) < 0.01
+    assert abs(kept - 0.125) < 0.01
+    assert np.all(inputs[~selected] == targets[~selected])
+    assert set(np.unique(sel_tg)) <= set(tok.base_ids)
+
+
+def test_host_slices_make_the_global_batch_and_resume_needs_only_the_step(corpus):
+    p = make_pipeline(corpus, window_len=64)
+    full = collect(p.dataset("train", global_batch=8, first_step=0, last_step=12))
+    halves = [
+        collect(
+            p.dataset(
+                "train",
+                global_batch=8,
+                first_step=0,
+                last_step=12,
+                process_index=h,
+                process_count=2,
+            )
+        )
+        for h in (0, 1)
+    ]
+    for step, batch in enumerate(full):
+        for key in ("inputs", "targets", "weights", "index"):
+            np.testing.assert_array_equal(
+                np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key]
+            )
+        assert len(np.unique(batch["index"])) == 8
+        np.testing.assert_array_equal(batch["index"], np.arange(step * 8, step * 8 + 8))
+    resumed = collect(p.dataset("train", global_batch=8, first_step=5, last_step=12))
+    for a, b in zip(full[5:], resumed, strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a["weights"], b["weights"])
+
+
+def test_val_windows_do_not_depend_on_the_training_seed(corpus):
+    cfg = config_lib.pretrain_defaults().data
+    a = WindowPipeline(corpus, get_tokenizer("char"), cfg, seed=1).windows_for_indices(
+        "val", tf.range(4, dtype=tf.int64)
+    )
+    b = WindowPipeline(corpus, get_tokenizer("char"), cfg, seed=2).windows_for_indices(
+        "val", tf.range(4, dtype=tf.int64)
+    )
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert fasta.N not in np.unique(a["targets"])  # built-in genomes have no N

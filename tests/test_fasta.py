@@ -1,0 +1,80 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from gfm_jax.data import builtin, fasta
+from gfm_jax.data.corpus import load_corpus
+from gfm_jax.errors import UserError
+
+
+def test_builtin_genomes_have_published_lengths():
+    lengths = {p.name: [len(r) for r in fasta.read_fasta(p)] for p in builtin.resolve("builtin")}
+    assert lengths == {
+        "lambda_phage_NC_001416.fa.gz": [48502],
+        "yeast_chrI.fa.gz": [230208],
+        "arabidopsis_thaliana_chloroplast_NC_000932.fa.gz": [154478],
+        "human_hg19_chr17_1-40000.fa.gz": [40000],
+    }
+
+
+def test_soft_mask_is_kept_as_a_bit():
+    (rec,) = fasta.read_fasta(builtin.resolve("builtin:human_hg19_chr17_1-40000.fa.gz")[0])
+    soft = np.mean(rec.codes >= fasta.SOFT_MASK_BIT)
+    assert 0.42 < soft < 0.45  # the data kit documents 43% lowercase
+    # Text round trip keeps case exactly.
+    with gzip.open(builtin.resolve("builtin:human_hg19_chr17_1-40000.fa.gz")[0], "rt") as f:
+        text = "".join(line.strip() for line in f if not line.startswith(">"))
+    assert rec.sequence() == text
+
+
+def test_multi_record_crlf_iupac_and_plain_equals_gzip(tmp_path):
+    content = ">one first record\r\nACGTN\r\nacgtR\r\n\r\n>two\r\nuuGG\r\n"
+    plain, gz = tmp_path / "x.fa", tmp_path / "x.fa.gz"
+    plain.write_bytes(content.encode())
+    gz.write_bytes(gzip.compress(content.encode()))
+    recs = fasta.read_fasta(plain)
+    assert [r.name for r in recs] == ["one", "two"]
+    assert recs[0].description == "one first record"
+    assert recs[0].sequence() == "ACGTNacgtN"  # IUPAC R (A or G) becomes N
+    assert recs[1].sequence() == "ttGG"  # RNA U is read as T
+    for a, b in zip(recs, fasta.read_fasta(gz), strict=True):
+        np.testing.assert_array_equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("sequence,label\nACGT,EI\n", "x.fa:1: expected a FASTA header"),
+        (">a\nACGT\n>a\nACGT\n", "x.fa:3: duplicate record name 'a'"),
+        (">a\n>b\nACGT\n", "x.fa:1: record 'a' has no sequence"),
+        (">a\nACGT\nAC*T\n", "x.fa:3: '*' is not a nucleotide"),
+        ("", "no FASTA records"),
+    ],
+)
+def test_malformed_fasta_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "x.fa"
+    path.write_text(content)
+    with pytest.raises(UserError) as e:
+        fasta.read_fasta(path)
+    assert message in str(e.value)
+
+
+def test_binary_and_missing_files(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="model.bin"):
+        fasta.read_fasta(binary)
+    with pytest.raises(UserError, match="not found"):
+        fasta.read_fasta(tmp_path / "absent.fa")
+
+
+def test_corpus_splits_are_disjoint_and_cover_records():
+    corpus = load_corpus(["builtin"])
+    train, val = corpus.split("train", 0.1, 0.3), corpus.split("val", 0.1, 0.3)
+    covered = np.zeros(corpus.codes.size, np.int32)
+    for seg in (train, val):
+        for s, e in zip(seg.starts, seg.ends, strict=True):
+            covered[s:e] += 1
+    assert covered.min() == 1 and covered.max() == 1  # every base in exactly one split
+    assert (val.ends - val.starts).sum() == pytest.approx(0.1 * corpus.codes.size, rel=1e-3)
