@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README (`make test` calls this).
-#   scripts/test.sh          fast default suite (under 10 minutes on 2 cores)
+#   scripts/test.sh          ruff, then the fast default suite (under 10 minutes on 2 cores)
 #   scripts/test.sh --slow   only the tests marked slow
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,7 @@ def get_config(mode: str = "default"):
     c = finetune_defaults()
     c.finetune.epochs = 4
     c.finetune.batch_size = 64
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 10
     if mode == "smoke":
         c.finetune.epochs = 1

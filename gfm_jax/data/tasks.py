@@ -58,7 +58,7 @@ def _read_rows(path: pathlib.Path, seq_col: str, label_col: str) -> tuple[list[d
 
 def load_csv_task(task: ml_collections.ConfigDict, seed: int) -> Task:
     """Reads the CSV named by `task.csv` and splits it into train / val / test."""
-    (path,) = builtin.resolve(task.csv.replace("builtin:", "builtin:", 1))
+    (path,) = builtin.resolve(task.csv)
     rows, columns = _read_rows(path, task.sequence_column, task.label_column)
     sequences = [r[task.sequence_column].strip().upper() for r in rows]
     raw_labels = [r[task.label_column].strip() for r in rows]
