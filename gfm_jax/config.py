@@ -117,6 +117,7 @@ def finetune_defaults() -> ConfigDict:
     c.finetune = f = ConfigDict()
     f.epochs = 10
     f.batch_size = 64
+    f.pooling = "cls"  # cls (the first token) | mean (over non-padding tokens)
     c.optim = optim_defaults()
     c.optim.learning_rate = 5e-4
     c.optim.warmup_steps = 50

@@ -65,6 +65,7 @@ def test_mask_rates_over_a_million_tokens(corpus):
         np.concatenate([b[k] for b in collect(ds)]) for k in ("inputs", "targets", "weights")
     )
     assert targets.size >= 1_000_000
+    assert (inputs[:, 0] == get_tokenizer("char").cls_id).all()  # every window starts with CLS
     selected = weights > 0
     assert abs(selected.mean() - 0.15) < 0.005
     tok = get_tokenizer("char")

@@ -33,7 +33,8 @@ def test_splice_statlog_split_drops_leaked_test_rows():
     assert not train_seqs & set(task.test.sequences)
     assert 0 < 1186 - len(task.test) < 200 and "dropped" in task.notes[0]
     ids, mask = tasks.encode_split(get_tokenizer("char"), task.test, task.path)
-    assert ids.shape == (len(task.test), 60) and mask.all()
+    assert ids.shape == (len(task.test), 61) and mask.all()  # CLS + 60 nt
+    assert (ids[:, 0] == get_tokenizer("char").cls_id).all()
 
 
 @pytest.mark.parametrize(

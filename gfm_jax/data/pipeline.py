@@ -1,5 +1,7 @@
 """tf.data: step range -> global window indices -> windows -> tokens -> masks -> host batches.
 
+A window of `data.window_len` bases becomes CLS + its tokens.
+
 The dataset is `Dataset.range(first_step, last_step)`; each element (a step) is mapped by one
 vectorised function that builds this host's slice of that step's global batch. Window indices of
 step s are `s * global_batch + [0, global_batch)`, and host h of H takes the h-th contiguous
@@ -59,6 +61,10 @@ class WindowPipeline:
         starts_B, strands_B = self.samplers[split].starts_and_strands(keys_B)
         codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, self.window_len)
         ids_BxL = self.tokenizer.ids_from_codes(codes_BxL)
+        # Every sequence starts with CLS (as in Nucleotide Transformer): it gives the model an
+        # absolute anchor that rotary positions alone lack, and a token to pool for classifiers.
+        cls_Bx1 = tf.fill([tf.shape(ids_BxL)[0], 1], tf.cast(self.tokenizer.cls_id, ids_BxL.dtype))
+        ids_BxL = tf.concat([cls_Bx1, ids_BxL], axis=1)
         batch = mask_tokens(
             ids_BxL,
             keys_B,

@@ -110,11 +110,14 @@ def _row_range(path: pathlib.Path, key: str, bounds: tuple, n_rows: int) -> np.n
 
 
 def encode_split(tokenizer: Tokenizer, split: Split, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [N, L] padded with the pad id, and the padding mask [N, L] (True = token)."""
+    """Token ids [N, L] padded with the pad id, and the padding mask [N, L] (True = token).
+
+    Each sequence starts with the CLS token, as the pretraining windows do.
+    """
     encoded = []
     for row, seq in zip(split.rows, split.sequences, strict=True):
         try:
-            encoded.append(tokenizer.encode(seq))
+            encoded.append(np.concatenate([[tokenizer.cls_id], tokenizer.encode(seq)]))
         except UserError as e:
             raise UserError(f"{path}, data row {int(row) + 1}: {e}") from None
     length = max((len(e) for e in encoded), default=1)

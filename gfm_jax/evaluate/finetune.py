@@ -89,7 +89,9 @@ def finetune(
     batch_sharding = sharding.batch_sharding(mesh, rules)
     f_cfg = config.finetune
     num_classes = len(task.label_names)
-    model = SequenceClassifier(model_cfg, num_classes, mesh, rules)
+    if f_cfg.pooling not in ("mean", "cls"):
+        raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
+    model = SequenceClassifier(model_cfg, num_classes, f_cfg.pooling, mesh, rules)
     example_ids, example_mask = encoded["train"][0][:1], encoded["train"][1][:1]
 
     def init_params(rng: jax.Array) -> Any:

@@ -54,15 +54,25 @@ def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
 
 
 class SequenceClassifier(nn.Module):
-    """Encoder -> masked mean pooling -> linear layer to class logits (float32)."""
+    """Encoder -> pooling -> linear layer to class logits (float32).
+
+    `pooling="mean"` averages the non-padding positions; `"cls"` takes the first position (the
+    CLS token every sequence starts with).
+    """
 
     config: EncoderConfig
     num_classes: int
+    pooling: str = "mean"
     mesh: Any = None
     rules: Sequence = ()
 
     @nn.compact
     def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
         h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
-        pooled_BxD = masked_mean(h, mask_BxL)
+        if self.pooling == "mean":
+            pooled_BxD = masked_mean(h, mask_BxL)
+        elif self.pooling == "cls":
+            pooled_BxD = h[:, 0].astype(jnp.float32)
+        else:
+            raise ValueError(f"unknown pooling {self.pooling!r}")
         return dense(self.num_classes, ("embed", "classes"), name="head")(pooled_BxD)
