@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gfm_jax import sharding
 from gfm_jax.data import tasks
-from gfm_jax.data.pipeline import host_batch_size
+from gfm_jax.data.pipeline import host_batch_size, to_global
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import metrics, pretrained
 from gfm_jax.models.heads import SequenceClassifier
@@ -126,7 +126,7 @@ def finetune(
         order = np.arange(len(labels))
         preds = []
         for batch in _batches(ids, mask, labels, f_cfg.batch_size, order):
-            logits = predict(params, {k: _global(batch_sharding, v) for k, v in batch.items()})
+            logits = predict(params, to_global(batch, batch_sharding))
             preds.append(np.argmax(np.asarray(logits), axis=-1))
         pred = np.concatenate(preds)[: len(labels)]
         return {
@@ -143,7 +143,7 @@ def finetune(
     for epoch in range(1, f_cfg.epochs + 1):
         loss_sum = weight_sum = 0.0
         for batch in _batches(ids, mask, labels, f_cfg.batch_size, rng.permutation(len(labels))):
-            state, m = train_step(state, {k: _global(batch_sharding, v) for k, v in batch.items()})
+            state, m = train_step(state, to_global(batch, batch_sharding))
             m = jax.device_get(m)
             loss_sum, weight_sum = (
                 loss_sum + float(m["loss_sum"]),
@@ -184,7 +184,3 @@ def finetune(
         "config": config.to_dict(),
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _global(batch_sharding: NamedSharding, host_array: np.ndarray) -> jax.Array:
-    return jax.make_array_from_process_local_data(batch_sharding, host_array)

@@ -20,7 +20,7 @@ import gfm_jax
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size
+from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.models.encoder import EncoderConfig
@@ -132,10 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     def evaluate(step: int) -> dict[str, float]:
         totals: dict[str, float] = {}
         for host_batch in eval_batches:
-            batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, v)
-                for k, v in host_batch.items()
-            }
+            batch = to_global(host_batch, batch_sharding)
             for k, v in jax.device_get(eval_step(state.params, batch)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         values = summarize(totals, tokenizer.bases_per_token)
