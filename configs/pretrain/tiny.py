@@ -2,7 +2,7 @@
 
     python -m gfm_jax.train --config configs/pretrain/tiny.py --workdir runs/tiny
 
-About 0.47M parameters, 128-base windows, global batch 64: about 2.5 minutes on 2 CPU cores.
+About 0.46M parameters, 128-base windows, global batch 64: about 2.5 minutes on 2 CPU cores.
 Smoke mode (a few steps, for checking a setup): `configs/pretrain/tiny.py:smoke`.
 """
 

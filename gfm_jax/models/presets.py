@@ -33,7 +33,7 @@ def _base() -> dict:
 
 
 PRESETS: dict[str, dict] = {
-    # Small enough to pretrain in minutes on 2 CPU cores (about 0.47M parameters).
+    # Small enough to pretrain in minutes on 2 CPU cores (about 0.46M parameters).
     "tiny": dict(num_layers=4, hidden_size=96, num_heads=4, mlp_dim=256),
     # Nucleotide Transformer v2 50M: 12 x 512, 16 heads, SwiGLU FFN 2048, rotary, no MLP bias.
     "nt_v2_50m": dict(num_layers=12, hidden_size=512, num_heads=16, mlp_dim=2048),
