@@ -18,7 +18,7 @@ def make_pipeline(corpus, seed=7, **data_overrides):
     config = config_lib.pretrain_defaults()
     for k, v in data_overrides.items():
         config.data[k] = v
-    return WindowPipeline(corpus, get_tokenizer("char"), config.data, seed=seed)
+    return WindowPipeline(corpus, get_tokenizer(config.data.tokenizer), config.data, seed=seed)
 
 
 def collect(ds):
@@ -58,27 +58,30 @@ def test_windows_come_from_their_split_and_strands_are_reverse_complements(corpu
             np.testing.assert_array_equal(got[i], expect)
 
 
-def test_mask_rates_over_a_million_tokens(corpus):
-    p = make_pipeline(corpus, window_len=1024)
+@pytest.mark.parametrize("tokenizer, window_len", [("char", 1024), ("nt6", 6144)])
+def test_mask_rates_over_a_million_tokens(corpus, tokenizer, window_len):
+    p = make_pipeline(corpus, window_len=window_len, tokenizer=tokenizer)
     ds = p.dataset("train", global_batch=128, first_step=0, last_step=8)
     inputs, targets, weights = (
         np.concatenate([b[k] for b in collect(ds)]) for k in ("inputs", "targets", "weights")
     )
+    tok = get_tokenizer(tokenizer)
     assert targets.size >= 1_000_000
-    assert (inputs[:, 0] == get_tokenizer("char").cls_id).all()  # every window starts with CLS
+    assert (inputs[:, 0] == tok.cls_id).all()  # every window starts with CLS
     selected = weights > 0
-    assert abs(selected.mean() - 0.15) < 0.005
-    tok = get_tokenizer("char")
+    maskable = (targets >= tok.maskable[0]) & (targets < tok.maskable[1])
+    assert abs(selected.sum() / maskable.sum() - 0.15) < 0.005
     sel_in, sel_tg = inputs[selected], targets[selected]
     masked = np.mean(sel_in == tok.mask_id)
     kept = np.mean(sel_in == sel_tg)
     random_changed = np.mean((sel_in != tok.mask_id) & (sel_in != sel_tg))
     assert abs(masked - 0.8) < 0.01
-    # A random base equals the original 1/4 of the time: 10% * 3/4 change it, 10% + 2.5% keep it.
-    assert abs(random_changed - 0.075) < 0.01
-    assert abs(kept - 0.125) < 0.01
+    # A random token equals the original 1/n of the time (n = 4 bases, or 4100 6-mers + bases).
+    n = tok.maskable[1] - tok.maskable[0]
+    assert abs(random_changed - 0.1 * (1 - 1 / n)) < 0.01
+    assert abs(kept - (0.1 + 0.1 / n)) < 0.01
     assert np.all(inputs[~selected] == targets[~selected])
-    assert set(np.unique(sel_tg)) <= set(tok.base_ids)
+    assert set(np.unique(sel_tg)) <= set(range(*tok.maskable))
 
 
 def test_host_slices_make_the_global_batch_and_resume_needs_only_the_step(corpus):

@@ -39,6 +39,8 @@ def test_unknown_letters_and_tokenizer_names():
         get_tokenizer("char").encode("ACGX")
     with pytest.raises(UserError, match="data.tokenizer"):
         get_tokenizer("bpe9")
+    with pytest.raises(UserError, match="'X'"):
+        get_tokenizer("nt6").encode("ACGX")
 
 
 def test_reverse_complement_is_an_involution_on_real_dna():
@@ -52,3 +54,69 @@ def test_reverse_complement_is_an_involution_on_real_dna():
         )
         == "naCGTT"
     )
+
+
+def nt_kmer_id(kmer: str) -> int:
+    """Hand rule: 6 + base-4 value of the 6-mer with digits A0 T1 C2 G3."""
+    return 6 + sum("ATCG".index(b) * 4 ** (5 - i) for i, b in enumerate(kmer))
+
+
+def test_nt6_layout():
+    tok = get_tokenizer("nt6")
+    assert tok.vocab_size == 4107
+    assert tok.vocab[:6] == ("<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>")
+    assert tok.vocab[6] == "AAAAAA" and tok.vocab[7] == "AAAAAT" and tok.vocab[4101] == "GGGGGG"
+    assert tok.vocab[4102:] == ("A", "T", "C", "G", "N")
+    assert (tok.pad_id, tok.mask_id, tok.cls_id) == (1, 2, 3)
+    assert nt_kmer_id("ATCGAT") == 439  # 0*1024 + 1*256 + 2*64 + 3*16 + 0*4 + 1 + 6
+
+
+@pytest.mark.parametrize(
+    "sequence, expected",
+    [
+        ("ATCGAT", [439]),
+        ("ATCGATCC", [439, 4104, 4104]),  # remainder as single bases
+        ("AAAAAATTTTTTG", [6, nt_kmer_id("TTTTTT"), 4105]),
+        ("ACGTNNACGTAC", [4102, 4104, 4105, 4103, 4106, 4106, nt_kmer_id("ACGTAC")]),  # split on N
+        ("NACGTACGNN", [4106, nt_kmer_id("ACGTAC"), 4105, 4106, 4106]),
+        ("acgtacGG", [nt_kmer_id("ACGTAC"), 4105, 4105]),  # soft-masked = same tokens
+        ("", []),
+    ],
+)
+def test_nt6_hand_checked_ids(sequence, expected):
+    tok = get_tokenizer("nt6")
+    assert list(tok.encode(sequence)) == expected
+    assert tok.decode(np.array(expected, np.int32)) == sequence.upper()
+
+
+def test_nt6_round_trips_real_genomes_and_the_batched_path_agrees():
+    tok = get_tokenizer("nt6")
+    for name in builtin.GENOMES:
+        (rec,) = fasta.read_fasta(builtin.resolve(f"builtin:{name}")[0])
+        assert tok.decode(tok.encode(rec.sequence())) == rec.sequence().upper()
+    # Windows with N runs: the tf.data path equals encode(), padded / cut to ceil(L / 6) tokens.
+    rng = np.random.default_rng(0)
+    codes = rec.codes[: 8 * 60].reshape(8, 60).copy()
+    codes[1, 10:13] = fasta.N
+    codes[2, :] = fasta.N  # all N: 60 tokens, cut to 10
+    codes[3, 59] = fasta.N
+    codes[4, rng.integers(0, 60, 7)] = fasta.N
+    got = tok.ids_from_codes(tf.constant(codes)).numpy()
+    assert got.shape == (8, 10)
+    for row, ids in zip(codes, got, strict=True):
+        expect = tok.encode(fasta.decode_codes(row))[:10]
+        np.testing.assert_array_equal(ids[: len(expect)], expect)
+        assert (ids[len(expect) :] == tok.pad_id).all()
+
+
+def test_tokens_of_reverse_complemented_windows_equal_encoding_the_reverse_complement():
+    (rec,) = fasta.read_fasta(builtin.resolve("builtin:lambda_phage_NC_001416.fa.gz")[0])
+    codes = rec.codes[:600].reshape(5, 120)
+    rc = reverse_complement_codes(tf.constant(codes)).numpy()
+    pairs = str.maketrans("ACGTN", "TGCAN")
+    for name in ("char", "nt6"):
+        tok = get_tokenizer(name)
+        got = tok.ids_from_codes(tf.constant(rc)).numpy()
+        for row, ids in zip(codes, got, strict=True):
+            text = fasta.decode_codes(row).upper().translate(pairs)[::-1]
+            np.testing.assert_array_equal(ids, tok.encode(text))

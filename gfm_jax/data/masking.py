@@ -1,7 +1,8 @@
 """BERT-style masking from stateless per-window keys (vectorised TensorFlow ops).
 
-Each nucleotide token is selected with probability `rate`; a selected token becomes <mask> with
-probability `mask_fraction`, a random nucleotide with probability `random_fraction`, and stays
+Each nucleotide token (ids in the tokenizer's `maskable` range: never specials, padding or N) is
+selected with probability `rate`; a selected token becomes <mask> with probability
+`mask_fraction`, a random nucleotide token with probability `random_fraction`, and stays
 unchanged otherwise. The loss is taken on selected positions only. Every decision is a hash of
 (window key, position), so a window is masked the same way whatever batch or host it lands in.
 """
@@ -37,7 +38,7 @@ def mask_tokens(
     spec: MaskingSpec,
     *,
     mask_id: int,
-    base_ids: tuple[int, ...],
+    maskable: tuple[int, int],
 ) -> dict[str, tf.Tensor]:
     """Returns inputs (masked ids), targets (original ids) and weights (1.0 where selected)."""
     length = tf.shape(ids_BxL, out_type=tf.int64)[1]
@@ -46,14 +47,15 @@ def mask_tokens(
     )
     u_select = windows.uniform_from_key(windows.hash_combine(pos_keys_BxL, 0))
     u_action = windows.uniform_from_key(windows.hash_combine(pos_keys_BxL, 1))
-    random_pick = tf.math.floormod(windows.hash_combine(pos_keys_BxL, 2), len(base_ids))
+    lo, hi = maskable
+    random_ids = lo + tf.cast(
+        tf.math.floormod(windows.hash_combine(pos_keys_BxL, 2), hi - lo), ids_BxL.dtype
+    )
 
-    base_ids_t = tf.constant(base_ids, ids_BxL.dtype)
-    is_base = tf.reduce_any(ids_BxL[..., None] == base_ids_t, axis=-1)
-    selected = is_base & (u_select < spec.rate)
+    selected = (ids_BxL >= lo) & (ids_BxL < hi) & (u_select < spec.rate)
     to_mask = selected & (u_action < spec.mask_fraction)
     to_random = selected & ~to_mask & (u_action < spec.mask_fraction + spec.random_fraction)
 
     inputs = tf.where(to_mask, tf.cast(mask_id, ids_BxL.dtype), ids_BxL)
-    inputs = tf.where(to_random, tf.gather(base_ids_t, random_pick), inputs)
+    inputs = tf.where(to_random, random_ids, inputs)
     return {"inputs": inputs, "targets": ids_BxL, "weights": tf.cast(selected, tf.float32)}

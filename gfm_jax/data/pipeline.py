@@ -1,6 +1,6 @@
 """tf.data: step range -> global window indices -> windows -> tokens -> masks -> host batches.
 
-A window of `data.window_len` bases becomes CLS + its tokens.
+A window of `data.window_len` bases becomes CLS + `tokenizer.num_tokens(window_len)` tokens.
 
 The dataset is `Dataset.range(first_step, last_step)`; each element (a step) is mapped by one
 vectorised function that builds this host's slice of that step's global batch. Window indices of
@@ -60,17 +60,17 @@ class WindowPipeline:
         keys_B = windows.window_keys(self.seeds[split], indices_B)
         starts_B, strands_B = self.samplers[split].starts_and_strands(keys_B)
         codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, self.window_len)
-        ids_BxL = self.tokenizer.ids_from_codes(codes_BxL)
+        ids_BxT = self.tokenizer.ids_from_codes(codes_BxL)
         # Every sequence starts with CLS (as in Nucleotide Transformer): it gives the model an
         # absolute anchor that rotary positions alone lack, and a token to pool for classifiers.
-        cls_Bx1 = tf.fill([tf.shape(ids_BxL)[0], 1], tf.cast(self.tokenizer.cls_id, ids_BxL.dtype))
-        ids_BxL = tf.concat([cls_Bx1, ids_BxL], axis=1)
+        cls_Bx1 = tf.fill([tf.shape(ids_BxT)[0], 1], tf.cast(self.tokenizer.cls_id, ids_BxT.dtype))
+        ids_BxT = tf.concat([cls_Bx1, ids_BxT], axis=1)
         batch = mask_tokens(
-            ids_BxL,
+            ids_BxT,
             keys_B,
             self.masking,
             mask_id=self.tokenizer.mask_id,
-            base_ids=self.tokenizer.base_ids,
+            maskable=self.tokenizer.maskable,
         )
         batch["index"] = indices_B
         return batch

@@ -107,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
     log(sharding.describe(state.params, state_shardings.params))
 
-    objective = step_lib.mlm_objective(model)
+    objective = step_lib.mlm_objective(model, tokenizer.pad_id)
     train_step = step_lib.compile_train_step(
         step_lib.make_train_step(objective, tx), state_shardings, batch_sharding
     )

@@ -21,11 +21,12 @@ Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch], dict[str, jax.Array]]
 
 
-def mlm_objective(model: nn.Module) -> Objective:
-    """Masked-LM: predict the original tokens at the masked positions."""
+def mlm_objective(model: nn.Module, pad_id: int) -> Objective:
+    """Masked-LM: predict the original tokens at the masked positions; padding is not attended."""
 
     def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        logits_BxLxV = model.apply({"params": params}, batch["inputs"])
+        inputs_BxL = batch["inputs"]
+        logits_BxLxV = model.apply({"params": params}, inputs_BxL, inputs_BxL != pad_id)
         return masked_lm_sums(logits_BxLxV, batch["targets"], batch["weights"])
 
     return objective

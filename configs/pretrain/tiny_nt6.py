@@ -1,0 +1,31 @@
+"""The tiny preset with Nucleotide Transformer 6-mer tokens (vocabulary 4107).
+
+    python -m gfm_jax.train --config configs/pretrain/tiny_nt6.py --workdir runs/tiny_nt6
+
+768-base windows = CLS + 128 tokens, global batch 64. Losses are per 6-mer token; compare
+tokenizers by the bits-per-base figure. Smoke mode: `configs/pretrain/tiny_nt6.py:smoke`.
+"""
+
+from gfm_jax.config import pretrain_defaults
+
+
+def get_config(mode: str = "default"):
+    c = pretrain_defaults()
+    c.data.tokenizer = "nt6"
+    c.data.window_len = 768
+    c.train.global_batch_size = 64
+    c.train.num_steps = 300
+    c.train.log_every = 20
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    c.train.eval_batches = 4
+    c.optim.learning_rate = 2e-3
+    c.optim.warmup_steps = 20
+    if mode == "smoke":
+        c.train.num_steps = 10
+        c.train.log_every = 5
+        c.train.eval_every = 10
+        c.train.checkpoint_every = 5
+        c.train.eval_batches = 1
+        c.train.global_batch_size = 16
+    return c
