@@ -68,8 +68,10 @@ def pretrain_defaults() -> ConfigDict:
 
     c.data = d = ConfigDict()
     d.genomes = ("builtin",)  # FASTA(.gz) paths; "builtin" = the genomes shipped in the package
+    d.iupac = "n"  # IUPAC ambiguity letters: "n" reads them as N, "error" rejects the file
     d.tokenizer = "char"
     d.window_len = 512  # bases per window
+    d.max_n_fraction = 0.1  # windows with more N are redrawn (up to 16 tries; see windows.py)
     d.val_fraction = 0.1  # of each record, held out for validation
     # Where the held-out range starts, as a fraction of each record. 0.3 keeps it away from the
     # ends (telomeres) and, in the built-in chloroplast, from the inverted repeats.

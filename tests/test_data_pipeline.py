@@ -123,3 +123,47 @@ def test_val_windows_do_not_depend_on_the_training_seed(corpus):
     )
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     assert fasta.N not in np.unique(a["targets"])  # built-in genomes have no N
+
+
+def test_half_n_genome_windows_respect_the_n_threshold(tmp_path):
+    # Real lambda sequence with its second half replaced by N.
+    (rec,) = fasta.read_fasta(builtin_path("lambda_phage_NC_001416.fa.gz"))
+    text = rec.sequence()
+    half = len(text) // 2
+    path = tmp_path / "half_n.fa"
+    path.write_text(">half_n\n" + text[:half] + "N" * (len(text) - half) + "\n")
+    corpus = load_corpus([str(path)])
+    assert corpus.summary().count("N 50.00%") == 1
+    n_runs = corpus.n_runs()
+    assert n_runs[0].tolist() == [half] and n_runs[1].tolist() == [len(text)]
+    counts = []
+    for max_n in (0.1, 1.0):
+        p = make_pipeline(corpus, window_len=200, max_n_fraction=max_n)
+        b = p.windows_for_indices("train", tf.range(2000, dtype=tf.int64))
+        n_id = get_tokenizer("char").encode("N")[0]
+        counts.append((b["targets"][:, 1:].numpy() == n_id).mean(axis=1))
+    assert counts[0].max() <= 0.1
+    assert (counts[1] > 0.9).mean() > 0.3  # without the threshold, about half the windows are N
+    # N positions are never masked, so the loss never asks for an N.
+    assert not np.any((b["weights"].numpy() > 0) & (b["targets"].numpy() == n_id))
+
+
+def builtin_path(name):
+    from gfm_jax.data import builtin
+
+    return builtin.resolve(f"builtin:{name}")[0]
+
+
+def test_n_counter_matches_brute_force():
+    rng = np.random.default_rng(1)
+    is_n = rng.random(5000) < 0.02
+    is_n[100:400] = True
+    codes = np.where(is_n, fasta.N, fasta.A).astype(np.uint8)
+    from gfm_jax.data.corpus import Corpus
+
+    corpus = Corpus(codes, ("x",), np.array([0]), np.array([codes.size]))
+    counter = windows.NCounter(*corpus.n_runs())
+    starts = rng.integers(0, 4900, 500)
+    got = counter.count(tf.constant(starts[:, None].repeat(2, 1)), 100).numpy()
+    expect = np.array([is_n[s : s + 100].sum() for s in starts])
+    np.testing.assert_array_equal(got, np.stack([expect, expect], 1))

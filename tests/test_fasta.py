@@ -60,6 +60,16 @@ def test_malformed_fasta_names_file_and_line(tmp_path, content, message):
     assert message in str(e.value)
 
 
+def test_iupac_policy(tmp_path):
+    path = tmp_path / "amb.fa"
+    path.write_text(">a\nACGT\nACYT\n")
+    assert fasta.read_fasta(path)[0].sequence() == "ACGTACNT"
+    with pytest.raises(UserError, match=r"amb.fa:3: IUPAC ambiguity code 'Y'"):
+        fasta.read_fasta(path, iupac="error")
+    with pytest.raises(UserError, match="data.iupac"):
+        fasta.read_fasta(path, iupac="drop")
+
+
 def test_binary_and_missing_files(tmp_path):
     binary = tmp_path / "model.bin"
     binary.write_bytes(bytes(range(256)) * 4)

@@ -52,6 +52,14 @@ class Corpus:
             return Segments(starts, ends)
         raise ValueError(f"unknown split {name!r}")
 
+    def n_runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Starts and ends [start, end) of the maximal runs of N in `codes`."""
+        is_n = np.concatenate(
+            [[False], (self.codes & ~np.uint8(fasta.SOFT_MASK_BIT)) == fasta.N, [False]]
+        )
+        edges = np.flatnonzero(np.diff(is_n.astype(np.int8)))
+        return edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
+
     def summary(self) -> str:
         upper = self.codes & ~np.uint8(fasta.SOFT_MASK_BIT)
         lines = [f"corpus: {len(self.names)} records, {self.codes.size:,} bases"]
@@ -66,12 +74,12 @@ class Corpus:
         return "\n".join(lines)
 
 
-def load_corpus(specs: Sequence[str]) -> Corpus:
+def load_corpus(specs: Sequence[str], iupac: str = "n") -> Corpus:
     """Reads every record of every FASTA file named (see `builtin.resolve` for the syntax)."""
     records: list[tuple[str, np.ndarray]] = []
     for spec in specs:
         for path in builtin.resolve(spec):
-            for rec in fasta.read_fasta(path):
+            for rec in fasta.read_fasta(path, iupac):
                 records.append((f"{path.name}/{rec.name}", rec.codes))
     if not records:
         raise UserError("data.genomes is empty; list at least one FASTA file (or 'builtin')")

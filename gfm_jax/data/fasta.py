@@ -1,8 +1,9 @@
 """Streaming FASTA / FASTA.gz reader with validation, encoding bases as uint8 codes.
 
 Encoding (one byte per base): A=0 C=1 G=2 T=3 N=4, plus `SOFT_MASK_BIT` for lowercase
-(soft-masked repeat) bases. IUPAC ambiguity letters (R Y K M S W B D H V) become N and RNA's U
-becomes T. Anything else (digits, `*`, `-`, binary data) is an error naming the file and line.
+(soft-masked repeat) bases. RNA's U becomes T. IUPAC ambiguity letters (R Y K M S W B D H V)
+become N with `iupac="n"` (the default) or are an error with `iupac="error"`. Anything else
+(digits, `*`, `-`, binary data) is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _code_table() -> bytes:
 
 _CODE_TABLE = _code_table()
 _VALID_LETTERS = bytes(i for i in range(256) if _CODE_TABLE[i] != 0xFF)
+_STRICT_LETTERS = bytes(i for i in _VALID_LETTERS if chr(i).upper() not in _IUPAC_AMBIGUOUS)
+IUPAC_POLICIES = ("n", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +85,14 @@ def _open_lines(path: pathlib.Path) -> Iterator[bytes]:
         raise UserError(f"{path}: cannot read ({e}); is the gzip file complete?") from None
 
 
-def read_fasta(path: str | pathlib.Path) -> list[Record]:
-    """Reads every record of a FASTA or gzip-compressed FASTA file."""
+def read_fasta(path: str | pathlib.Path, iupac: str = "n") -> list[Record]:
+    """Reads every record of a FASTA or gzip-compressed FASTA file.
+
+    `iupac`: "n" reads IUPAC ambiguity letters as N; "error" rejects them.
+    """
+    if iupac not in IUPAC_POLICIES:
+        raise UserError(f"data.iupac={iupac!r}: choose one of {IUPAC_POLICIES}")
+    allowed = _VALID_LETTERS if iupac == "n" else _STRICT_LETTERS
     path = pathlib.Path(path)
     records: list[Record] = []
     seen: dict[str, int] = {}
@@ -122,9 +131,14 @@ def read_fasta(path: str | pathlib.Path) -> list[Record]:
                 f"{path}:{line_no}: expected a FASTA header line starting with '>'; "
                 "is this a FASTA file?"
             )
-        bad = line.replace(b" ", b"").translate(None, _VALID_LETTERS)
+        bad = line.replace(b" ", b"").translate(None, allowed)
         if bad:
             shown = chr(bad[0]) if 32 <= bad[0] < 127 else f"byte 0x{bad[0]:02x}"
+            if chr(bad[0]).upper() in _IUPAC_AMBIGUOUS:
+                raise UserError(
+                    f"{path}:{line_no}: IUPAC ambiguity code {shown!r} while data.iupac='error'; "
+                    "set data.iupac='n' to read it as N, or fix the sequence"
+                )
             raise UserError(
                 f"{path}:{line_no}: {shown!r} is not a nucleotide or IUPAC code; "
                 "fix the sequence or remove the line"

@@ -46,11 +46,14 @@ class WindowPipeline:
         self.prefetch = int(data.prefetch)
         # A variable, not a constant: a constant would be embedded in the graph (2 GB limit).
         self.genome = tf.Variable(corpus.codes, trainable=False, dtype=tf.uint8)
+        n_counter = windows.NCounter(*corpus.n_runs())
         self.samplers = {
             split: windows.WindowSampler(
                 corpus.split(split, data.val_fraction, data.val_start),
                 self.window_len,
                 reverse_complement=bool(data.reverse_complement) and split == "train",
+                n_counter=n_counter,
+                max_n_fraction=float(data.max_n_fraction),
             )
             for split in ("train", "val")
         }

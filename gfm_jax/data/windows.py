@@ -52,10 +52,45 @@ def uniform_from_key(key: tf.Tensor) -> tf.Tensor:
     return tf.cast(key, tf.float64) / float(2**32)
 
 
-class WindowSampler:
-    """Maps window keys to (start, strand) over the segments of one split."""
+class NCounter:
+    """Counts N bases in [start, start + L) from the list of N runs: O(log runs), tiny memory."""
 
-    def __init__(self, segments: Segments, window_len: int, reverse_complement: bool):
+    def __init__(self, run_starts: np.ndarray, run_ends: np.ndarray):
+        lengths = run_ends - run_starts
+        self._starts = tf.constant(np.concatenate([[-1], run_starts]), tf.int64)
+        self._lengths = tf.constant(np.concatenate([[0], lengths]), tf.int64)
+        self._before = tf.constant(np.concatenate([[0], np.cumsum(lengths) - lengths]), tf.int64)
+
+    def n_before(self, x: tf.Tensor) -> tf.Tensor:
+        """Number of N bases at positions < x (any shape)."""
+        flat = tf.reshape(x, [-1])
+        k = tf.searchsorted(self._starts, flat, side="right") - 1  # last run starting before x
+        inside = tf.clip_by_value(flat - tf.gather(self._starts, k), 0, tf.gather(self._lengths, k))
+        return tf.reshape(tf.gather(self._before, k) + inside, tf.shape(x))
+
+    def count(self, starts: tf.Tensor, window_len: int) -> tf.Tensor:
+        return self.n_before(starts + window_len) - self.n_before(starts)
+
+
+class WindowSampler:
+    """Maps window keys to (start, strand) over the segments of one split.
+
+    With `max_n_fraction < 1`, up to `ATTEMPTS` candidate starts are drawn per window (each a
+    hash of the key and the attempt number) and the first whose N fraction is at most the
+    threshold is taken; if none is, the candidate with the fewest N. Attempt 0 is the plain
+    draw, so genomes without N get the same windows whatever the threshold.
+    """
+
+    ATTEMPTS = 16
+
+    def __init__(
+        self,
+        segments: Segments,
+        window_len: int,
+        reverse_complement: bool,
+        n_counter: NCounter | None = None,
+        max_n_fraction: float = 1.0,
+    ):
         counts = segments.num_valid_starts(window_len)
         if counts.sum() == 0:
             longest = int((segments.ends - segments.starts).max(initial=0))
@@ -65,19 +100,44 @@ class WindowSampler:
             )
         self.window_len = window_len
         self.reverse_complement = reverse_complement
+        self.n_counter = n_counter
+        self.max_n = int(np.floor(max_n_fraction * window_len))
         self.total = int(counts.sum())
         self._cum = tf.constant(np.cumsum(counts), tf.int64)
         self._seg_starts = tf.constant(segments.starts, tf.int64)
 
-    def starts_and_strands(self, keys_B: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _draw(self, keys: tf.Tensor) -> tf.Tensor:
+        """A start uniform over all valid starts of the split, per key."""
         # 62 random bits, so the modulo is uniform enough for any genome size.
-        hi = hash_combine(keys_B, SALT_POSITION_HI)
-        lo = hash_combine(keys_B, SALT_POSITION_LO)
+        hi = hash_combine(keys, SALT_POSITION_HI)
+        lo = hash_combine(keys, SALT_POSITION_LO)
         r = tf.bitwise.bitwise_or(tf.bitwise.left_shift(hi, 30), tf.bitwise.right_shift(lo, 2))
-        u_B = tf.math.floormod(r, self.total)
-        seg_B = tf.searchsorted(self._cum, u_B, side="right")
-        before_B = tf.where(seg_B > 0, tf.gather(self._cum, tf.maximum(seg_B - 1, 0)), 0)
-        starts_B = tf.gather(self._seg_starts, seg_B) + (u_B - before_B)
+        u = tf.math.floormod(r, self.total)
+        seg = tf.searchsorted(self._cum, u, side="right")
+        before = tf.where(seg > 0, tf.gather(self._cum, tf.maximum(seg - 1, 0)), 0)
+        return tf.gather(self._seg_starts, seg) + (u - before)
+
+    def starts_and_strands(self, keys_B: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.n_counter is None or self.max_n >= self.window_len:
+            starts_B = self._draw(keys_B)
+        else:
+            attempts_K = tf.range(self.ATTEMPTS, dtype=tf.int64)
+            # Attempt 0 uses the window key itself; later attempts re-hash it.
+            keys_BxK = tf.where(
+                attempts_K[None, :] == 0,
+                keys_B[:, None],
+                hash_combine(keys_B[:, None], 1000 + attempts_K),
+            )
+            starts_BxK = tf.reshape(self._draw(tf.reshape(keys_BxK, [-1])), tf.shape(keys_BxK))
+            n_BxK = self.n_counter.count(starts_BxK, self.window_len)
+            # The first acceptable attempt, else the first of those with the fewest N (explicit
+            # minima: tf.argmax / argmin do not promise which index wins a tie).
+            none = tf.constant(self.ATTEMPTS, tf.int64)
+            first_ok_B = tf.reduce_min(tf.where(n_BxK <= self.max_n, attempts_K, none), axis=1)
+            fewest_n = n_BxK == tf.reduce_min(n_BxK, axis=1, keepdims=True)
+            first_fewest_B = tf.reduce_min(tf.where(fewest_n, attempts_K, none), axis=1)
+            pick_B = tf.where(first_ok_B < none, first_ok_B, first_fewest_B)
+            starts_B = tf.gather(starts_BxK, pick_B, batch_dims=1)
         if self.reverse_complement:
             strands_B = tf.equal(tf.bitwise.bitwise_and(hash_combine(keys_B, SALT_STRAND), 1), 1)
         else:

@@ -80,7 +80,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     host_batch_size(t_cfg.global_batch_size, jax.process_count())
     tokenizer = get_tokenizer(config.data.tokenizer)
-    corpus = load_corpus(config.data.genomes)
+    corpus = load_corpus(config.data.genomes, config.data.iupac)
     log(corpus.summary())
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
 
