@@ -68,6 +68,10 @@ def pretrain_defaults() -> ConfigDict:
 
     c.data = d = ConfigDict()
     d.genomes = ("builtin",)  # FASTA(.gz) paths; "builtin" = the genomes shipped in the package
+    # Mixture over files: explicit weights (one per file, in order), or () for weights
+    # proportional to size ** (1 / size_temperature); temperature > 1 upsamples small genomes.
+    d.weights = ()
+    d.size_temperature = 1.0
     d.iupac = "n"  # IUPAC ambiguity letters: "n" reads them as N, "error" rejects the file
     d.tokenizer = "char"
     d.window_len = 512  # bases per window

@@ -7,6 +7,7 @@ from gfm_jax.data import fasta, windows
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.pipeline import WindowPipeline
 from gfm_jax.data.tokenizers import get_tokenizer
+from gfm_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +162,39 @@ def test_n_counter_matches_brute_force():
     codes = np.where(is_n, fasta.N, fasta.A).astype(np.uint8)
     from gfm_jax.data.corpus import Corpus
 
-    corpus = Corpus(codes, ("x",), np.array([0]), np.array([codes.size]))
+    corpus = Corpus(codes, ("x",), np.array([0]), np.array([codes.size]), np.array([0]), ("x",))
     counter = windows.NCounter(*corpus.n_runs())
     starts = rng.integers(0, 4900, 500)
     got = counter.count(tf.constant(starts[:, None].repeat(2, 1)), 100).numpy()
     expect = np.array([is_n[s : s + 100].sum() for s in starts])
     np.testing.assert_array_equal(got, np.stack([expect, expect], 1))
+
+
+def file_of(corpus, starts):
+    record = np.searchsorted(corpus.offsets, starts, side="right") - 1
+    return corpus.groups[record]
+
+
+@pytest.mark.parametrize(
+    "weights, temperature, expect",
+    [
+        ((1.0, 0.0, 0.0, 1.0), 1.0, [0.5, 0.0, 0.0, 0.5]),
+        ((), 1.0, None),  # proportional to size
+        ((), 1000.0, [0.25, 0.25, 0.25, 0.25]),  # high temperature: nearly uniform over files
+    ],
+)
+def test_mixture_weights_over_files(corpus, weights, temperature, expect):
+    p = make_pipeline(corpus, window_len=100, weights=weights, size_temperature=temperature)
+    keys = windows.window_keys(0, tf.range(20000, dtype=tf.int64))
+    starts, _ = p.samplers["train"].starts_and_strands(keys)
+    share = np.bincount(file_of(corpus, starts.numpy()), minlength=4) / 20000
+    if expect is None:
+        sizes = np.bincount(corpus.groups, corpus.lengths, minlength=4)
+        expect = sizes / sizes.sum()
+    np.testing.assert_allclose(share, expect, atol=0.015)
+    assert "training mixture: lambda_phage_NC_001416.fa.gz" in p.describe_mixture()
+
+
+def test_wrong_number_of_weights_names_the_files(corpus):
+    with pytest.raises(UserError, match="4 files"):
+        make_pipeline(corpus, weights=(1.0, 2.0))

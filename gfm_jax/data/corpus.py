@@ -3,7 +3,8 @@
 All records are concatenated into one uint8 array of base codes; a split is a list of segments
 [start, end) of that array that windows are drawn from. The validation segment of each record is
 one contiguous range (`val_start`, `val_fraction` of its length), so no training window overlaps
-a held-out one.
+a held-out one. Each FASTA file is a mixture component ("group"): windows pick a file by its
+weight, then a start uniformly among that file's valid starts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Segments:
 
     starts: np.ndarray  # int64[K]
     ends: np.ndarray  # int64[K]
+    groups: np.ndarray  # int64[K], the file each segment belongs to
 
     def num_valid_starts(self, window_len: int) -> np.ndarray:
         return np.maximum(self.ends - self.starts - window_len + 1, 0)
@@ -34,6 +36,8 @@ class Corpus:
     names: tuple[str, ...]  # "file/record" per record
     offsets: np.ndarray  # int64[R], start of each record in `codes`
     lengths: np.ndarray  # int64[R]
+    groups: np.ndarray  # int64[R], index into `files` of each record
+    files: tuple[str, ...]
 
     def split(self, name: str, val_fraction: float, val_start: float) -> Segments:
         """Training ('train') or held-out ('val') segments of every record."""
@@ -45,12 +49,42 @@ class Corpus:
         lo = self.offsets + np.floor(self.lengths * val_start).astype(np.int64)
         hi = lo + np.floor(self.lengths * val_fraction).astype(np.int64)
         if name == "val":
-            return Segments(lo, hi)
+            return Segments(lo, hi, self.groups)
         if name == "train":
             starts = np.concatenate([self.offsets, hi])
             ends = np.concatenate([lo, self.offsets + self.lengths])
-            return Segments(starts, ends)
+            return Segments(starts, ends, np.concatenate([self.groups, self.groups]))
         raise ValueError(f"unknown split {name!r}")
+
+    def file_weights(
+        self, segments: Segments, window_len: int, weights: Sequence[float], temperature: float
+    ) -> np.ndarray:
+        """Sampling probability of each file: explicit `weights`, else size ** (1/temperature).
+
+        Size is the number of valid window starts of the file in `segments`; temperature 1 mixes
+        files in proportion to their size, larger temperatures flatten towards uniform.
+        """
+        sizes = np.bincount(
+            segments.groups, segments.num_valid_starts(window_len), minlength=len(self.files)
+        )
+        if len(weights):
+            if len(weights) != len(self.files) or min(weights) < 0:
+                raise UserError(
+                    f"data.weights has {len(weights)} values for {len(self.files)} files "
+                    f"({', '.join(self.files)}); give one non-negative weight per file, or ()"
+                )
+            raw = np.asarray(weights, np.float64)
+        elif temperature > 0:
+            raw = sizes.astype(np.float64) ** (1.0 / temperature)
+        else:
+            raise UserError(f"data.size_temperature={temperature}: must be positive")
+        raw = np.where(sizes > 0, raw, 0.0)  # a file with no window of this length cannot be drawn
+        if raw.sum() <= 0:
+            raise UserError(
+                f"no file has a window of {window_len} bases with positive weight; lower "
+                "data.window_len or check data.weights"
+            )
+        return raw / raw.sum()
 
     def n_runs(self) -> tuple[np.ndarray, np.ndarray]:
         """Starts and ends [start, end) of the maximal runs of N in `codes`."""
@@ -62,7 +96,9 @@ class Corpus:
 
     def summary(self) -> str:
         upper = self.codes & ~np.uint8(fasta.SOFT_MASK_BIT)
-        lines = [f"corpus: {len(self.names)} records, {self.codes.size:,} bases"]
+        lines = [
+            f"corpus: {len(self.files)} files, {len(self.names)} records, {self.codes.size:,} bases"
+        ]
         for name, off, length in zip(self.names, self.offsets, self.lengths, strict=True):
             rec = upper[off : off + length]
             soft = self.codes[off : off + length] >= fasta.SOFT_MASK_BIT
@@ -76,14 +112,18 @@ class Corpus:
 
 def load_corpus(specs: Sequence[str], iupac: str = "n") -> Corpus:
     """Reads every record of every FASTA file named (see `builtin.resolve` for the syntax)."""
-    records: list[tuple[str, np.ndarray]] = []
+    records: list[tuple[str, np.ndarray, int]] = []
+    files: list[str] = []
     for spec in specs:
         for path in builtin.resolve(spec):
             for rec in fasta.read_fasta(path, iupac):
-                records.append((f"{path.name}/{rec.name}", rec.codes))
+                records.append((f"{path.name}/{rec.name}", rec.codes, len(files)))
+            files.append(path.name)
     if not records:
         raise UserError("data.genomes is empty; list at least one FASTA file (or 'builtin')")
-    lengths = np.array([len(c) for _, c in records], np.int64)
+    lengths = np.array([len(c) for _, c, _ in records], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    codes = np.concatenate([c for _, c in records])
-    return Corpus(codes, tuple(n for n, _ in records), offsets, lengths)
+    codes = np.concatenate([c for _, c, _ in records])
+    groups = np.array([g for _, _, g in records], np.int64)
+    names = tuple(n for n, _, _ in records)
+    return Corpus(codes, names, offsets, lengths, groups, tuple(files))

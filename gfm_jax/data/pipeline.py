@@ -47,16 +47,28 @@ class WindowPipeline:
         # A variable, not a constant: a constant would be embedded in the graph (2 GB limit).
         self.genome = tf.Variable(corpus.codes, trainable=False, dtype=tf.uint8)
         n_counter = windows.NCounter(*corpus.n_runs())
+        segments = {s: corpus.split(s, data.val_fraction, data.val_start) for s in ("train", "val")}
+        # Training mixes files by data.weights / data.size_temperature; held-out windows weigh
+        # every held-out base equally.
+        self.train_weights = corpus.file_weights(
+            segments["train"], self.window_len, tuple(data.weights), float(data.size_temperature)
+        )
         self.samplers = {
             split: windows.WindowSampler(
-                corpus.split(split, data.val_fraction, data.val_start),
+                segments[split],
                 self.window_len,
                 reverse_complement=bool(data.reverse_complement) and split == "train",
+                group_weights=self.train_weights if split == "train" else None,
                 n_counter=n_counter,
                 max_n_fraction=float(data.max_n_fraction),
             )
             for split in ("train", "val")
         }
+        self.files = corpus.files
+
+    def describe_mixture(self) -> str:
+        parts = [f"{f} {w:.1%}" for f, w in zip(self.files, self.train_weights, strict=True)]
+        return "training mixture: " + ", ".join(parts)
 
     def windows_for_indices(self, split: str, indices_B: tf.Tensor) -> dict[str, tf.Tensor]:
         """The masked windows of the given global indices (a pure function of split, index)."""

@@ -21,7 +21,7 @@ _MIX = 0x45D9F3B  # < 2**27, so (x < 2**32) * _MIX fits in int64 without overflo
 _GOLDEN = 0x9E3779B9
 
 # Salts keep the hashes for different decisions independent.
-SALT_POSITION_HI, SALT_POSITION_LO, SALT_STRAND, SALT_MASK = 1, 2, 3, 4
+SALT_POSITION_HI, SALT_POSITION_LO, SALT_STRAND, SALT_MASK, SALT_GROUP = 1, 2, 3, 4, 5
 
 
 def _mix32(x: tf.Tensor) -> tf.Tensor:
@@ -75,6 +75,9 @@ class NCounter:
 class WindowSampler:
     """Maps window keys to (start, strand) over the segments of one split.
 
+    A window picks a file (segment group) by `group_weights` (default: in proportion to the
+    file's valid starts), then a start uniformly among that file's valid starts.
+
     With `max_n_fraction < 1`, up to `ATTEMPTS` candidate starts are drawn per window (each a
     hash of the key and the attempt number) and the first whose N fraction is at most the
     threshold is taken; if none is, the candidate with the fewest N. Attempt 0 is the plain
@@ -88,6 +91,7 @@ class WindowSampler:
         segments: Segments,
         window_len: int,
         reverse_complement: bool,
+        group_weights: np.ndarray | None = None,
         n_counter: NCounter | None = None,
         max_n_fraction: float = 1.0,
     ):
@@ -102,17 +106,34 @@ class WindowSampler:
         self.reverse_complement = reverse_complement
         self.n_counter = n_counter
         self.max_n = int(np.floor(max_n_fraction * window_len))
-        self.total = int(counts.sum())
-        self._cum = tf.constant(np.cumsum(counts), tf.int64)
-        self._seg_starts = tf.constant(segments.starts, tf.int64)
+        # Segments sorted by group, so each group's valid starts are one contiguous range.
+        order = np.argsort(segments.groups, kind="stable")
+        num_groups = int(segments.groups.max()) + 1
+        group_count = np.bincount(segments.groups, counts, minlength=num_groups).astype(np.int64)
+        if group_weights is None:
+            group_weights = group_count / group_count.sum()
+        weights = np.where(group_count > 0, np.asarray(group_weights, np.float64), 0.0)
+        self.group_weights = weights / weights.sum()
+        cum_weights = np.cumsum(self.group_weights)
+        cum_weights[-1] = 1.0
+        self._cum_weights = tf.constant(cum_weights, tf.float64)
+        self._group_count = tf.constant(np.maximum(group_count, 1), tf.int64)
+        self._group_first = tf.constant(np.cumsum(group_count) - group_count, tf.int64)
+        self._cum = tf.constant(np.cumsum(counts[order]), tf.int64)
+        self._seg_starts = tf.constant(segments.starts[order], tf.int64)
 
     def _draw(self, keys: tf.Tensor) -> tf.Tensor:
-        """A start uniform over all valid starts of the split, per key."""
+        """A group by weight, then a start uniform over that group's valid starts, per key."""
+        u_group = uniform_from_key(hash_combine(keys, SALT_GROUP))
+        group = tf.searchsorted(self._cum_weights, u_group, side="right")
+        group = tf.minimum(group, self._cum_weights.shape[0] - 1)
         # 62 random bits, so the modulo is uniform enough for any genome size.
         hi = hash_combine(keys, SALT_POSITION_HI)
         lo = hash_combine(keys, SALT_POSITION_LO)
         r = tf.bitwise.bitwise_or(tf.bitwise.left_shift(hi, 30), tf.bitwise.right_shift(lo, 2))
-        u = tf.math.floormod(r, self.total)
+        u = tf.gather(self._group_first, group) + tf.math.floormod(
+            r, tf.gather(self._group_count, group)
+        )
         seg = tf.searchsorted(self._cum, u, side="right")
         before = tf.where(seg > 0, tf.gather(self._cum, tf.maximum(seg - 1, 0)), 0)
         return tf.gather(self._seg_starts, seg) + (u - before)

@@ -83,6 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     corpus = load_corpus(config.data.genomes, config.data.iupac)
     log(corpus.summary())
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
+    log(pipeline.describe_mixture())
 
     # --- Model, optimizer and sharded state -----------------------------------------------
     model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size)
