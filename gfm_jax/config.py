@@ -73,17 +73,30 @@ def pretrain_defaults() -> ConfigDict:
     d.weights = ()
     d.size_temperature = 1.0
     d.iupac = "n"  # IUPAC ambiguity letters: "n" reads them as N, "error" rejects the file
+    # char | char_rna | nt6 | kmer3..kmer6 (overlapping) | bpe (trained on the corpus)
     d.tokenizer = "char"
     d.window_len = 512  # bases per window
+    # If > 0, windows are sized in tokens instead: each holds this many tokens (after CLS),
+    # cut from a window of enough bases for the tokenizer; window_len is then ignored.
+    d.window_tokens = 0
+    d.bpe_vocab_size = 4096  # tokenizer="bpe": vocabulary trained on the training segments
     d.max_n_fraction = 0.1  # windows with more N are redrawn (up to 16 tries; see windows.py)
     d.val_fraction = 0.1  # of each record, held out for validation
     # Where the held-out range starts, as a fraction of each record. 0.3 keeps it away from the
     # ends (telomeres) and, in the built-in chloroplast, from the inverted repeats.
     d.val_start = 0.3
+    # Or hold out named records ("file/record" or "record") and ranges ("record:start-end",
+    # 0-based, end exclusive); when either is given, val_fraction / val_start are not used.
+    d.val_records = ()
+    d.val_ranges = ()
     d.reverse_complement = True  # augment: each window is reverse-complemented with p=0.5
     d.mask_rate = 0.15
     d.mask_token_fraction = 0.8  # of masked positions replaced by <mask>
     d.random_token_fraction = 0.1  # ... by a random base; the rest keep their token
+    d.mask_span = 0  # tokens per masked span; 0 = the tokenizer's (k for kmer<k>, else 1)
+    # Loss weight of a soft-masked (lowercase, repeat) token relative to 1.0 for the rest;
+    # a token partly soft-masked is weighted in proportion.
+    d.repeat_weight = 1.0
     d.prefetch = 2
 
     c.train = t = ConfigDict()

@@ -59,7 +59,7 @@ def test_windows_come_from_their_split_and_strands_are_reverse_complements(corpu
             np.testing.assert_array_equal(got[i], expect)
 
 
-@pytest.mark.parametrize("tokenizer, window_len", [("char", 1024), ("nt6", 6144)])
+@pytest.mark.parametrize("tokenizer, window_len", [("char", 1024), ("nt6", 6144), ("kmer6", 1029)])
 def test_mask_rates_over_a_million_tokens(corpus, tokenizer, window_len):
     p = make_pipeline(corpus, window_len=window_len, tokenizer=tokenizer)
     ds = p.dataset("train", global_batch=128, first_step=0, last_step=8)
@@ -83,6 +83,17 @@ def test_mask_rates_over_a_million_tokens(corpus, tokenizer, window_len):
     assert abs(kept - (0.1 + 0.1 / n)) < 0.01
     assert np.all(inputs[~selected] == targets[~selected])
     assert set(np.unique(sel_tg)) <= set(range(*tok.maskable))
+    if tok.default_mask_span > 1:
+        # Overlapping k-mers are masked in spans of k whole tokens: every run of selected
+        # tokens not cut by CLS, an N k-mer or the window's end is at least k long, so no
+        # masked base can be read off its neighbours.
+        edges = np.diff(np.pad(selected.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+        rows, starts = np.nonzero(edges == 1)
+        _, ends = np.nonzero(edges == -1)
+        padded = np.pad(maskable, ((0, 0), (0, 1)))  # beyond the end counts as a cut
+        whole = padded[rows, starts - 1] & padded[rows, ends]
+        assert whole.mean() > 0.9
+        assert (ends - starts)[whole].min() >= tok.default_mask_span
 
 
 def test_host_slices_make_the_global_batch_and_resume_needs_only_the_step(corpus):
@@ -198,3 +209,49 @@ def test_mixture_weights_over_files(corpus, weights, temperature, expect):
 def test_wrong_number_of_weights_names_the_files(corpus):
     with pytest.raises(UserError, match="4 files"):
         make_pipeline(corpus, weights=(1.0, 2.0))
+
+
+def test_span_masking_decides_once_per_span(corpus):
+    p = make_pipeline(corpus, window_len=512, mask_span=4)
+    (batch,) = collect(p.dataset("train", global_batch=64, first_step=0, last_step=1))
+    inputs, selected = batch["inputs"], batch["weights"] > 0
+    masked = selected & (inputs == p.tokenizer.mask_id)
+    assert abs(selected.mean() - 0.15) < 0.02
+    # Within a run of 4 selected tokens starting a span, either all are <mask> or none is
+    # (two spans can abut, so check runs of exactly the span length).
+    edges = np.diff(np.pad(selected.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)
+    exact = (ends - starts) == 4
+    assert exact.sum() > 100
+    for r, a in zip(rows[exact], starts[exact], strict=True):
+        assert masked[r, a : a + 4].all() or not masked[r, a : a + 4].any()
+
+
+def test_repeat_weight_scales_the_loss_weight_of_soft_masked_tokens():
+    human = load_corpus(["builtin:human_hg19_chr17_1-40000.fa.gz"])  # soft-masked
+    soft_fraction = np.mean(human.codes >= fasta.SOFT_MASK_BIT)
+    assert 0.2 < soft_fraction < 0.8
+
+    def batches(**overrides):
+        p = make_pipeline(human, window_len=256, **overrides)
+        return collect(p.dataset("train", global_batch=64, first_step=0, last_step=4))
+
+    ratios = []
+    for a, b in zip(batches(), batches(repeat_weight=0.25), strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])  # only the weights change
+        selected = a["weights"] > 0
+        np.testing.assert_array_equal(selected, b["weights"] > 0)
+        ratios.append(b["weights"][selected] / a["weights"][selected])
+    ratios = np.concatenate(ratios)
+    assert set(np.unique(ratios)) == {0.25, 1.0}  # char tokens: one base, soft or not
+    # Soft-masked targets are down-weighted about as often as the genome is soft-masked.
+    assert abs(np.mean(ratios == 0.25) - soft_fraction) < 0.05
+
+
+def test_windows_sized_in_tokens(corpus):
+    for tokenizer, bases in (("char", 100), ("nt6", 600), ("kmer4", 103)):
+        p = make_pipeline(corpus, tokenizer=tokenizer, window_tokens=100, max_n_fraction=1.0)
+        assert (p.window_len, p.num_tokens) == (bases, 100)
+        (batch,) = collect(p.dataset("train", global_batch=4, first_step=0, last_step=1))
+        assert batch["inputs"].shape == (4, 101)

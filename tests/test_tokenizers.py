@@ -114,9 +114,68 @@ def test_tokens_of_reverse_complemented_windows_equal_encoding_the_reverse_compl
     codes = rec.codes[:600].reshape(5, 120)
     rc = reverse_complement_codes(tf.constant(codes)).numpy()
     pairs = str.maketrans("ACGTN", "TGCAN")
-    for name in ("char", "nt6"):
+    for name in ("char", "nt6", "kmer4"):
         tok = get_tokenizer(name)
         got = tok.ids_from_codes(tf.constant(rc)).numpy()
         for row, ids in zip(codes, got, strict=True):
             text = fasta.decode_codes(row).upper().translate(pairs)[::-1]
             np.testing.assert_array_equal(ids, tok.encode(text))
+
+
+def kmer_id(kmer: str) -> int:
+    """Hand rule: 5 + base-4 value with digits A0 C1 G2 T3."""
+    return 5 + sum("ACGT".index(b) * 4 ** (len(kmer) - 1 - i) for i, b in enumerate(kmer))
+
+
+@pytest.mark.parametrize(
+    "sequence, expected, decoded",
+    [
+        ("ACGTA", [kmer_id("ACG"), kmer_id("CGT"), kmer_id("GTA")], "ACGTA"),
+        # A and C sit only in k-mers that hold the N, so they decode as N (documented).
+        ("ACNGTAC", [1, 1, 1, kmer_id("GTA"), kmer_id("TAC")], "NNNGTAC"),
+        # Here an earlier k-mer without N covers them, so they come back.
+        ("GGACNGTA", [kmer_id("GGA"), kmer_id("GAC"), 1, 1, 1, kmer_id("GTA")], "GGACNGTA"),
+        ("ANA", [1], "NNN"),  # every k-mer covering the A's holds the N: documented loss
+        ("acgT", [kmer_id("ACG"), kmer_id("CGT")], "ACGT"),
+        ("AC", [], ""),  # shorter than k: no token
+    ],
+)
+def test_kmer3_hand_checked_ids(sequence, expected, decoded):
+    tok = get_tokenizer("kmer3")
+    assert tok.vocab[:5] == ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    assert tok.vocab_size == 5 + 64 and tok.default_mask_span == 3
+    assert list(tok.encode(sequence)) == expected
+    assert tok.decode(np.array(expected, np.int32)) == decoded
+
+
+@pytest.mark.parametrize("name", ["kmer3", "kmer6"])
+def test_kmer_round_trips_real_genomes_and_the_batched_path_agrees(name):
+    tok = get_tokenizer(name)
+    for genome in builtin.GENOMES:
+        (rec,) = fasta.read_fasta(builtin.resolve(f"builtin:{genome}")[0])
+        text = rec.sequence()[:20_000]
+        assert tok.decode(tok.encode(text)) == text.upper()  # the built-in genomes have no N
+    codes = rec.codes[:600].reshape(6, 100).copy()
+    codes[1, 50] = fasta.N
+    got = tok.ids_from_codes(tf.constant(codes)).numpy()
+    assert got.shape == (6, tok.num_tokens(100))
+    for row, ids in zip(codes, got, strict=True):
+        np.testing.assert_array_equal(ids, tok.encode(fasta.decode_codes(row)))
+
+
+@pytest.mark.parametrize("name", ["char", "nt6", "kmer3"])
+def test_repeat_fraction_of_each_token(name):
+    tok = get_tokenizer(name)
+    text = "ACGTACgtacgtNNacgtACGTAC"
+    codes = fasta.encode_text(text)[None, :]
+    frac = tok.repeat_fraction(tf.constant(codes)).numpy()[0]
+    assert frac.shape == (tok.num_tokens(len(text)),)
+    if name == "char":
+        np.testing.assert_array_equal(frac, [c.islower() for c in text])
+    elif name == "nt6":  # ACGTAC | gtacgt | N | N | acgtAC | G | T | A | C
+        np.testing.assert_allclose(frac, [0, 1, 0, 0])  # the N tokens push the rest out
+        whole = tok._batch_repeat_fraction(codes, 9)[0]
+        np.testing.assert_allclose(whole, [0, 1, 0, 0, 4 / 6, 0, 0, 0, 0], rtol=1e-6)
+    else:
+        expect = [sum(c.islower() for c in text[i : i + 3]) / 3 for i in range(len(text) - 2)]
+        np.testing.assert_allclose(frac, expect, rtol=1e-6)

@@ -1,6 +1,8 @@
 """tf.data: step range -> global window indices -> windows -> tokens -> masks -> host batches.
 
-A window of `data.window_len` bases becomes CLS + `tokenizer.num_tokens(window_len)` tokens.
+A window of `data.window_len` bases becomes CLS + `tokenizer.num_tokens(window_len)` tokens (or,
+with `data.window_tokens` = T, a window of `tokenizer.bases_for_tokens(T)` bases becomes CLS + T
+tokens).
 
 The dataset is `Dataset.range(first_step, last_step)`; each element (a step) is mapped by one
 vectorised function that builds this host's slice of that step's global batch. Window indices of
@@ -38,11 +40,28 @@ class WindowPipeline:
         self, corpus: Corpus, tokenizer: Tokenizer, data: ml_collections.ConfigDict, seed: int
     ):
         self.tokenizer = tokenizer
-        self.window_len = int(data.window_len)
+        # Tokens per window (without CLS), and the bases each window is cut from.
+        if int(data.window_tokens) > 0:
+            self.num_tokens = int(data.window_tokens)
+            self.window_len = tokenizer.bases_for_tokens(self.num_tokens)
+        else:
+            self.window_len = int(data.window_len)
+            self.num_tokens = tokenizer.num_tokens(self.window_len)
+        if self.num_tokens < 1:
+            raise UserError(
+                f"data.window_len={self.window_len} gives no {tokenizer.name} token; "
+                "make windows longer"
+            )
         self.seeds = {"train": int(seed), "val": EVAL_SEED}
         self.masking = MaskingSpec(
-            data.mask_rate, data.mask_token_fraction, data.random_token_fraction
+            data.mask_rate,
+            data.mask_token_fraction,
+            data.random_token_fraction,
+            int(data.mask_span) or tokenizer.default_mask_span,
         )
+        if float(data.repeat_weight) < 0.0:
+            raise UserError(f"data.repeat_weight={data.repeat_weight}: must be >= 0")
+        self.repeat_weight = float(data.repeat_weight)
         self.prefetch = int(data.prefetch)
         # A variable, not a constant: a constant would be embedded in the graph (2 GB limit).
         self.genome = tf.Variable(corpus.codes, trainable=False, dtype=tf.uint8)
@@ -75,7 +94,7 @@ class WindowPipeline:
         keys_B = windows.window_keys(self.seeds[split], indices_B)
         starts_B, strands_B = self.samplers[split].starts_and_strands(keys_B)
         codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, self.window_len)
-        ids_BxT = self.tokenizer.ids_from_codes(codes_BxL)
+        ids_BxT = self.tokenizer.ids_from_codes(codes_BxL)[:, : self.num_tokens]
         # Every sequence starts with CLS (as in Nucleotide Transformer): it gives the model an
         # absolute anchor that rotary positions alone lack, and a token to pool for classifiers.
         cls_Bx1 = tf.fill([tf.shape(ids_BxT)[0], 1], tf.cast(self.tokenizer.cls_id, ids_BxT.dtype))
@@ -87,6 +106,12 @@ class WindowPipeline:
             mask_id=self.tokenizer.mask_id,
             maskable=self.tokenizer.maskable,
         )
+        if self.repeat_weight != 1.0:
+            # Down-weight repeats in the loss by the soft-masked fraction of each token.
+            frac_BxT = self.tokenizer.repeat_fraction(codes_BxL)[:, : self.num_tokens]
+            scale_BxT = 1.0 - (1.0 - self.repeat_weight) * frac_BxT
+            scale_BxT = tf.concat([tf.ones_like(scale_BxT[:, :1]), scale_BxT], axis=1)  # CLS
+            batch["weights"] = batch["weights"] * scale_BxT
         batch["index"] = indices_B
         return batch
 

@@ -32,6 +32,8 @@ class Tokenizer(abc.ABC):
     # Ids [start, stop) that masking may select and draws random replacements from: the
     # nucleotide tokens (never specials or N).
     maskable: tuple[int, int]
+    # Masking selects spans of this many tokens unless data.mask_span says otherwise.
+    default_mask_span: int = 1
 
     @property
     def vocab_size(self) -> int:
@@ -40,6 +42,14 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def num_tokens(self, window_len: int) -> int:
         """Tokens per window of `window_len` bases (without CLS)."""
+
+    @abc.abstractmethod
+    def bases_for_tokens(self, tokens: int) -> int:
+        """Bases per window that give at least `tokens` tokens (windows sized in tokens)."""
+
+    @abc.abstractmethod
+    def repeat_fraction(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        """float32 [B, num_tokens(L)]: the soft-masked fraction of each token's bases."""
 
     @abc.abstractmethod
     def encode(self, sequence: str) -> np.ndarray:
@@ -93,6 +103,12 @@ class CharTokenizer(Tokenizer):
     def num_tokens(self, window_len: int) -> int:
         return window_len
 
+    def bases_for_tokens(self, tokens: int) -> int:
+        return tokens
+
+    def repeat_fraction(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        return tf.cast(codes_BxL >= fasta.SOFT_MASK_BIT, tf.float32)
+
     def encode(self, sequence: str) -> np.ndarray:
         return self._code_to_id[self._codes(sequence)]
 
@@ -142,6 +158,9 @@ class NucleotideTransformerTokenizer(Tokenizer):
     def num_tokens(self, window_len: int) -> int:
         return -(-window_len // self.K)
 
+    def bases_for_tokens(self, tokens: int) -> int:
+        return tokens * self.K  # N inflates the token count; tokens past `tokens` are dropped
+
     def _tokenize(self, codes_BxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised over a batch: (token at each base position, whether it is emitted)."""
         k = self.K
@@ -159,20 +178,33 @@ class NucleotideTransformerTokenizer(Tokenizer):
         digits = np.pad(self._digit[codes_BxL], ((0, 0), (0, k - 1)))
         value = sum(digits[:, j : j + length] * 4 ** (k - 1 - j) for j in range(k))
         tokens = np.where(kmer_start, self._first_kmer + value, self._single[codes_BxL])
-        return tokens.astype(np.int32), emitted
+        return tokens.astype(np.int32), emitted, kmer_start
 
-    def _batch_ids(self, codes_BxL: np.ndarray, num_tokens: int) -> np.ndarray:
-        tokens, emitted = self._tokenize(codes_BxL)
+    @staticmethod
+    def _emitted_first(values_BxL: np.ndarray, emitted: np.ndarray, num_tokens: int, fill):
+        """Per-base-position values -> the values of the emitted tokens, in order, padded."""
         order = np.argsort(~emitted, axis=1, kind="stable")  # emitted tokens first, in order
-        tokens = np.take_along_axis(tokens, order, axis=1)[:, :num_tokens]
+        values = np.take_along_axis(values_BxL, order, axis=1)[:, :num_tokens]
         count = emitted.sum(axis=1, keepdims=True)
-        out = np.full((codes_BxL.shape[0], num_tokens), self.pad_id, np.int32)
-        width = tokens.shape[1]
-        out[:, :width] = np.where(np.arange(width) < count, tokens, self.pad_id)
+        out = np.full((values_BxL.shape[0], num_tokens), fill, values_BxL.dtype)
+        width = values.shape[1]
+        out[:, :width] = np.where(np.arange(width) < count, values, fill)
         return out
 
+    def _batch_ids(self, codes_BxL: np.ndarray, num_tokens: int) -> np.ndarray:
+        tokens, emitted, _ = self._tokenize(codes_BxL)
+        return self._emitted_first(tokens, emitted, num_tokens, self.pad_id)
+
+    def _batch_repeat_fraction(self, codes_BxL: np.ndarray, num_tokens: int) -> np.ndarray:
+        _, emitted, kmer_start = self._tokenize(codes_BxL)
+        soft = (codes_BxL >= fasta.SOFT_MASK_BIT).astype(np.float32)
+        padded = np.pad(soft, ((0, 0), (0, self.K - 1)))
+        soft_k = sum(padded[:, j : j + soft.shape[1]] for j in range(self.K)) / self.K
+        per_pos = np.where(kmer_start, soft_k, soft).astype(np.float32)
+        return self._emitted_first(per_pos, emitted, num_tokens, np.float32(0))
+
     def encode(self, sequence: str) -> np.ndarray:
-        tokens, emitted = self._tokenize(self._codes(sequence)[None, :])
+        tokens, emitted, _ = self._tokenize(self._codes(sequence)[None, :])
         return tokens[0][emitted[0]]
 
     def decode(self, ids: np.ndarray) -> str:
@@ -181,12 +213,107 @@ class NucleotideTransformerTokenizer(Tokenizer):
         return "".join(self._id_text[ids])
 
     def ids_from_codes(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        return self._per_token(self._batch_ids, codes_BxL, tf.int32)
+
+    def repeat_fraction(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        return self._per_token(self._batch_repeat_fraction, codes_BxL, tf.float32)
+
+    def _per_token(self, fn, codes_BxL: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
         num_tokens = self.num_tokens(int(codes_BxL.shape[1]))
-        ids = tf.numpy_function(
-            lambda codes: self._batch_ids(codes, num_tokens), [codes_BxL], tf.int32, stateful=False
+        out = tf.numpy_function(
+            lambda codes: fn(codes, num_tokens), [codes_BxL], dtype, stateful=False
         )
-        ids.set_shape([codes_BxL.shape[0], num_tokens])
-        return ids
+        out.set_shape([codes_BxL.shape[0], num_tokens])
+        return out
+
+
+class OverlappingKmerTokenizer(Tokenizer):
+    """Overlapping k-mers (DNABERT-style), one token per base position, stride 1.
+
+    Ids: [PAD]0 [UNK]1 [CLS]2 [SEP]3 [MASK]4, then the 4**k k-mers in
+    `itertools.product("ACGT", repeat=k)` order from 5. A window of L bases gives L - k + 1
+    tokens; a k-mer containing N is [UNK]. Decoding reads base j from any token covering it
+    that is not [UNK], so it restores every base except those whose every covering k-mer holds
+    an N (they decode as N). Neighbouring tokens share k - 1 bases, so masking one token alone
+    leaks it: the default mask span for this tokenizer is k tokens (see masking.py).
+    """
+
+    SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+    def __init__(self, k: int):
+        if not 1 <= k <= 8:
+            raise UserError(f"data.tokenizer='kmer{k}': k must be between 1 and 8")
+        self.k = k
+        self.name = f"kmer{k}"
+        kmers = tuple("".join(p) for p in itertools.product("ACGT", repeat=k))
+        self.vocab = self.SPECIALS + kmers
+        self.pad_id, self.unk_id, self.cls_id, self.mask_id = 0, 1, 2, 4
+        self.bases_per_token = 1.0  # each token adds one new base
+        self.default_mask_span = k
+        self._first = len(self.SPECIALS)
+        self.maskable = (self._first, self._first + len(kmers))
+        # Base code (soft-masked or not) -> digit A0 C1 G2 T3, or -1 for N.
+        table = np.full(256, -1, np.int32)
+        for code in range(4):
+            table[code] = table[code | fasta.SOFT_MASK_BIT] = code
+        self._digit = table
+        self._id_text = np.array(self.vocab, dtype=object)
+
+    def num_tokens(self, window_len: int) -> int:
+        return max(window_len - self.k + 1, 0)
+
+    def bases_for_tokens(self, tokens: int) -> int:
+        return tokens + self.k - 1
+
+    def repeat_fraction(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        soft = tf.cast(codes_BxL >= fasta.SOFT_MASK_BIT, tf.float32)
+        tokens = self.num_tokens(int(codes_BxL.shape[1]))
+        return tf.add_n([soft[:, j : j + tokens] for j in range(self.k)]) / self.k
+
+    def _ids(self, digits_BxL, xp):
+        """k-mer ids from digits (-1 = N), in numpy (`xp=np`) or TensorFlow ops."""
+        k, length = self.k, digits_BxL.shape[1]
+        tokens = length - k + 1
+        value, has_n = 0, False
+        for j in range(k):
+            d = digits_BxL[:, j : j + tokens]
+            value = value * 4 + xp.maximum(d, 0)
+            has_n = has_n | (d < 0)
+        return xp.where(has_n, self.unk_id, self._first + value)
+
+    def encode(self, sequence: str) -> np.ndarray:
+        ids = self._ids(self._digit[self._codes(sequence)][None, :], np)
+        return ids[0].astype(np.int32)
+
+    def decode(self, ids: np.ndarray) -> str:
+        ids = np.asarray(ids)
+        ids = ids[(ids == self.unk_id) | ((ids >= self._first) & (ids < self.vocab_size))]
+        if ids.size == 0:
+            return ""
+        k, tokens = self.k, ids.size
+        # letter_TxK[t, j]: base t + j as read from token t ('N' where the token is [UNK]).
+        letter_TxK = np.full((tokens, k), ord("N"), np.uint8)
+        known = ids != self.unk_id
+        text = "".join(self._id_text[ids[known]]).encode()
+        letter_TxK[known] = np.frombuffer(text, np.uint8).reshape(-1, k)
+        out = np.full(tokens + k - 1, ord("N"), np.uint8)
+        # Later offsets first, so each base ends up read from its earliest covering token.
+        for j in reversed(range(k)):
+            col = letter_TxK[:, j]
+            take = col != ord("N")
+            out[j : j + tokens][take] = col[take]
+        return out.tobytes().decode()
+
+    def ids_from_codes(self, codes_BxL: tf.Tensor) -> tf.Tensor:
+        digits = tf.gather(tf.constant(self._digit), tf.cast(codes_BxL, tf.int32))
+        return tf.cast(self._ids(digits, _TfOps), tf.int32)
+
+
+class _TfOps:
+    """The two numpy functions `_ids` uses, as TensorFlow ops."""
+
+    maximum = staticmethod(tf.maximum)
+    where = staticmethod(tf.where)
 
 
 def get_tokenizer(name: str) -> Tokenizer:
@@ -195,6 +322,7 @@ def get_tokenizer(name: str) -> Tokenizer:
         "char": CharTokenizer,
         "char_rna": lambda: CharTokenizer(rna=True),
         "nt6": NucleotideTransformerTokenizer,
+        **{f"kmer{k}": (lambda k=k: OverlappingKmerTokenizer(k)) for k in range(3, 7)},
     }
     if name not in factories:
         raise UserError(

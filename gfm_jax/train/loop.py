@@ -88,7 +88,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     # --- Model, optimizer and sharded state -----------------------------------------------
     model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size)
     model = MaskedLM(model_cfg, mesh, rules)
-    window = np.zeros((1, config.data.window_len), np.int32)
+    window = np.zeros((1, 1 + pipeline.num_tokens), np.int32)  # CLS + tokens
 
     def init_params(rng: jax.Array) -> Any:
         return model.init(rng, window)["params"]
@@ -169,7 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         **process,
     )
     batches = global_batches(train_ds, batch_sharding, MODEL_KEYS)
-    tokens_per_step = t_cfg.global_batch_size * config.data.window_len
+    tokens_per_step = t_cfg.global_batch_size * (1 + pipeline.num_tokens)
     pending: tuple[int, dict] | None = None  # step t-1's metrics, read after step t is dispatched
     interval: dict[str, float] = {}
     interval_start, interval_steps = time.perf_counter(), 0
