@@ -255,3 +255,44 @@ def test_windows_sized_in_tokens(corpus):
         assert (p.window_len, p.num_tokens) == (bases, 100)
         (batch,) = collect(p.dataset("train", global_batch=4, first_step=0, last_step=1))
         assert batch["inputs"].shape == (4, 101)
+
+
+def test_named_held_out_records_and_ranges(corpus):
+    lam = next(n for n in corpus.names if n.startswith("lambda"))  # by its full name
+    yeast = next(n for n in corpus.names if n.startswith("yeast"))  # by its record name
+    r_lam, r_yeast = corpus.names.index(lam), corpus.names.index(yeast)
+    yeast_record = yeast.split("/", 1)[1]
+    args = (0.1, 0.3, [lam], [f"{yeast_record}:1000-5000", f"{yeast_record}:4000-9000"])
+    val, train = corpus.split("val", *args), corpus.split("train", *args)
+    off = corpus.offsets
+    held = sorted(zip(val.starts.tolist(), val.ends.tolist(), strict=True))
+    assert held == sorted(
+        [
+            (off[r_lam], off[r_lam] + corpus.lengths[r_lam]),
+            (off[r_yeast] + 1000, off[r_yeast] + 9000),
+        ]
+    )
+    # Training covers every base not held out, exactly once.
+    covered = np.zeros(corpus.codes.size, np.int8)
+    for segs in (val, train):
+        for a, b in zip(segs.starts, segs.ends, strict=True):
+            covered[a:b] += 1
+    assert (covered == 1).all()
+    # Without names, the default split is unchanged in content.
+    default = corpus.split("train", 0.1, 0.3)
+    assert (default.ends - default.starts).sum() == corpus.codes.size - (
+        np.floor(corpus.lengths * 0.1).sum()
+    )
+
+
+@pytest.mark.parametrize(
+    "records, ranges, message",
+    [
+        (["chrX"], [], "'chrX' is not a record"),
+        ([], ["NC_000932.1:10-5"], "outside"),
+        ([], ["NC_000932.1:ten-20"], "record:start-end"),
+    ],
+)
+def test_bad_held_out_names_are_clear_errors(corpus, records, ranges, message):
+    with pytest.raises(UserError, match=message):
+        corpus.split("val", 0.1, 0.3, records, ranges)

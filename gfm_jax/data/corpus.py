@@ -1,10 +1,11 @@
 """A set of genomes in memory, and its split into training and held-out segments.
 
 All records are concatenated into one uint8 array of base codes; a split is a list of segments
-[start, end) of that array that windows are drawn from. The validation segment of each record is
-one contiguous range (`val_start`, `val_fraction` of its length), so no training window overlaps
-a held-out one. Each FASTA file is a mixture component ("group"): windows pick a file by its
-weight, then a start uniformly among that file's valid starts.
+[start, end) of that array that windows are drawn from. Held out for validation are either the
+records and ranges named in `data.val_records` / `data.val_ranges`, or one contiguous range of
+each record (`val_start`, `val_fraction` of its length); training segments are the rest, so no
+training window overlaps a held-out one. Each FASTA file is a mixture component ("group"):
+windows pick a file by its weight, then a start uniformly among that file's valid starts.
 """
 
 from __future__ import annotations
@@ -39,22 +40,91 @@ class Corpus:
     groups: np.ndarray  # int64[R], index into `files` of each record
     files: tuple[str, ...]
 
-    def split(self, name: str, val_fraction: float, val_start: float) -> Segments:
-        """Training ('train') or held-out ('val') segments of every record."""
-        if not 0.0 < val_fraction < 1.0 or not 0.0 <= val_start <= 1.0 - val_fraction:
-            raise UserError(
-                f"data.val_fraction={val_fraction} / data.val_start={val_start}: need "
-                "0 < val_fraction < 1 and 0 <= val_start <= 1 - val_fraction"
-            )
-        lo = self.offsets + np.floor(self.lengths * val_start).astype(np.int64)
-        hi = lo + np.floor(self.lengths * val_fraction).astype(np.int64)
-        if name == "val":
-            return Segments(lo, hi, self.groups)
-        if name == "train":
-            starts = np.concatenate([self.offsets, hi])
-            ends = np.concatenate([lo, self.offsets + self.lengths])
-            return Segments(starts, ends, np.concatenate([self.groups, self.groups]))
-        raise ValueError(f"unknown split {name!r}")
+    def split(
+        self,
+        name: str,
+        val_fraction: float,
+        val_start: float,
+        val_records: Sequence[str] = (),
+        val_ranges: Sequence[str] = (),
+    ) -> Segments:
+        """Training ('train') or held-out ('val') segments of every record.
+
+        Held out: the named records and ranges when any are given, else one range per record
+        (`val_start`, `val_fraction` of its length). Training is everything else.
+        """
+        if val_records or val_ranges:
+            held = self._named_held_out(val_records, val_ranges)
+        else:
+            if not 0.0 < val_fraction < 1.0 or not 0.0 <= val_start <= 1.0 - val_fraction:
+                raise UserError(
+                    f"data.val_fraction={val_fraction} / data.val_start={val_start}: need "
+                    "0 < val_fraction < 1 and 0 <= val_start <= 1 - val_fraction"
+                )
+            lo = np.floor(self.lengths * val_start).astype(np.int64)
+            hi = lo + np.floor(self.lengths * val_fraction).astype(np.int64)
+            held = [[(int(a), int(b))] for a, b in zip(lo, hi, strict=True)]
+        pieces = []  # (piece number within its record, record, start, end)
+        for r, intervals in enumerate(held):
+            if name == "val":
+                spans = intervals
+            elif name == "train":  # the gaps around the held-out intervals
+                bounds = [0, *(x for iv in intervals for x in iv), int(self.lengths[r])]
+                spans = list(zip(bounds[0::2], bounds[1::2], strict=True))
+            else:
+                raise ValueError(f"unknown split {name!r}")
+            pieces += [(k, r, lo_, hi_) for k, (lo_, hi_) in enumerate(spans)]
+        # Ordered by piece number, then record: the segment order (and so the windows a seed
+        # draws) stays what it was before named held-out records existed.
+        pieces.sort()
+        return Segments(
+            np.asarray([self.offsets[r] + lo_ for _, r, lo_, _ in pieces], np.int64),
+            np.asarray([self.offsets[r] + hi_ for _, r, _, hi_ in pieces], np.int64),
+            np.asarray([self.groups[r] for _, r, _, _ in pieces], np.int64),
+        )
+
+    def _record_index(self, name: str, key: str) -> int:
+        """A record by its full "file/record" name or, if unambiguous, its record name."""
+        matches = [i for i, n in enumerate(self.names) if n == name or n.split("/", 1)[1] == name]
+        if len(matches) != 1:
+            problem = "matches several records" if matches else "is not a record of the corpus"
+            shown = ", ".join(self.names[:6]) + (", ..." if len(self.names) > 6 else "")
+            raise UserError(f"{key}: {name!r} {problem}; records are: {shown}")
+        return matches[0]
+
+    def _named_held_out(
+        self, val_records: Sequence[str], val_ranges: Sequence[str]
+    ) -> list[list[tuple[int, int]]]:
+        """Sorted, merged held-out intervals (record-relative) of every record."""
+        held: list[list[tuple[int, int]]] = [[] for _ in self.names]
+        for name in val_records:
+            r = self._record_index(name, "data.val_records")
+            held[r].append((0, int(self.lengths[r])))
+        for spec in val_ranges:
+            record, _, span = spec.rpartition(":")
+            try:
+                lo, hi = (int(x.replace(",", "")) for x in span.split("-"))
+            except ValueError:
+                raise UserError(
+                    f"data.val_ranges: {spec!r} is not 'record:start-end' (0-based, end exclusive)"
+                ) from None
+            r = self._record_index(record, "data.val_ranges")
+            if not 0 <= lo < hi <= self.lengths[r]:
+                raise UserError(
+                    f"data.val_ranges: {spec!r} is outside {self.names[r]} "
+                    f"(0-{int(self.lengths[r])}); need 0 <= start < end <= length"
+                )
+            held[r].append((lo, hi))
+        merged: list[list[tuple[int, int]]] = []
+        for intervals in held:
+            out: list[tuple[int, int]] = []
+            for lo, hi in sorted(intervals):
+                if out and lo <= out[-1][1]:
+                    out[-1] = (out[-1][0], max(out[-1][1], hi))
+                else:
+                    out.append((lo, hi))
+            merged.append(out)
+        return merged
 
     def file_weights(
         self, segments: Segments, window_len: int, weights: Sequence[float], temperature: float

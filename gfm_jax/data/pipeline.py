@@ -66,7 +66,10 @@ class WindowPipeline:
         # A variable, not a constant: a constant would be embedded in the graph (2 GB limit).
         self.genome = tf.Variable(corpus.codes, trainable=False, dtype=tf.uint8)
         n_counter = windows.NCounter(*corpus.n_runs())
-        segments = {s: corpus.split(s, data.val_fraction, data.val_start) for s in ("train", "val")}
+        segments = {
+            s: corpus.split(s, data.val_fraction, data.val_start, data.val_records, data.val_ranges)
+            for s in ("train", "val")
+        }
         # Training mixes files by data.weights / data.size_temperature; held-out windows weigh
         # every held-out base equally.
         self.train_weights = corpus.file_weights(
