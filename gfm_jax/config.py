@@ -80,6 +80,7 @@ def pretrain_defaults() -> ConfigDict:
     # cut from a window of enough bases for the tokenizer; window_len is then ignored.
     d.window_tokens = 0
     d.bpe_vocab_size = 4096  # tokenizer="bpe": vocabulary trained on the training segments
+    d.bpe_train_bases = 50_000_000  # at most this many bases, spread evenly, train the BPE
     d.max_n_fraction = 0.1  # windows with more N are redrawn (up to 16 tries; see windows.py)
     d.val_fraction = 0.1  # of each record, held out for validation
     # Where the held-out range starts, as a fraction of each record. 0.3 keeps it away from the

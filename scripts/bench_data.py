@@ -5,8 +5,8 @@
 Measured side by side in one run (alternating, medians): the tf.data pipeline for the char and
 NT 6-mer tokenizers on the built-in genomes, the train step of the `tiny` preset (char tokens,
 its quickstart shape) and of `nt_v2_50m` (6-mer tokens), and NT 6-mer tokenization of the whole
-built-in corpus by gfm_jax, by the Hugging Face `tokenizers` library (when installed:
-`pip install -e '.[bench]'`) and by a plain Python loop, after checking all three give the same ids.
+built-in corpus by gfm_jax, by the Hugging Face `tokenizers` library and by a plain Python loop,
+after checking all three give the same ids.
 """
 
 from __future__ import annotations
@@ -116,10 +116,8 @@ def python_loop_nt6(sequence: str, vocab: dict[str, int]) -> list[int]:
 
 
 def hf_nt6(vocab: dict[str, int]):
-    try:
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    except ImportError:
-        return None
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     # Greedy left-to-right: a 6-mer of ACGT where one fits, else one base: the NT rules.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("[ACGT]{6}|[ACGTN]"), behavior="isolated")
@@ -167,25 +165,13 @@ def main() -> None:
     reference = python_loop_nt6(text, vocab)
     assert nt.encode(text).tolist() == reference
     hf = hf_nt6(vocab)
-    tok_rows = [
-        (
-            "gfm_jax nt6 (numpy, vectorised)",
-            median_rate(lambda: nt.encode(text), len(text), args.repeats),
-        ),
-        (
-            "plain Python loop",
-            median_rate(lambda: python_loop_nt6(text, vocab), len(text), args.repeats),
-        ),
-    ]
-    if hf is not None:
-        assert hf.encode(text).ids == reference
-        tok_rows.insert(
-            1,
-            (
-                "Hugging Face tokenizers (Rust, WordLevel + Split regex)",
-                median_rate(lambda: hf.encode(text), len(text), args.repeats),
-            ),
-        )
+    assert hf.encode(text).ids == reference
+    candidates = {
+        "gfm_jax nt6 (numpy, vectorised)": lambda: nt.encode(text),
+        "Hugging Face tokenizers (Rust, WordLevel + Split regex)": lambda: hf.encode(text),
+        "plain Python loop": lambda: python_loop_nt6(text, vocab),
+    }
+    tok_rows = [(name, median_rate(fn, len(text), args.repeats)) for name, fn in candidates.items()]
 
     tiny_need = med("train step tiny (char, 129 tokens, batch 64)", 1)
     nt_need = med("train step nt_v2_50m (nt6, 1,025 tokens, batch 2)", 1)
@@ -216,8 +202,6 @@ def main() -> None:
         "| --- | --- |",
     ]
     lines += [f"| {name} | {rate:,.0f} |" for name, rate in tok_rows]
-    if hf is None:
-        lines.append("| Hugging Face tokenizers | not installed (pip install -e '.[bench]') |")
     lines.append(MARK)
     table = "\n".join(lines)
     print(table)

@@ -159,3 +159,27 @@ def test_resume_in_a_new_process_equals_the_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a, b)
     # The held-out loss after the resumed run is the uninterrupted one too.
     assert read_metrics(whole)[-1] == read_metrics(split)[-1]
+
+
+def test_bpe_is_trained_saved_with_the_run_and_restored_for_evaluation(tmp_path):
+    config = micro_config(
+        **{
+            "data.tokenizer": "bpe",
+            "data.bpe_vocab_size": 256,
+            "data.window_tokens": 32,
+            "train.num_steps": 10,
+            "train.eval_every": 10,
+            "train.checkpoint_every": 10,
+        }
+    )
+    train(config, tmp_path)
+    assert (tmp_path / "tokenizer.json").exists()
+    val = [r for r in read_metrics(tmp_path) if r["split"] == "val"]
+    assert val[0]["loss"] == pytest.approx(np.log(256), abs=0.1)
+    described = pretrained.describe(tmp_path)
+    assert described.tokenizer.name == "bpe" and described.tokenizer.vocab_size == 256
+    assert described.model_config.vocab_size == 256
+    text = "ACGTTGCAAGGCTTAACCGGTTAAGCT"
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert described.tokenizer.spec()["json"] == saved["json"]
+    assert len(described.tokenizer.encode(text)) < len(text)

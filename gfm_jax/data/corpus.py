@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,12 @@ class Corpus:
             np.asarray([self.offsets[r] + lo_ for _, r, lo_, _ in pieces], np.int64),
             np.asarray([self.offsets[r] + hi_ for _, r, _, hi_ in pieces], np.int64),
             np.asarray([self.groups[r] for _, r, _, _ in pieces], np.int64),
+        )
+
+    def config_split(self, name: str, data: Any) -> Segments:
+        """`split` with the held-out settings of a `config.data` block."""
+        return self.split(
+            name, data.val_fraction, data.val_start, data.val_records, data.val_ranges
         )
 
     def _record_index(self, name: str, key: str) -> int:

@@ -67,6 +67,13 @@ class Tokenizer(abc.ABC):
         """What a checkpoint records to rebuild this tokenizer."""
         return {"name": self.name, "vocab_size": self.vocab_size}
 
+    def _numpy_per_token(self, fn, codes_BxL: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+        """Runs `fn(codes [B, L], num_tokens) -> [B, num_tokens]` (numpy, once per batch)."""
+        num_tokens = self.num_tokens(int(codes_BxL.shape[1]))
+        out = tf.numpy_function(lambda c: fn(c, num_tokens), [codes_BxL], dtype, stateful=False)
+        out.set_shape([codes_BxL.shape[0], num_tokens])
+        return out
+
     def _codes(self, sequence: str) -> np.ndarray:
         try:
             return fasta.encode_text(sequence)
@@ -213,18 +220,10 @@ class NucleotideTransformerTokenizer(Tokenizer):
         return "".join(self._id_text[ids])
 
     def ids_from_codes(self, codes_BxL: tf.Tensor) -> tf.Tensor:
-        return self._per_token(self._batch_ids, codes_BxL, tf.int32)
+        return self._numpy_per_token(self._batch_ids, codes_BxL, tf.int32)
 
     def repeat_fraction(self, codes_BxL: tf.Tensor) -> tf.Tensor:
-        return self._per_token(self._batch_repeat_fraction, codes_BxL, tf.float32)
-
-    def _per_token(self, fn, codes_BxL: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-        num_tokens = self.num_tokens(int(codes_BxL.shape[1]))
-        out = tf.numpy_function(
-            lambda codes: fn(codes, num_tokens), [codes_BxL], dtype, stateful=False
-        )
-        out.set_shape([codes_BxL.shape[0], num_tokens])
-        return out
+        return self._numpy_per_token(self._batch_repeat_fraction, codes_BxL, tf.float32)
 
 
 class OverlappingKmerTokenizer(Tokenizer):
@@ -316,16 +315,26 @@ class _TfOps:
     where = staticmethod(tf.where)
 
 
+def from_spec(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuilds the tokenizer a checkpoint's `meta` recorded (`Tokenizer.spec`)."""
+    if spec["name"] == "bpe":
+        from gfm_jax.data.bpe import BpeTokenizer  # local: bpe imports this module
+
+        return BpeTokenizer.from_spec(spec)
+    return get_tokenizer(spec["name"])
+
+
 def get_tokenizer(name: str) -> Tokenizer:
-    """Looks a tokenizer up by its config name."""
+    """Looks a fixed-vocabulary tokenizer up by its config name (see `bpe.py` for "bpe")."""
     factories = {
         "char": CharTokenizer,
         "char_rna": lambda: CharTokenizer(rna=True),
         "nt6": NucleotideTransformerTokenizer,
         **{f"kmer{k}": (lambda k=k: OverlappingKmerTokenizer(k)) for k in range(3, 7)},
     }
+    if name == "bpe":
+        raise UserError("data.tokenizer='bpe' is trained on the corpus: use bpe.tokenizer_for_run")
     if name not in factories:
-        raise UserError(
-            f"unknown tokenizer {name!r} in data.tokenizer; choose one of {sorted(factories)}"
-        )
+        names = [*sorted(factories), "bpe"]
+        raise UserError(f"unknown tokenizer {name!r} in data.tokenizer; choose one of {names}")
     return factories[name]()

@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
-from gfm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from gfm_jax.data.tokenizers import Tokenizer, from_spec
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import state as state_lib
@@ -29,7 +29,7 @@ class Pretrained:
 def describe(workdir: str | pathlib.Path) -> Pretrained:
     """Reads only the `meta` item of the latest checkpoint."""
     step, meta = checkpoint.read_meta(workdir)
-    tokenizer = get_tokenizer(meta["tokenizer"]["name"])
+    tokenizer = from_spec(meta["tokenizer"])
     model = config_lib.ConfigDict(meta["config"]["model"])
     return Pretrained(step, EncoderConfig.from_config(model, tokenizer.vocab_size), tokenizer, meta)
 

@@ -19,9 +19,9 @@ import numpy as np
 import gfm_jax
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
+from gfm_jax.data.bpe import tokenizer_for_run
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
-from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
@@ -79,9 +79,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     batch_sharding = sharding.batch_sharding(mesh, rules)
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     host_batch_size(t_cfg.global_batch_size, jax.process_count())
-    tokenizer = get_tokenizer(config.data.tokenizer)
     corpus = load_corpus(config.data.genomes, config.data.iupac)
     log(corpus.summary())
+    tokenizer = tokenizer_for_run(config.data, corpus, workdir)
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
     log(pipeline.describe_mixture())
 
