@@ -72,6 +72,9 @@ def pretrain_defaults() -> ConfigDict:
     # proportional to size ** (1 / size_temperature); temperature > 1 upsamples small genomes.
     d.weights = ()
     d.size_temperature = 1.0
+    # Encoded-genome cache (uint8, memory-mapped; see data/genome_cache.py): "auto" is
+    # $GFM_JAX_CACHE or ~/.cache/gfm_jax, "" turns it off, anything else is a directory.
+    d.cache_dir = "auto"
     d.iupac = "n"  # IUPAC ambiguity letters: "n" reads them as N, "error" rejects the file
     # char | char_rna | nt6 | kmer3..kmer6 (overlapping) | bpe (trained on the corpus)
     d.tokenizer = "char"

@@ -7,6 +7,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Runs (in this process and in the subprocesses tests start) cache encoded genomes in a
+# temporary directory, never in the user's ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ["GFM_JAX_CACHE"] = tempfile.mkdtemp(prefix="gfm_jax_test_cache_")
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gfm_jax.data import builtin, fasta
+from gfm_jax.data import builtin, fasta, genome_cache
 from gfm_jax.errors import UserError
 
 
@@ -187,13 +187,22 @@ class Corpus:
         return "\n".join(lines)
 
 
-def load_corpus(specs: Sequence[str], iupac: str = "n") -> Corpus:
-    """Reads every record of every FASTA file named (see `builtin.resolve` for the syntax)."""
+def load_corpus(
+    specs: Sequence[str], iupac: str = "n", cache_dir: str = "", log: Any = None
+) -> Corpus:
+    """Reads every record of every FASTA file named (see `builtin.resolve` for the syntax).
+
+    `cache_dir`: the encoded-genome cache (genome_cache.py; "" reads the FASTA every time).
+    """
+    directory = genome_cache.cache_directory(cache_dir)
     records: list[tuple[str, np.ndarray, int]] = []
     files: list[str] = []
     for spec in specs:
         for path in builtin.resolve(spec):
-            for rec in fasta.read_fasta(path, iupac):
+            file_records, how = genome_cache.read_records(path, iupac, directory)
+            if log is not None and how != "off":
+                log(f"{path}: encoded cache {how} ({directory})")
+            for rec in file_records:
                 records.append((f"{path.name}/{rec.name}", rec.codes, len(files)))
             files.append(path.name)
     if not records:

@@ -79,7 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     batch_sharding = sharding.batch_sharding(mesh, rules)
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     host_batch_size(t_cfg.global_batch_size, jax.process_count())
-    corpus = load_corpus(config.data.genomes, config.data.iupac)
+    corpus = load_corpus(config.data.genomes, config.data.iupac, config.data.cache_dir, log)
     log(corpus.summary())
     tokenizer = tokenizer_for_run(config.data, corpus, workdir)
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
