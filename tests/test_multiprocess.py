@@ -58,4 +58,6 @@ def test_two_processes_build_their_halves_of_the_single_process_batches(tmp_path
         for key in ("inputs", "targets", "weights"):
             np.testing.assert_array_equal(got[key][step], batch[key])
         np.testing.assert_array_equal(got["index"][step], batch["index"])
-        assert len(np.unique(got["index"][step])) == 16  # no window twice within a step
+        assert len(np.unique(got["index"][step])) == 16  # no window index twice within a step
+        # ... and no window content twice either (the two hosts drew different windows).
+        assert len({row.tobytes() for row in got["targets"][step]}) == 16
