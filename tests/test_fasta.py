@@ -88,3 +88,11 @@ def test_corpus_splits_are_disjoint_and_cover_records():
             covered[s:e] += 1
     assert covered.min() == 1 and covered.max() == 1  # every base in exactly one split
     assert (val.ends - val.starts).sum() == pytest.approx(0.1 * corpus.codes.size, rel=1e-3)
+
+
+def test_a_truncated_gzip_file_is_a_clear_error(tmp_path):
+    whole = gzip.compress(b">a\n" + b"ACGT" * 50_000 + b"\n")
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"cut.fa.gz: cannot read .*is the gzip file complete"):
+        fasta.read_fasta(path)
