@@ -122,6 +122,17 @@ def pretrain_defaults() -> ConfigDict:
     return c
 
 
+def apply_smoke_mode(c: ConfigDict) -> ConfigDict:
+    """Shrinks a pretraining config to a 10-step check of a set-up (the `:smoke` argument)."""
+    c.train.num_steps = 10
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.checkpoint_every = 5
+    c.train.eval_batches = 1
+    c.train.global_batch_size = 16
+    return c
+
+
 def finetune_defaults() -> ConfigDict:
     """Every key a downstream (fine-tuning) task config may set, with its default."""
     c = ConfigDict()

@@ -6,7 +6,7 @@ About 0.46M parameters, 128-base windows, global batch 64: about 2.5 minutes on 
 Smoke mode (a few steps, for checking a setup): `configs/pretrain/tiny.py:smoke`.
 """
 
-from gfm_jax.config import pretrain_defaults
+from gfm_jax.config import apply_smoke_mode, pretrain_defaults
 
 
 def get_config(mode: str = "default"):
@@ -20,11 +20,4 @@ def get_config(mode: str = "default"):
     c.train.eval_batches = 4
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 20
-    if mode == "smoke":
-        c.train.num_steps = 10
-        c.train.log_every = 5
-        c.train.eval_every = 10
-        c.train.checkpoint_every = 5
-        c.train.eval_batches = 1
-        c.train.global_batch_size = 16
-    return c
+    return apply_smoke_mode(c) if mode == "smoke" else c
