@@ -153,7 +153,7 @@ class NucleotideTransformerTokenizer(Tokenizer):
         self._first_single = self._first_kmer + len(kmers)
         self.maskable = (self._first_kmer, self._first_single + 4)  # k-mers and single ACGT
         # base code -> digit in ATCG order, and -> single-base token id
-        self._digit = np.zeros(256, np.int64)
+        self._digit = np.zeros(256, np.int32)
         self._single = np.full(256, self._first_single + 4, np.int32)  # N (and anything else)
         for base in "ACGT":
             code = fasta.BASES.index(base)
@@ -168,34 +168,39 @@ class NucleotideTransformerTokenizer(Tokenizer):
     def bases_for_tokens(self, tokens: int) -> int:
         return tokens * self.K  # N inflates the token count; tokens past `tokens` are dropped
 
-    def _tokenize(self, codes_BxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised over a batch: (token at each base position, whether it is emitted)."""
+    def _tokenize(self, codes_BxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectorised over a batch, per base position: the token that starts there, whether one
+        does (is emitted), and whether it is a 6-mer."""
         k = self.K
-        batch, length = codes_BxL.shape
-        plain = codes_BxL & ~np.uint8(fasta.SOFT_MASK_BIT)
-        is_n = plain >= fasta.N
-        pos = np.arange(length)
-        last_n = np.maximum.accumulate(np.where(is_n, pos, -1), axis=1)
-        next_n = np.minimum.accumulate(np.where(is_n, pos, length)[:, ::-1], axis=1)[:, ::-1]
-        run_start = last_n + 1
-        offset = pos - run_start
-        full_kmers = (next_n - run_start) // k
-        kmer_start = ~is_n & (offset % k == 0) & (offset // k < full_kmers)
-        emitted = kmer_start | is_n | (offset >= full_kmers * k)
-        digits = np.pad(self._digit[codes_BxL], ((0, 0), (0, k - 1)))
-        value = sum(digits[:, j : j + length] * 4 ** (k - 1 - j) for j in range(k))
-        tokens = np.where(kmer_start, self._first_kmer + value, self._single[codes_BxL])
-        return tokens.astype(np.int32), emitted, kmer_start
+        length = codes_BxL.shape[1]
+        is_n = (codes_BxL & ~np.uint8(fasta.SOFT_MASK_BIT)) >= fasta.N
+        pos = np.arange(length, dtype=np.int32)
+        if is_n.any():
+            # Offsets within each N-free piece, and how many whole 6-mers the piece holds.
+            last_n = np.maximum.accumulate(np.where(is_n, pos, np.int32(-1)), axis=1)
+            next_n = np.where(is_n, pos, np.int32(length))[:, ::-1]
+            next_n = np.minimum.accumulate(next_n, axis=1)[:, ::-1]
+            offset = pos - (last_n + 1)
+            full = (next_n - (last_n + 1)) // k * k
+        else:  # the common case: one piece per row
+            offset, full = pos[None, :], length // k * k
+        kmer_start = ~is_n & (offset % k == 0) & (offset < full)
+        emitted = kmer_start | is_n | (offset >= full)
+        tokens = self._single[codes_BxL]
+        rows, cols = np.nonzero(kmer_start)
+        value = np.zeros(rows.size, np.int32)
+        for j in range(k):  # a 6-mer never runs past its piece, so cols + j is in range
+            value = (value << 2) | self._digit[codes_BxL[rows, cols + j]]
+        tokens[rows, cols] = self._first_kmer + value
+        return tokens, emitted, kmer_start
 
     @staticmethod
     def _emitted_first(values_BxL: np.ndarray, emitted: np.ndarray, num_tokens: int, fill):
         """Per-base-position values -> the values of the emitted tokens, in order, padded."""
-        order = np.argsort(~emitted, axis=1, kind="stable")  # emitted tokens first, in order
-        values = np.take_along_axis(values_BxL, order, axis=1)[:, :num_tokens]
-        count = emitted.sum(axis=1, keepdims=True)
+        slot = np.cumsum(emitted, axis=1, dtype=np.int32) - 1
+        rows, cols = np.nonzero(emitted & (slot < num_tokens))
         out = np.full((values_BxL.shape[0], num_tokens), fill, values_BxL.dtype)
-        width = values.shape[1]
-        out[:, :width] = np.where(np.arange(width) < count, values, fill)
+        out[rows, slot[rows, cols]] = values_BxL[rows, cols]
         return out
 
     def _batch_ids(self, codes_BxL: np.ndarray, num_tokens: int) -> np.ndarray:
