@@ -32,6 +32,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("norm", None),
     ("classes", None),
+    ("layers", None),  # the stacked-layer axis of model.scan_layers
 )
 
 
@@ -55,6 +56,7 @@ def optim_defaults() -> ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.01
     o.grad_clip = 1.0
+    o.z_loss = 0.0  # coefficient of logsumexp(logits)^2 in the training loss (0: off)
     return o
 
 
@@ -104,7 +106,12 @@ def pretrain_defaults() -> ConfigDict:
     d.prefetch = 2
 
     c.train = t = ConfigDict()
+    # mlm: masked-LM with bidirectional attention; causal: next-token prediction with causal
+    # attention (same backbone and head; the masks the pipeline draws are then unused).
+    t.objective = "mlm"
     t.global_batch_size = 16
+    # Gradient accumulation: the global batch is processed in this many slices (same update).
+    t.micro_batches = 1
     t.num_steps = 1000
     t.log_every = 50
     t.eval_every = 500

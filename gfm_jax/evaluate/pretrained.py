@@ -31,7 +31,9 @@ def describe(workdir: str | pathlib.Path) -> Pretrained:
     step, meta = checkpoint.read_meta(workdir)
     tokenizer = from_spec(meta["tokenizer"])
     model = config_lib.ConfigDict(meta["config"]["model"])
-    return Pretrained(step, EncoderConfig.from_config(model, tokenizer.vocab_size), tokenizer, meta)
+    causal = meta["config"]["train"].get("objective", "mlm") == "causal"
+    model_config = EncoderConfig.from_config(model, tokenizer.vocab_size, causal)
+    return Pretrained(step, model_config, tokenizer, meta)
 
 
 def load_params(

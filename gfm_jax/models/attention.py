@@ -1,12 +1,14 @@
-"""Multi-head self-attention with rotary positions and padding masks.
+"""Multi-head self-attention: rotary or ALiBi positions, padding masks, optional causal mask.
 
 The attention itself goes through `jax.nn.dot_product_attention` with the implementation chosen
 by config (`xla`, or `cudnn` on GPU with bf16/fp16); `reference_attention` is the plain einsum
-version tests compare against.
+version tests compare against. (Learned absolute positions are added to the embeddings in
+encoder.py, so attention sees no positions then.)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -29,15 +31,42 @@ def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Arr
     return out.astype(x_BxLxNxH.dtype)
 
 
+def alibi_slopes(num_heads: int) -> jax.Array:
+    """Per-head ALiBi slopes 2^(-8 i / n) (Press et al.), interleaved for non-powers of two."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = [2.0 ** (-8.0 * (i + 1) / closest) for i in range(closest)]
+    extra = [2.0 ** (-4.0 * (2 * i + 1) / closest) for i in range(num_heads - closest)]
+    return jnp.asarray(base + extra, jnp.float32)
+
+
+def alibi_bias(num_heads: int, length: int) -> jax.Array:
+    """[1, N, L, L] float32: -slope * |i - j|, symmetric (bidirectional, as in DNABERT-2)."""
+    pos = jnp.arange(length)
+    distance_LxL = jnp.abs(pos[:, None] - pos[None, :]).astype(jnp.float32)
+    return -alibi_slopes(num_heads)[None, :, None, None] * distance_LxL[None, None]
+
+
 def reference_attention(
-    q_BxLxNxH: jax.Array, k_BxLxNxH: jax.Array, v_BxLxNxH: jax.Array, mask_BxL: jax.Array
+    q_BxLxNxH: jax.Array,
+    k_BxLxNxH: jax.Array,
+    v_BxLxNxH: jax.Array,
+    mask_BxL: jax.Array,
+    bias: jax.Array | None = None,
+    causal: bool = False,
 ) -> jax.Array:
-    """Softmax(q k^T / sqrt(H)) v in float32, keys masked where mask_BxL is False."""
+    """Softmax(q k^T / sqrt(H) + bias) v in float32, keys masked where mask_BxL is False."""
     scale = q_BxLxNxH.shape[-1] ** -0.5
     logits_BxNxLxL = jnp.einsum(
         "bqnh,bknh->bnqk", q_BxLxNxH.astype(jnp.float32), k_BxLxNxH.astype(jnp.float32)
     )
-    logits_BxNxLxL = jnp.where(mask_BxL[:, None, None, :], logits_BxNxLxL * scale, -1e30)
+    logits_BxNxLxL = logits_BxNxLxL * scale
+    if bias is not None:
+        logits_BxNxLxL = logits_BxNxLxL + bias
+    keep = mask_BxL[:, None, None, :]
+    if causal:
+        length = q_BxLxNxH.shape[1]
+        keep = keep & jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+    logits_BxNxLxL = jnp.where(keep, logits_BxNxLxL, -1e30)
     probs = jax.nn.softmax(logits_BxNxLxL, axis=-1)
     out = jnp.einsum("bnqk,bknh->bqnh", probs, v_BxLxNxH.astype(jnp.float32))
     return out.astype(q_BxLxNxH.dtype)
@@ -49,16 +78,22 @@ def attend(
     v_BxLxNxH: jax.Array,
     mask_BxL: jax.Array,
     implementation: str,
+    bias: jax.Array | None = None,
+    causal: bool = False,
 ) -> jax.Array:
     if implementation == "reference":
-        return reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
+        return reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, bias, causal)
     if implementation not in ("xla", "cudnn"):
         raise ValueError(f"unknown attention implementation {implementation!r}")
+    if bias is not None:
+        bias = bias.astype(q_BxLxNxH.dtype)
     return jax.nn.dot_product_attention(
         q_BxLxNxH,
         k_BxLxNxH,
         v_BxLxNxH,
+        bias=bias,
         mask=mask_BxL[:, None, None, :],
+        is_causal=causal,
         implementation=implementation,
     )
 
@@ -68,6 +103,8 @@ class SelfAttention(nn.Module):
     head_dim: int
     hidden_size: int
     rope_base: float = 10000.0
+    position: str = "rope"  # rope | alibi | learned (added before the blocks) | none
+    causal: bool = False
     use_bias: bool = True
     implementation: str = "xla"
     std: float = 0.02
@@ -86,9 +123,13 @@ class SelfAttention(nn.Module):
             )(x_BxLxD)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        q = rope(q, positions_BxL, self.rope_base)
-        k = rope(k, positions_BxL, self.rope_base)
-        out_BxLxNxH = attend(q, k, v, mask_BxL, self.implementation)
+        bias = None
+        if self.position == "rope":
+            q = rope(q, positions_BxL, self.rope_base)
+            k = rope(k, positions_BxL, self.rope_base)
+        elif self.position == "alibi":
+            bias = alibi_bias(self.num_heads, x_BxLxD.shape[1])
+        out_BxLxNxH = attend(q, k, v, mask_BxL, self.implementation, bias, self.causal)
         return dense(
             self.hidden_size,
             ("heads", "kv", "embed"),

@@ -1,4 +1,11 @@
-"""The transformer encoder: token embedding -> pre-LN blocks -> final norm."""
+"""The transformer encoder: token embedding -> pre-LN blocks -> final norm.
+
+One backbone for both objectives: bidirectional attention for masked-LM, or causal attention
+(`causal=True`) for next-token prediction. Positions are rotary, ALiBi, or learned absolute
+embeddings added to the token embeddings. Layers are a Python loop by default, or one
+`nn.scan` over stacked parameters (`scan_layers`: one compiled block, faster compiles for deep
+models); remat policies trade memory for recomputation.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +37,15 @@ class EncoderConfig:
     use_bias_mlp: bool = False
     norm: str = "layernorm"
     norm_eps: float = 1e-5
-    position: str = "rope"
+    position: str = "rope"  # rope | alibi | learned
+    max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
     dtype: str = "float32"
     attention: str = "xla"
-    remat: str = "none"
+    remat: str = "none"  # none | full | save_dots
+    scan_layers: bool = False
+    causal: bool = False
+    tie_embeddings: bool = False  # MLM decoder = token embeddings transposed (+ bias)
     init_std: float = 0.02
 
     @property
@@ -42,19 +53,35 @@ class EncoderConfig:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_config(cls, model: ml_collections.ConfigDict, vocab_size: int) -> EncoderConfig:
-        fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
+    def from_config(
+        cls, model: ml_collections.ConfigDict, vocab_size: int, causal: bool = False
+    ) -> EncoderConfig:
+        """From a `config.model` block; `causal` comes from `train.objective`, not the model."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "causal"}
         values = {k: v for k, v in model.items() if k in fields}
-        cfg = cls(vocab_size=vocab_size, **values)
+        cfg = cls(vocab_size=vocab_size, causal=causal, **values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         checks = [
             (self.hidden_size % self.num_heads == 0, "model.hidden_size must divide by num_heads"),
-            (self.head_dim % 2 == 0, "model.hidden_size / num_heads must be even for RoPE"),
-            (self.position == "rope", "model.position: only 'rope' is implemented"),
-            (self.remat in ("none", "full"), "model.remat must be 'none' or 'full'"),
+            (
+                self.head_dim % 2 == 0 or self.position != "rope",
+                "model.hidden_size / num_heads must be even for RoPE",
+            ),
+            (
+                self.position in ("rope", "alibi", "learned"),
+                "model.position must be rope, alibi or learned",
+            ),
+            (
+                self.position != "learned" or self.max_positions > 0,
+                "model.position='learned' needs model.max_positions > 0",
+            ),
+            (
+                self.remat in REMAT_POLICIES,
+                f"model.remat must be one of {sorted(REMAT_POLICIES)}",
+            ),
             (
                 self.attention in ("xla", "cudnn", "reference"),
                 "model.attention must be xla, cudnn or reference",
@@ -64,6 +91,14 @@ class EncoderConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"{message} (got {self})")
+
+
+# remat name -> what the backward pass may keep instead of recomputing (None: no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
+}
 
 
 class Block(nn.Module):
@@ -83,6 +118,8 @@ class Block(nn.Module):
             head_dim=c.head_dim,
             hidden_size=c.hidden_size,
             rope_base=c.rope_base,
+            position=c.position,
+            causal=c.causal,
             use_bias=c.use_bias_attn,
             implementation=c.attention,
             std=c.init_std,
@@ -95,6 +132,24 @@ class Block(nn.Module):
             c.hidden_size, c.mlp_dim, c.activation, c.use_bias_mlp, c.init_std, dtype, name="mlp"
         )(h)
         return constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
+
+
+class ScannedBlock(nn.Module):
+    """A Block with the (carry, output) signature `nn.scan` needs."""
+
+    config: EncoderConfig
+    mesh: Any = None
+    rules: Sequence = ()
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_BxL, positions_BxL):
+        block = _remat(Block, self.config)(self.config, self.mesh, self.rules, name="block")
+        return block(x_BxLxD, mask_BxL, positions_BxL), None
+
+
+def _remat(cls: type[nn.Module], c: EncoderConfig) -> type[nn.Module]:
+    policy = REMAT_POLICIES[c.remat]
+    return cls if c.remat == "none" else nn.remat(cls, policy=policy)
 
 
 class Encoder(nn.Module):
@@ -110,17 +165,44 @@ class Encoder(nn.Module):
         dtype = dtype_of(c.dtype)
         if mask_BxL is None:
             mask_BxL = jnp.ones(ids_BxL.shape, jnp.bool_)
-        positions_BxL = jnp.broadcast_to(jnp.arange(ids_BxL.shape[1]), ids_BxL.shape)
+        length = ids_BxL.shape[1]
+        positions_BxL = jnp.broadcast_to(jnp.arange(length), ids_BxL.shape)
         x_BxLxD = nn.Embed(
             c.vocab_size,
             c.hidden_size,
             embedding_init=normal_init(c.init_std, ("vocab", "embed")),
             name="embed",
-        )(ids_BxL).astype(dtype)
+        )(ids_BxL)
+        if c.position == "learned":
+            if length > c.max_positions:
+                raise UserError(
+                    f"sequences of {length} tokens exceed model.max_positions={c.max_positions} "
+                    "learned positions; shorten the windows or raise max_positions"
+                )
+            x_BxLxD = x_BxLxD + nn.Embed(
+                c.max_positions,
+                c.hidden_size,
+                embedding_init=normal_init(c.init_std, (None, "embed")),
+                name="position_embed",
+            )(positions_BxL)
+        x_BxLxD = x_BxLxD.astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
-        block_cls = nn.remat(Block) if c.remat == "full" else Block
-        for i in range(c.num_layers):
-            x_BxLxD = block_cls(c, self.mesh, self.rules, name=f"layer_{i}")(
+        if c.scan_layers:
+            stack = nn.scan(
+                ScannedBlock,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BxLxD, _ = stack(c, self.mesh, self.rules, name="layers")(
                 x_BxLxD, mask_BxL, positions_BxL
             )
+        else:
+            block_cls = _remat(Block, c)
+            for i in range(c.num_layers):
+                x_BxLxD = block_cls(c, self.mesh, self.rules, name=f"layer_{i}")(
+                    x_BxLxD, mask_BxL, positions_BxL
+                )
         return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)

@@ -14,36 +14,51 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax.models.encoder import Encoder, EncoderConfig
-from gfm_jax.models.layers import Norm, dense, dtype_of
+from gfm_jax.models.layers import Norm, dense, dtype_of, zeros_init
 
 
 class MlmHead(nn.Module):
-    """dense -> GELU -> norm -> vocabulary logits (float32), as in ESM / Nucleotide Transformer."""
+    """dense -> GELU -> norm -> vocabulary logits (float32), as in ESM / Nucleotide Transformer.
+
+    With `embedding_VxD` (tied embeddings, as ESM-1b and BERT), the decoder is the token
+    embedding matrix transposed plus a bias; otherwise it has its own kernel.
+    """
 
     config: EncoderConfig
 
     @nn.compact
-    def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
+    def __call__(self, h_BxLxD: jax.Array, embedding_VxD: jax.Array | None = None) -> jax.Array:
         c = self.config
         dtype = dtype_of(c.dtype)
         h = dense(c.hidden_size, ("embed", "mlp"), name="dense", std=c.init_std, dtype=dtype)(
             h_BxLxD
         )
         h = Norm(c.norm, c.norm_eps, dtype, name="norm")(nn.gelu(h))
-        decoder = dense(c.vocab_size, ("mlp", "vocab"), name="decoder", std=c.init_std, dtype=dtype)
-        logits_BxLxV = decoder(h)
-        return logits_BxLxV.astype(jnp.float32)
+        if embedding_VxD is None:
+            decoder = dense(
+                c.vocab_size, ("mlp", "vocab"), name="decoder", std=c.init_std, dtype=dtype
+            )
+            return decoder(h).astype(jnp.float32)
+        bias_V = self.param("decoder_bias", zeros_init(("vocab",)), (c.vocab_size,), jnp.float32)
+        logits_BxLxV = jnp.einsum("bld,vd->blv", h, embedding_VxD.astype(dtype))
+        return logits_BxLxV.astype(jnp.float32) + bias_V
 
 
 class MaskedLM(nn.Module):
+    """Encoder + MLM head; with `config.causal` the same model predicts the next token."""
+
     config: EncoderConfig
     mesh: Any = None
     rules: Sequence = ()
 
     @nn.compact
     def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
-        h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
-        return MlmHead(self.config, name="mlm_head")(h)
+        encoder = Encoder(self.config, self.mesh, self.rules, name="encoder")
+        h = encoder(ids_BxL, mask_BxL)
+        embedding = None
+        if self.config.tie_embeddings:
+            embedding = nn.meta.unbox(encoder.variables["params"]["embed"]["embedding"])
+        return MlmHead(self.config, name="mlm_head")(h, embedding)
 
 
 def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:

@@ -23,6 +23,7 @@ from gfm_jax.data.bpe import tokenizer_for_run
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
 from gfm_jax.errors import UserError
+from gfm_jax.models import presets
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
@@ -50,7 +51,7 @@ class MetricsWriter:
 
 
 def unigram_entropy(targets: np.ndarray, weights: np.ndarray) -> float:
-    """Entropy (nats) of the masked targets' token distribution: the best context-free loss."""
+    """Entropy (nats) of the targets' token distribution: the best context-free loss."""
     ids = targets[weights > 0]
     p = np.bincount(ids).astype(np.float64)
     p = p[p > 0] / p.sum()
@@ -86,7 +87,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     log(pipeline.describe_mixture())
 
     # --- Model, optimizer and sharded state -----------------------------------------------
-    model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size)
+    if t_cfg.objective not in ("mlm", "causal"):
+        raise UserError(f"train.objective={t_cfg.objective!r}: choose 'mlm' or 'causal'")
+    causal = t_cfg.objective == "causal"
+    model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size, causal)
     model = MaskedLM(model_cfg, mesh, rules)
     window = np.zeros((1, 1 + pipeline.num_tokens), np.int32)  # CLS + tokens
 
@@ -107,10 +111,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         log(f"resumed from {ckpt.directory}/{start_step}")
     log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
     log(sharding.describe(state.params, state_shardings.params))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    log(presets.compare_to_published(config.model.name, num_params, tokenizer.vocab_size))
 
-    objective = step_lib.mlm_objective(model, tokenizer.pad_id)
+    z_loss = float(config.optim.z_loss)
+    if causal:
+        objective = step_lib.causal_objective(model, tokenizer.pad_id, tokenizer.maskable, z_loss)
+    else:
+        objective = step_lib.mlm_objective(model, tokenizer.pad_id, z_loss)
     train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(objective, tx), state_shardings, batch_sharding
+        step_lib.make_train_step(objective, tx, int(t_cfg.micro_batches)),
+        state_shardings,
+        batch_sharding,
     )
     eval_step = step_lib.compile_eval_step(objective, state_shardings.params, batch_sharding)
     writer = MetricsWriter(workdir)
@@ -125,10 +137,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         **process,
     )
     eval_batches = [{k: b[k] for k in MODEL_KEYS} for b in eval_ds.as_numpy_iterator()]
-    baseline = unigram_entropy(
-        np.concatenate([b["targets"] for b in eval_batches]),
-        np.concatenate([b["weights"] for b in eval_batches]),
-    )
+    eval_targets = np.concatenate([b["targets"] for b in eval_batches])
+    if causal:  # every nucleotide token after the first is a target
+        lo, hi = tokenizer.maskable
+        next_tokens = eval_targets[:, 1:]
+        baseline = unigram_entropy(next_tokens, (next_tokens >= lo) & (next_tokens < hi))
+    else:
+        baseline = unigram_entropy(
+            eval_targets, np.concatenate([b["weights"] for b in eval_batches])
+        )
 
     def evaluate(step: int) -> dict[str, float]:
         totals: dict[str, float] = {}

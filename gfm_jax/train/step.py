@@ -1,7 +1,10 @@
 """The pure train and eval steps, and their compilation with shardings and donation.
 
 A step is a pure function of (state, batch). `objective(params, batch)` returns metric sums
-(see losses.py); the loss is their weighted mean, so it is the same on any mesh.
+(see losses.py); the loss is their weighted mean, so it is the same on any mesh. With
+`micro_batches` = k the batch is cut into k slices whose gradients of the summed loss are added
+in a `lax.scan` and divided by the whole batch's weight once: exactly the gradient of one batch
+(up to float summation order), in 1/k of the activation memory.
 """
 
 from __future__ import annotations
@@ -11,34 +14,83 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gfm_jax.train.losses import masked_lm_sums, mean_loss
+from gfm_jax.errors import UserError
+from gfm_jax.train.losses import masked_lm_sums, training_loss_sum
 from gfm_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch], dict[str, jax.Array]]
 
 
-def mlm_objective(model: nn.Module, pad_id: int) -> Objective:
+def mlm_objective(model: nn.Module, pad_id: int, z_loss: float = 0.0) -> Objective:
     """Masked-LM: predict the original tokens at the masked positions; padding is not attended."""
 
     def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
         inputs_BxL = batch["inputs"]
         logits_BxLxV = model.apply({"params": params}, inputs_BxL, inputs_BxL != pad_id)
-        return masked_lm_sums(logits_BxLxV, batch["targets"], batch["weights"])
+        return masked_lm_sums(logits_BxLxV, batch["targets"], batch["weights"], z_loss)
 
     return objective
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation):
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-            sums = objective(params, batch)
-            return mean_loss(sums), sums
+def causal_objective(
+    model: nn.Module, pad_id: int, maskable: tuple[int, int], z_loss: float = 0.0
+) -> Objective:
+    """Next-token prediction on the unmasked tokens (`targets`), with a causal encoder.
 
-        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    Position t predicts token t + 1; every nucleotide token (ids in `maskable`) is a target, so
+    the accuracy is over the same kind of tokens as masked-LM's.
+    """
+
+    def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        ids_BxL = batch["targets"]
+        logits_BxLxV = model.apply({"params": params}, ids_BxL, ids_BxL != pad_id)
+        next_BxL = ids_BxL[:, 1:]
+        weights_BxL = ((next_BxL >= maskable[0]) & (next_BxL < maskable[1])).astype(jnp.float32)
+        return masked_lm_sums(logits_BxLxV[:, :-1], next_BxL, weights_BxL, z_loss)
+
+    return objective
+
+
+def _sum_gradients(objective: Objective, params: Any, batch: Batch, micro_batches: int):
+    """(metric sums, gradient of the summed training loss) over `micro_batches` slices."""
+
+    def sums_and_grads(batch_slice: Batch) -> tuple[dict[str, jax.Array], Any]:
+        def total(p: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+            sums = objective(p, batch_slice)
+            return training_loss_sum(sums), sums
+
+        (_, sums), grads = jax.value_and_grad(total, has_aux=True)(params)
+        return sums, grads
+
+    if micro_batches == 1:
+        return sums_and_grads(batch)
+    size = next(iter(batch.values())).shape[0]
+    if size % micro_batches:
+        raise UserError(
+            f"train.micro_batches={micro_batches} does not divide the batch of {size}; "
+            "choose a divisor of train.global_batch_size"
+        )
+    sliced = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+    zero = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], sliced))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+
+    def add(acc, batch_slice):
+        return jax.tree.map(jnp.add, acc, sums_and_grads(batch_slice)), None
+
+    (sums, grads), _ = jax.lax.scan(add, zero, sliced)
+    return sums, grads
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, micro_batches: int = 1):
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        sums, grad_sums = _sum_gradients(objective, state.params, batch, micro_batches)
+        scale = 1.0 / jnp.maximum(sums["weight_sum"], 1.0)
+        grads = jax.tree.map(lambda g: g * scale, grad_sums)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**sums, "grad_norm": optax.tree.norm(grads)}

@@ -1,0 +1,102 @@
+"""The encoder family: positions, causal masks, attention paths, layer scan, presets."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfm_jax.errors import UserError
+from gfm_jax.models import presets
+from gfm_jax.models.attention import alibi_bias, alibi_slopes, attend, reference_attention
+from gfm_jax.models.encoder import EncoderConfig
+from gfm_jax.models.heads import MaskedLM
+
+SMALL = EncoderConfig(vocab_size=12, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64)
+
+
+def qkv(length=16):
+    keys = jax.random.split(jax.random.key(1), 3)
+    return [jax.random.normal(k, (2, length, 4, 8)) for k in keys]
+
+
+@pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("rope", True)])
+def test_attention_path_matches_the_einsum_reference(position, causal):
+    q, k, v = qkv()
+    mask = jnp.ones((2, 16), bool).at[1, 11:].set(False)  # padding in the second row
+    bias = alibi_bias(4, 16) if position == "alibi" else None
+    got = attend(q, k, v, mask, "xla", bias, causal)
+    want = reference_attention(q, k, v, mask, bias, causal)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_causal_attention_does_not_see_the_future():
+    model = MaskedLM(dataclasses.replace(SMALL, causal=True))
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (1, 10)))
+    params = model.init(jax.random.key(0), ids)
+    changed = ids.at[0, 7].set((ids[0, 7] - 4) % 7 + 5)  # another base at position 7
+    a, b = model.apply(params, ids), model.apply(params, changed)
+    np.testing.assert_allclose(a[0, :7], b[0, :7], atol=1e-6)  # positions before 7 unchanged
+    assert not np.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_alibi_slopes_follow_the_geometric_rule():
+    np.testing.assert_allclose(alibi_slopes(8), [2.0 ** (-i) for i in range(1, 9)])
+    assert alibi_slopes(12).shape == (12,)  # non-power of two: interleaved extra slopes
+    bias = alibi_bias(2, 4)
+    assert bias.shape == (1, 2, 4, 4) and float(bias[0, 0, 0, 3]) == pytest.approx(-3 / 16)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(position="alibi"),
+        dict(position="learned", max_positions=16),
+        dict(activation="geglu", tie_embeddings=True),
+        dict(activation="gelu", use_bias_mlp=True, norm="rmsnorm"),
+    ],
+)
+def test_variants_build_and_differ(overrides):
+    cfg = dataclasses.replace(SMALL, **overrides)
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 16)))
+    model = MaskedLM(cfg)
+    params = model.init(jax.random.key(0), ids)
+    logits = model.apply(params, ids)
+    assert logits.shape == (2, 16, 12) and bool(jnp.isfinite(logits).all())
+    names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert any("position_embed" in n for n in names) == (cfg.position == "learned")
+    assert any("decoder_bias" in n for n in names) == cfg.tie_embeddings
+
+
+def test_learned_positions_refuse_longer_sequences():
+    model = MaskedLM(dataclasses.replace(SMALL, position="learned", max_positions=8))
+    with pytest.raises(UserError, match="max_positions=8"):
+        model.init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32))
+
+
+def test_scanned_layers_equal_the_loop():
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 16)))
+    loop, scan = MaskedLM(SMALL), MaskedLM(dataclasses.replace(SMALL, scan_layers=True))
+    params = nn.meta.unbox(loop.init(jax.random.key(0), ids))
+    encoder = dict(params["params"]["encoder"])
+    layers = [encoder.pop(f"layer_{i}") for i in range(SMALL.num_layers)]
+    encoder["layers"] = {"block": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
+    stacked = {"params": {**params["params"], "encoder": encoder}}
+    abstract = jax.eval_shape(scan.init, jax.random.key(0), ids)
+    assert jax.tree.structure(nn.meta.unbox(abstract)) == jax.tree.structure(stacked)
+    np.testing.assert_allclose(scan.apply(stacked, ids), loop.apply(params, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(presets.PUBLISHED))
+def test_preset_parameter_counts_are_within_one_percent_of_the_published(name):
+    pub = presets.PUBLISHED[name]
+    cfg = EncoderConfig.from_config(presets.get(name), pub["vocab"])
+    shapes = jax.eval_shape(
+        lambda r: MaskedLM(cfg).init(r, jnp.zeros((1, 8), jnp.int32)), jax.random.key(0)
+    )
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    assert abs((count + pub["published_extra"]) / pub["params"] - 1) < 0.01
+    line = presets.compare_to_published(name, count, pub["vocab"])
+    assert f"{count:,} parameters" in line and "%" in line
