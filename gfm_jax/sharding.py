@@ -101,3 +101,15 @@ def describe(tree: Any, shardings: Any) -> str:
         lines.append(f"  {name:60s} {str(tuple(leaf.shape)):18s} {leaf.dtype!s:9s} {sharding.spec}")
     lines.append(f"  total: {total:,} values")
     return "\n".join(lines)
+
+
+def spec_table(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> str:
+    """One line per parameter, "path shape PartitionSpec", for golden-file comparison."""
+    shardings = tree_shardings(abstract_boxed, mesh, rules)
+    unboxed = nn.meta.unbox(abstract_boxed)
+    flat = jax.tree_util.tree_flatten_with_path(unboxed)[0]
+    lines = []
+    for (path, leaf), sh in zip(flat, jax.tree.leaves(shardings), strict=True):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        lines.append(f"{name} {tuple(leaf.shape)} {sh.spec}")
+    return "\n".join(lines) + "\n"

@@ -36,7 +36,7 @@ class MlmHead(nn.Module):
         h = Norm(c.norm, c.norm_eps, dtype, name="norm")(nn.gelu(h))
         if embedding_VxD is None:
             decoder = dense(
-                c.vocab_size, ("mlp", "vocab"), name="decoder", std=c.init_std, dtype=dtype
+                c.vocab_size, ("embed", "vocab"), name="decoder", std=c.init_std, dtype=dtype
             )
             return decoder(h).astype(jnp.float32)
         bias_V = self.param("decoder_bias", zeros_init(("vocab",)), (c.vocab_size,), jnp.float32)
