@@ -121,6 +121,9 @@ def pretrain_defaults() -> ConfigDict:
     # Stop (with a checkpoint) after this step, leaving the schedule of num_steps unchanged:
     # for time-sliced jobs and resume tests. 0 runs to num_steps.
     t.stop_at_step = 0
+    t.tensorboard = True  # also write TensorBoard events to <workdir>/tensorboard/
+    # Peak TFLOP/s per device for MFU; 0 looks the device up in gfm_jax/train/flops.py.
+    t.peak_tflops = 0.0
 
     c.optim = optim_defaults()
 

@@ -13,6 +13,7 @@ from gfm_jax.models import presets
 from gfm_jax.models.attention import alibi_bias, alibi_slopes, attend, reference_attention
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
+from gfm_jax.train import flops
 
 SMALL = EncoderConfig(vocab_size=12, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64)
 
@@ -100,3 +101,10 @@ def test_preset_parameter_counts_are_within_one_percent_of_the_published(name):
     assert abs((count + pub["published_extra"]) / pub["params"] - 1) < 0.01
     line = presets.compare_to_published(name, count, pub["vocab"])
     assert f"{count:,} parameters" in line and "%" in line
+
+
+def test_model_flops_per_token_by_hand():
+    # 2 layers x (attention 4*32*32 + SwiGLU 3*32*64) + head (32*32 + 32*12) = 21,888 matmul
+    # parameters; attention scores 12 * 2 layers * 16 tokens * 32 = 12,288 FLOPs per token.
+    assert flops.matmul_params(SMALL) == 21_888
+    assert flops.train_flops_per_token(SMALL, 16) == 6 * 21_888 + 12_288

@@ -4,6 +4,7 @@ import json
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import micro_overrides, run_module
 
 from gfm_jax import config as config_lib
@@ -21,6 +22,7 @@ from gfm_jax.train.loop import train
 
 
 def micro_config(**extra):
+    extra = {"train.peak_tflops": 0.2, **extra}  # CPUs are not in the peak table
     return config_lib.load_config("configs/pretrain/tiny.py", micro_overrides(**extra))
 
 
@@ -107,6 +109,16 @@ def test_loss_falls_on_real_windows_and_checkpoints_are_written(tmp_path):
         40,
     ]
     assert all(r["tokens_per_sec"] > 0 for r in trn)
+    assert all(0 < r["mfu"] < 1 for r in trn)  # micro_config sets train.peak_tflops
+    # TensorBoard events hold the same training losses as metrics.jsonl.
+    (events,) = (tmp_path / "tensorboard" / "train").iterdir()
+    tb_losses = [
+        float(tf.make_ndarray(v.tensor))
+        for e in tf.compat.v1.train.summary_iterator(str(events))
+        for v in e.summary.value
+        if v.tag == "loss"
+    ]
+    np.testing.assert_allclose(tb_losses, [r["loss"] for r in trn], rtol=1e-6)
 
 
 def test_nt6_tokens_train_and_report_bits_per_base(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 import gfm_jax
 from gfm_jax import checkpoint, sharding
@@ -26,7 +27,7 @@ from gfm_jax.errors import UserError
 from gfm_jax.models import presets
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
-from gfm_jax.train import optim
+from gfm_jax.train import flops, optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
 
@@ -39,15 +40,27 @@ def log(message: str) -> None:
 
 
 class MetricsWriter:
-    """Appends JSON lines to `<workdir>/metrics.jsonl` (process 0 only)."""
+    """Metrics to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tensorboard/`
+    (one sub-directory per split), from process 0 only."""
 
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, tensorboard: bool = True):
         self.path = workdir / "metrics.jsonl"
+        self.tb_dir = workdir / "tensorboard" if tensorboard else None
+        self._tb: dict[str, Any] = {}
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        if jax.process_index() == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if jax.process_index() != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if self.tb_dir is None:
+            return
+        if split not in self._tb:
+            self._tb[split] = tf.summary.create_file_writer(str(self.tb_dir / split))
+        with self._tb[split].as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+        self._tb[split].flush()
 
 
 def unigram_entropy(targets: np.ndarray, weights: np.ndarray) -> float:
@@ -125,7 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         batch_sharding,
     )
     eval_step = step_lib.compile_eval_step(objective, state_shardings.params, batch_sharding)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, bool(t_cfg.tensorboard))
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
     # --- Held-out evaluation (fixed windows from the held-out ranges) -----------------------
@@ -187,6 +200,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     )
     batches = global_batches(train_ds, batch_sharding, MODEL_KEYS)
     tokens_per_step = t_cfg.global_batch_size * (1 + pipeline.num_tokens)
+    flops_per_token = flops.train_flops_per_token(model_cfg, 1 + pipeline.num_tokens)
+    peak = flops.peak_flops(model_cfg.dtype, float(t_cfg.peak_tflops))
+    if peak is None:
+        log(f"MFU not reported: no peak for {jax.devices()[0].device_kind} (set train.peak_tflops)")
     pending: tuple[int, dict] | None = None  # step t-1's metrics, read after step t is dispatched
     interval: dict[str, float] = {}
     interval_start, interval_steps = time.perf_counter(), 0
@@ -207,11 +224,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             out = summarize(interval, tokenizer.bases_per_token)
             out["grad_norm"] = interval["grad_norm"] / interval_steps
             out["tokens_per_sec"] = interval_steps * tokens_per_step / elapsed
+            mfu = ""
+            if peak is not None:
+                out["mfu"] = out["tokens_per_sec"] * flops_per_token / peak
+                mfu = f" MFU {out['mfu']:.1%}"
             writer.write(step, "train", out)
+            eta = (last_step - step) * elapsed / interval_steps
             log(
                 f"step {step}/{t_cfg.num_steps}: loss {out['loss']:.4f} "
                 f"accuracy {out['accuracy']:.4f} grad_norm {out['grad_norm']:.3f} "
-                f"{out['tokens_per_sec']:,.0f} tokens/s"
+                f"{out['tokens_per_sec']:,.0f} tokens/s{mfu} ETA {_duration(eta)}"
             )
             interval, interval_start, interval_steps = {}, time.perf_counter(), 0
 
@@ -240,6 +262,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     ckpt.wait()
     ckpt.close()
     return final
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _restore(
