@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from benchmarks_md import replace_section  # noqa: E402
 
 from gfm_jax import config as config_lib  # noqa: E402
 from gfm_jax import sharding
@@ -68,9 +69,14 @@ def pipeline_rate(corpus, tokenizer: str, window_len: int, batch: int, steps: in
 
 
 def train_step_rate(preset: str, tokenizer: str, tokens: int, batch: int, steps: int):
-    """A function measuring the tokens/s the MLM train step consumes (compiled once)."""
-    vocab = get_tokenizer(tokenizer).vocab_size
-    model_cfg = EncoderConfig.from_config(presets.get(preset), vocab)
+    """A function measuring the tokens/s the MLM train step of a preset consumes."""
+    model_cfg = EncoderConfig.from_config(presets.get(preset), get_tokenizer(tokenizer).vocab_size)
+    return jax_step_rate(model_cfg, tokens, batch, steps)
+
+
+def jax_step_rate(model_cfg: EncoderConfig, tokens: int, batch: int, steps: int):
+    """A function measuring (None, tokens/s) of the compiled MLM train step on random batches."""
+    vocab = model_cfg.vocab_size
     mesh = sharding.make_mesh((-1, 1, 1))
     rules = config_lib.DEFAULT_RULES
     model = MaskedLM(model_cfg, mesh, rules)
@@ -192,7 +198,6 @@ def main() -> None:
     char_tokens = med("pipeline char, 128-base windows, batch 64", 1)
     nt6_tokens = med("pipeline nt6, 6,144-base windows, batch 64", 1)
     lines = [
-        MARK,
         "## Input pipeline and tokenizers (`scripts/bench_data.py`)",
         "",
         f"Device: {jax.devices()[0].device_kind} x {jax.device_count()}, {os.cpu_count()} cores, "
@@ -223,19 +228,10 @@ def main() -> None:
         f"{parse_s * 1e3:.0f} ms, from the encoded cache {cached_s * 1e3:.0f} ms "
         f"({parse_s / cached_s:.1f}x).",
     ]
-    lines.append(MARK)
     table = "\n".join(lines)
     print(table)
     if args.write:
-        path = pathlib.Path(args.write)
-        old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        if MARK in old:
-            before, _, rest = old.partition(MARK)
-            _, _, after = rest.partition(MARK)
-            new = before + table + after
-        else:
-            new = old.rstrip() + "\n\n" + table + "\n"
-        path.write_text(new)
+        replace_section(args.write, MARK, table)
 
 
 if __name__ == "__main__":
