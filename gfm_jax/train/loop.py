@@ -63,12 +63,13 @@ class MetricsWriter:
         self._tb[split].flush()
 
 
-def unigram_entropy(targets: np.ndarray, weights: np.ndarray) -> float:
-    """Entropy (nats) of the targets' token distribution: the best context-free loss."""
+def unigram_baseline(targets: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    """The best context-free predictor of the targets (their token distribution): its loss,
+    the entropy in nats, and its accuracy, the frequency of the commonest token."""
     ids = targets[weights > 0]
     p = np.bincount(ids).astype(np.float64)
     p = p[p > 0] / p.sum()
-    return float(-(p * np.log(p)).sum())
+    return {"unigram_entropy": float(-(p * np.log(p)).sum()), "unigram_accuracy": float(p.max())}
 
 
 def summarize(sums: dict[str, float], bases_per_token: float) -> dict[str, float]:
@@ -154,9 +155,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     if causal:  # every nucleotide token after the first is a target
         lo, hi = tokenizer.maskable
         next_tokens = eval_targets[:, 1:]
-        baseline = unigram_entropy(next_tokens, (next_tokens >= lo) & (next_tokens < hi))
+        baseline = unigram_baseline(next_tokens, (next_tokens >= lo) & (next_tokens < hi))
     else:
-        baseline = unigram_entropy(
+        baseline = unigram_baseline(
             eval_targets, np.concatenate([b["weights"] for b in eval_batches])
         )
 
@@ -167,11 +168,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             for k, v in jax.device_get(eval_step(state.params, batch)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         values = summarize(totals, tokenizer.bases_per_token)
-        values["unigram_entropy"] = baseline
+        values.update(baseline)
         writer.write(step, "val", values)
         log(
-            f"[eval] step {step}: loss {values['loss']:.4f} (unigram entropy {baseline:.4f}) "
-            f"accuracy {values['accuracy']:.4f} bits/base {values['bits_per_base']:.4f}"
+            f"[eval] step {step}: loss {values['loss']:.4f} accuracy {values['accuracy']:.4f} "
+            f"(unigram {baseline['unigram_entropy']:.4f} / {baseline['unigram_accuracy']:.4f}) "
+            f"bits/base {values['bits_per_base']:.4f}"
         )
         return values
 
