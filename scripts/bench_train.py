@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from bench_data import jax_step_rate  # noqa: E402
 from benchmarks_md import replace_section  # noqa: E402
 
+from gfm_jax import host_memory  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
 from gfm_jax.train import flops  # noqa: E402
 
@@ -92,7 +93,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=4107)
     parser.add_argument("--write", default=None, help="Markdown file to put the table in")
+    parser.add_argument("--attention", default="auto", help="model.attention for gfm_jax")
     args = parser.parse_args()
+    # As `python -m gfm_jax.train` does; it applies to the whole process, so to torch as well.
+    retained = host_memory.retain_freed_memory()
 
     cfg = EncoderConfig(
         vocab_size=args.vocab,
@@ -104,6 +108,7 @@ def main() -> None:
         use_bias_mlp=True,
         tie_embeddings=True,
         norm_eps=1e-5,
+        attention=args.attention,
     )
     ours = jax_step_rate(cfg, args.tokens, args.batch, args.steps)
     theirs, esm_params, torch_desc = esm_step_rate(cfg, args.tokens, args.batch, args.steps)
@@ -124,7 +129,9 @@ def main() -> None:
         f"Device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, jax {jax.__version__}, {torch_desc}. Shape: {shape}; "
         f"ESM has {esm_params:,} parameters. Medians of {args.repeats} alternating timings of "
-        f"{args.steps} steps each.",
+        f"{args.steps} steps each. gfm_jax attention: {args.attention}; MLM head at the masked "
+        f"positions (a 6-sigma bound, ESM computes every position); freed host memory kept in "
+        f"the process for both: {retained} (gfm_jax/host_memory.py).",
         "",
         "| implementation | tokens/s | step time (ms) | model TFLOP/s achieved |",
         "| --- | --- | --- | --- |",

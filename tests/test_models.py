@@ -10,7 +10,14 @@ import pytest
 
 from gfm_jax.errors import UserError
 from gfm_jax.models import presets
-from gfm_jax.models.attention import alibi_bias, alibi_slopes, attend, reference_attention
+from gfm_jax.models.attention import (
+    alibi_bias,
+    alibi_slopes,
+    attend,
+    reference_attention,
+    resolve_implementation,
+)
+from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import flops
@@ -31,6 +38,61 @@ def test_attention_path_matches_the_einsum_reference(position, causal):
     got = attend(q, k, v, mask, "xla", bias, causal)
     want = reference_attention(q, k, v, mask, bias, causal)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("alibi", True)])
+@pytest.mark.parametrize("heads_per_block, streams", [(1, 1), (3, 2), (4, 3)])
+def test_blocked_attention_values_and_gradients_match_the_reference(
+    position, causal, heads_per_block, streams
+):
+    q, k, v = qkv()
+    mask = jnp.ones((2, 16), bool).at[1, 11:].set(False)
+    slopes = alibi_slopes(4) if position == "alibi" else None
+    bias = alibi_bias(4, 16) if position == "alibi" else None
+    cotangent = jax.random.normal(jax.random.key(7), q.shape)
+
+    def blocked(q, k, v):
+        out = blocked_attention(
+            q,
+            k,
+            v,
+            mask,
+            causal=causal,
+            alibi_slopes_N=slopes,
+            heads_per_block=heads_per_block,
+            streams=streams,
+        )
+        return jnp.sum(out * cotangent), out
+
+    def reference(q, k, v):
+        out = reference_attention(q, k, v, mask, bias, causal)
+        return jnp.sum(out * cotangent), out
+
+    (_, got), got_grads = jax.value_and_grad(blocked, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, want), want_grads = jax.value_and_grad(reference, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_auto_attention_picks_blocked_on_cpu_and_explicit_choices_stay():
+    assert jax.default_backend() == "cpu"
+    assert resolve_implementation("auto", jnp.float32) == "blocked"
+    assert resolve_implementation("xla", jnp.bfloat16) == "xla"
+
+
+def test_model_outputs_agree_across_attention_implementations():
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 16)))
+    mask = jnp.ones((2, 16), bool).at[0, 12:].set(False)
+    for position in ("rope", "alibi"):
+        outs = []
+        for implementation in ("blocked", "xla", "reference"):
+            cfg = dataclasses.replace(SMALL, position=position, attention=implementation)
+            model = MaskedLM(cfg)
+            params = model.init(jax.random.key(0), ids)
+            outs.append(model.apply(params, ids, mask))
+        np.testing.assert_allclose(outs[0], outs[2], atol=1e-5)
+        np.testing.assert_allclose(outs[1], outs[2], atol=1e-5)
 
 
 def test_causal_attention_does_not_see_the_future():

@@ -10,6 +10,7 @@ from conftest import micro_overrides, run_module
 from gfm_jax import config as config_lib
 from gfm_jax import sharding
 from gfm_jax.data.corpus import load_corpus
+from gfm_jax.data.masking import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, to_global
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.evaluate import pretrained
@@ -81,6 +82,43 @@ def test_micro_batches_equal_one_batch(real_batches):
     mesh = sharding.make_mesh((2, 2, 2))
     whole = run_steps(mesh, real_batches)
     assert_runs_close(run_steps(mesh, real_batches, micro_batches=4), whole, 1e-5)
+
+
+def test_mlm_head_at_target_slots_gives_the_full_loss_and_gradients(real_batches):
+    config = micro_config()
+    model = MaskedLM(EncoderConfig.from_config(config.model, 12))
+    batch = {k: np.asarray(v) for k, v in real_batches[0].items()}
+    params = model.init(jax.random.key(0), batch["inputs"][:1])["params"]
+    length = batch["inputs"].shape[1]
+    most = int((batch["weights"] > 0).sum(axis=1).max())
+
+    def run(capacity):
+        objective = step_lib.mlm_objective(model, pad_id=4, max_targets=capacity)
+        total = lambda p: objective(p, batch)["loss_sum"]  # noqa: E731
+        return objective(params, batch), jax.grad(total)(params)
+
+    full, full_grads = run(None)
+    slotted, slotted_grads = run(most)  # just enough slots for the fullest row
+    assert most < length and int(slotted["dropped_targets"]) == 0
+    for key in ("loss_sum", "correct_sum", "weight_sum"):
+        np.testing.assert_allclose(slotted[key], full[key], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(slotted_grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # gradients of a sum: ~30
+
+    short, _ = run(most - 3)  # too few slots: the last targets of the fullest rows are dropped
+    per_row = (batch["weights"] > 0).sum(axis=1)
+    assert int(short["dropped_targets"]) == int(np.maximum(per_row - (most - 3), 0).sum()) > 0
+    assert float(short["weight_sum"]) == float(full["weight_sum"]) - int(short["dropped_targets"])
+
+
+def test_target_capacity_bounds_the_masked_tokens_of_real_windows():
+    config = micro_config()
+    pipe = WindowPipeline(load_corpus(["builtin"]), get_tokenizer("char"), config.data, seed=3)
+    ds = pipe.dataset("train", global_batch=64, first_step=0, last_step=16)
+    counts = np.concatenate([(b["weights"] > 0).sum(axis=1) for b in ds.as_numpy_iterator()])
+    capacity = target_capacity(1 + pipe.num_tokens, pipe.masking)
+    assert capacity < 1 + pipe.num_tokens and counts.max() <= capacity
+    assert target_capacity(513, dataclasses.replace(pipe.masking, rate=0.15, span=1)) == 128
 
 
 def read_metrics(workdir):

@@ -15,6 +15,7 @@ share k - 1 bases with each neighbour, so only a masked span of k tokens hides a
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import tensorflow as tf
 
@@ -38,6 +39,18 @@ class MaskingSpec:
                 f"masking rates {self}: need 0 <= mask_rate <= 1 and "
                 "mask_token_fraction + random_token_fraction <= 1"
             )
+
+
+def target_capacity(num_tokens: int, spec: MaskingSpec, sigmas: float = 6.0) -> int:
+    """An upper bound on one window's masked tokens: mean + `sigmas` standard deviations.
+
+    Each token is covered with probability `rate`; spans correlate neighbours, which at most
+    multiplies the variance by (2 span - 1). Rounded up to a multiple of 8, at most the window.
+    """
+    p = spec.rate
+    sd = math.sqrt(num_tokens * p * (1 - p) * (2 * spec.span - 1))
+    bound = math.ceil(num_tokens * p + sigmas * sd)
+    return min(num_tokens, -(-bound // 8) * 8)
 
 
 def mask_tokens(

@@ -1,21 +1,27 @@
 """Multi-head self-attention: rotary or ALiBi positions, padding masks, optional causal mask.
 
-The attention itself goes through `jax.nn.dot_product_attention` with the implementation chosen
-by config (`xla`, or `cudnn` on GPU with bf16/fp16); `reference_attention` is the plain einsum
-version tests compare against. (Learned absolute positions are added to the embeddings in
-encoder.py, so attention sees no positions then.)
+The attention itself is chosen by config: `jax.nn.dot_product_attention` (`xla`, or `cudnn`
+on GPU with bf16/fp16), `blocked` (blocked_attention.py: cache-sized blocks with a recomputing
+backward pass, the fast path on CPU), or `auto` (blocked on CPU, cuDNN for bf16/fp16 on GPU,
+otherwise xla). `reference_attention` is the plain einsum version tests compare against.
+(Learned absolute positions are added to the embeddings in encoder.py, so attention sees no
+positions then.)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.layers import Dtype, dense
+
+IMPLEMENTATIONS = ("auto", "blocked", "xla", "cudnn", "reference")
 
 
 def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
@@ -72,6 +78,18 @@ def reference_attention(
     return out.astype(q_BxLxNxH.dtype)
 
 
+def resolve_implementation(implementation: str, dtype: Any) -> str:
+    """`auto` -> the fastest implementation for the default backend and compute dtype."""
+    if implementation != "auto":
+        return implementation
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return "blocked"
+    if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
 def attend(
     q_BxLxNxH: jax.Array,
     k_BxLxNxH: jax.Array,
@@ -81,6 +99,7 @@ def attend(
     bias: jax.Array | None = None,
     causal: bool = False,
 ) -> jax.Array:
+    """Attention by `implementation`; `blocked` takes ALiBi slopes instead (see SelfAttention)."""
     if implementation == "reference":
         return reference_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, bias, causal)
     if implementation not in ("xla", "cudnn"):
@@ -98,6 +117,47 @@ def attend(
     )
 
 
+def _divides(shape: tuple[int, ...], spec: Any, mesh: Any) -> bool:
+    for size, axes in zip(shape, spec, strict=False):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        if size % math.prod(mesh.shape[a] for a in names):
+            return False
+    return True
+
+
+def sharded_blocked_attention(
+    q_BxLxNxH: jax.Array,
+    k_BxLxNxH: jax.Array,
+    v_BxLxNxH: jax.Array,
+    mask_BxL: jax.Array,
+    slopes_N: jax.Array | None,
+    causal: bool,
+    mesh: Any,
+    rules: Sequence,
+) -> jax.Array:
+    """blocked_attention on each device's (batch, head) shard: attention never mixes either
+    axis, so no communication is needed; without a mesh it runs on the whole arrays."""
+    run = lambda q, k, v, m, s: blocked_attention(  # noqa: E731
+        q, k, v, m, causal=causal, alibi_slopes_N=s
+    )
+    qkv = (
+        None if mesh is None else nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), rules)
+    )
+    if qkv is None or not _divides(q_BxLxNxH.shape, qkv, mesh):
+        # No mesh, or shapes the mesh does not divide (model.init's batch of 1): one call on
+        # the global arrays, which XLA partitions as it sees fit.
+        return run(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, slopes_N)
+    mask = nn.logical_to_mesh_axes(("batch", "length"), rules)
+    slopes = None if slopes_N is None else nn.logical_to_mesh_axes(("heads",), rules)
+    return jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(qkv, qkv, qkv, mask, slopes),
+        out_specs=qkv,
+        check_vma=False,
+    )(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, slopes_N)
+
+
 class SelfAttention(nn.Module):
     num_heads: int
     head_dim: int
@@ -106,9 +166,11 @@ class SelfAttention(nn.Module):
     position: str = "rope"  # rope | alibi | learned (added before the blocks) | none
     causal: bool = False
     use_bias: bool = True
-    implementation: str = "xla"
+    implementation: str = "auto"
     std: float = 0.02
     dtype: Dtype = jnp.float32
+    mesh: Any = None
+    rules: Sequence = ()
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, positions_BxL: Any) -> jax.Array:
@@ -123,13 +185,20 @@ class SelfAttention(nn.Module):
             )(x_BxLxD)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        bias = None
         if self.position == "rope":
             q = rope(q, positions_BxL, self.rope_base)
             k = rope(k, positions_BxL, self.rope_base)
-        elif self.position == "alibi":
-            bias = alibi_bias(self.num_heads, x_BxLxD.shape[1])
-        out_BxLxNxH = attend(q, k, v, mask_BxL, self.implementation, bias, self.causal)
+        implementation = resolve_implementation(self.implementation, self.dtype)
+        if implementation == "blocked":
+            slopes = alibi_slopes(self.num_heads) if self.position == "alibi" else None
+            out_BxLxNxH = sharded_blocked_attention(
+                q, k, v, mask_BxL, slopes, self.causal, self.mesh, self.rules
+            )
+        else:
+            bias = None
+            if self.position == "alibi":
+                bias = alibi_bias(self.num_heads, x_BxLxD.shape[1])
+            out_BxLxNxH = attend(q, k, v, mask_BxL, implementation, bias, self.causal)
         return dense(
             self.hidden_size,
             ("heads", "kv", "embed"),

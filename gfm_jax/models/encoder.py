@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gfm_jax.errors import UserError
-from gfm_jax.models.attention import SelfAttention
+from gfm_jax.models.attention import IMPLEMENTATIONS, SelfAttention
 from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
 
 
@@ -41,7 +41,7 @@ class EncoderConfig:
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
     dtype: str = "float32"
-    attention: str = "xla"
+    attention: str = "auto"  # auto | blocked | xla | cudnn | reference (see attention.py)
     remat: str = "none"  # none | full | save_dots
     scan_layers: bool = False
     causal: bool = False
@@ -83,8 +83,8 @@ class EncoderConfig:
                 f"model.remat must be one of {sorted(REMAT_POLICIES)}",
             ),
             (
-                self.attention in ("xla", "cudnn", "reference"),
-                "model.attention must be xla, cudnn or reference",
+                self.attention in IMPLEMENTATIONS,
+                f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}",
             ),
             (self.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32 / bfloat16"),
         ]
@@ -124,6 +124,8 @@ class Block(nn.Module):
             implementation=c.attention,
             std=c.init_std,
             dtype=dtype,
+            mesh=self.mesh,
+            rules=self.rules,
             name="attn",
         )(h, mask_BxL, positions_BxL)
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)

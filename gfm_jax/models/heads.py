@@ -52,9 +52,18 @@ class MaskedLM(nn.Module):
     rules: Sequence = ()
 
     @nn.compact
-    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        ids_BxL: jax.Array,
+        mask_BxL: jax.Array | None = None,
+        positions_BxK: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits [B, L, V], or [B, K, V] at `positions_BxK` only: the vocabulary projection
+        is the costliest matmul of a small model, and masked-LM needs it at the targets only."""
         encoder = Encoder(self.config, self.mesh, self.rules, name="encoder")
         h = encoder(ids_BxL, mask_BxL)
+        if positions_BxK is not None:
+            h = jnp.take_along_axis(h, positions_BxK[..., None], axis=1)
         embedding = None
         if self.config.tie_embeddings:
             embedding = nn.meta.unbox(encoder.variables["params"]["embed"]["embedding"])

@@ -27,7 +27,7 @@ def _base() -> dict:
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
         dtype="float32",  # compute dtype; parameters stay float32
-        attention="xla",  # xla | cudnn | reference (plain einsum)
+        attention="auto",  # auto (blocked on CPU, cuDNN for bf16 on GPU) | blocked | xla | cudnn
         remat="none",  # none | full | save_dots
         scan_layers=False,
         tie_embeddings=False,  # MLM decoder shares the token embedding matrix

@@ -22,6 +22,7 @@ from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.data.bpe import tokenizer_for_run
 from gfm_jax.data.corpus import load_corpus
+from gfm_jax.data.masking import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
 from gfm_jax.errors import UserError
 from gfm_jax.models import presets
@@ -132,7 +133,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     if causal:
         objective = step_lib.causal_objective(model, tokenizer.pad_id, tokenizer.maskable, z_loss)
     else:
-        objective = step_lib.mlm_objective(model, tokenizer.pad_id, z_loss)
+        capacity = int(t_cfg.target_capacity)
+        window_tokens = 1 + pipeline.num_tokens
+        if capacity == 0:
+            capacity = target_capacity(window_tokens, pipeline.masking)
+        elif capacity < 0:
+            capacity = window_tokens
+        log(f"MLM head on {capacity} of {window_tokens} positions per window")
+        objective = step_lib.mlm_objective(model, tokenizer.pad_id, z_loss, capacity)
     train_step = step_lib.compile_train_step(
         step_lib.make_train_step(objective, tx, int(t_cfg.micro_batches)),
         state_shardings,
@@ -217,6 +225,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             raise UserError(
                 f"training loss became {values['loss_sum']} at step {step}; the last checkpoint "
                 f"({ckpt.latest_step()}) is kept. Lower optim.learning_rate or raise warmup_steps"
+            )
+        if values.get("dropped_targets", 0.0) > 0:
+            log(
+                f"warning: step {step} dropped {values['dropped_targets']:.0f} masked targets "
+                "beyond train.target_capacity; raise it (or set -1: every position)"
             )
         for k, v in values.items():
             interval[k] = interval.get(k, 0.0) + v

@@ -26,13 +26,39 @@ Batch = dict[str, jax.Array]
 Objective = Callable[[Any, Batch], dict[str, jax.Array]]
 
 
-def mlm_objective(model: nn.Module, pad_id: int, z_loss: float = 0.0) -> Objective:
-    """Masked-LM: predict the original tokens at the masked positions; padding is not attended."""
+def target_slots(weights_BxL: jax.Array, capacity: int) -> jax.Array:
+    """Positions [B, capacity] of each row's targets (weight > 0) in order, then filler positions
+    (weight 0). Rows with more targets than `capacity` lose the last ones (counted by
+    mlm_objective as `dropped_targets`)."""
+    length = weights_BxL.shape[1]
+    pos_L = jnp.arange(length, dtype=jnp.int32)
+    score_BxL = jnp.where(weights_BxL > 0, 2 * length, length) - pos_L  # targets first, in order
+    return jax.lax.top_k(score_BxL, capacity)[1]
+
+
+def mlm_objective(
+    model: nn.Module, pad_id: int, z_loss: float = 0.0, max_targets: int | None = None
+) -> Objective:
+    """Masked-LM: predict the original tokens at the masked positions; padding is not attended.
+
+    With `max_targets` (< the window length), the MLM head runs only at that many positions per
+    sequence, the targets first (see target_slots): the same loss at a fraction of the head's
+    cost. `dropped_targets` counts targets beyond the capacity (0 when it is large enough).
+    """
 
     def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
-        inputs_BxL = batch["inputs"]
-        logits_BxLxV = model.apply({"params": params}, inputs_BxL, inputs_BxL != pad_id)
-        return masked_lm_sums(logits_BxLxV, batch["targets"], batch["weights"], z_loss)
+        inputs_BxL, targets_BxL, weights_BxL = batch["inputs"], batch["targets"], batch["weights"]
+        length = inputs_BxL.shape[1]
+        if max_targets is None or max_targets >= length:
+            logits_BxLxV = model.apply({"params": params}, inputs_BxL, inputs_BxL != pad_id)
+            return masked_lm_sums(logits_BxLxV, targets_BxL, weights_BxL, z_loss)
+        slots_BxK = target_slots(weights_BxL, max_targets)
+        logits_BxKxV = model.apply({"params": params}, inputs_BxL, inputs_BxL != pad_id, slots_BxK)
+        weights_BxK = jnp.take_along_axis(weights_BxL, slots_BxK, axis=1)
+        targets_BxK = jnp.take_along_axis(targets_BxL, slots_BxK, axis=1)
+        sums = masked_lm_sums(logits_BxKxV, targets_BxK, weights_BxK, z_loss)
+        sums["dropped_targets"] = jnp.sum(weights_BxL > 0) - jnp.sum(weights_BxK > 0)
+        return sums
 
     return objective
 
