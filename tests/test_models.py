@@ -75,10 +75,11 @@ def test_blocked_attention_values_and_gradients_match_the_reference(
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
-def test_auto_attention_picks_blocked_on_cpu_and_explicit_choices_stay():
+def test_auto_attention_picks_blocked_for_long_windows_on_cpu_and_explicit_choices_stay():
     assert jax.default_backend() == "cpu"
-    assert resolve_implementation("auto", jnp.float32) == "blocked"
-    assert resolve_implementation("xla", jnp.bfloat16) == "xla"
+    assert resolve_implementation("auto", jnp.float32, 512) == "blocked"
+    assert resolve_implementation("auto", jnp.float32, 129) == "xla"  # short: scores fit cache
+    assert resolve_implementation("xla", jnp.bfloat16, 512) == "xla"
 
 
 def test_model_outputs_agree_across_attention_implementations():
@@ -170,3 +171,13 @@ def test_model_flops_per_token_by_hand():
     # parameters; attention scores 12 * 2 layers * 16 tokens * 32 = 12,288 FLOPs per token.
     assert flops.matmul_params(SMALL) == 21_888
     assert flops.train_flops_per_token(SMALL, 16) == 6 * 21_888 + 12_288
+
+
+def test_gelu_is_the_exact_erf_form_as_in_esm_and_nucleotide_transformer():
+    from math import erf, sqrt
+
+    from gfm_jax.models.layers import exact_gelu
+
+    xs = np.linspace(-4, 4, 17)
+    want = [0.5 * x * (1 + erf(x / sqrt(2))) for x in xs]
+    np.testing.assert_allclose(exact_gelu(jnp.asarray(xs)), want, atol=1e-6)

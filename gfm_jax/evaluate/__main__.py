@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from gfm_jax import config as config_lib
-from gfm_jax import distributed
+from gfm_jax import distributed, host_memory
 from gfm_jax.errors import exit_on_user_error
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             print(quickstart_table(args.workdir))
             return
         distributed.initialize(args)
+        host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
         config = config_lib.load_config(args.config, overrides)
         from gfm_jax.evaluate.finetune import finetune
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax.models.encoder import Encoder, EncoderConfig
-from gfm_jax.models.layers import Norm, dense, dtype_of, zeros_init
+from gfm_jax.models.layers import Norm, dense, dtype_of, exact_gelu, zeros_init
 
 
 class MlmHead(nn.Module):
@@ -33,7 +33,7 @@ class MlmHead(nn.Module):
         h = dense(c.hidden_size, ("embed", "mlp"), name="dense", std=c.init_std, dtype=dtype)(
             h_BxLxD
         )
-        h = Norm(c.norm, c.norm_eps, dtype, name="norm")(nn.gelu(h))
+        h = Norm(c.norm, c.norm_eps, dtype, name="norm")(exact_gelu(h))
         if embedding_VxD is None:
             decoder = dense(
                 c.vocab_size, ("embed", "vocab"), name="decoder", std=c.init_std, dtype=dtype

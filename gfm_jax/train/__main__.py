@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gfm_jax import config as config_lib
-from gfm_jax import distributed
+from gfm_jax import distributed, host_memory
 from gfm_jax.errors import exit_on_user_error
 
 
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(rest)
     with exit_on_user_error("gfm_jax.train"):
         distributed.initialize(args)
+        host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
         config = config_lib.load_config(args.config, overrides)
         from gfm_jax.train.loop import train  # after distributed start-up: imports jax users
 
