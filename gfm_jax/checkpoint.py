@@ -3,7 +3,12 @@
 Layout: `<workdir>/ckpt/<step>/{params, opt_state, meta}`. `params` is its own item, so
 evaluation restores the parameters alone (onto any mesh, by passing abstract arrays that carry
 the target sharding) without reading the optimizer state. `meta` is JSON: the full config, the
-tokenizer, the data position and the package version.
+tokenizer, the data position, the mesh and the package version.
+
+Saves are asynchronous and atomic: Orbax writes a step into a temporary directory and renames
+it when complete, so a process killed mid-save leaves the previous steps intact and the partial
+one is never listed. Retention keeps the last `keep` steps plus the best by a held-out metric.
+A step that cannot be read (truncated or corrupted files) raises `CorruptCheckpoint` naming it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,26 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from gfm_jax.errors import UserError
 
 ITEMS = ("params", "opt_state", "meta")
+# What Orbax / TensorStore raise for a step whose files are missing, truncated or garbled.
+READ_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError, TypeError)
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint step exists but cannot be read."""
+
+    def __init__(self, directory: pathlib.Path, step: int, cause: Exception):
+        reason = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+        super().__init__(
+            f"checkpoint step {step} in {directory} cannot be restored ({reason}); it is "
+            "corrupt, truncated or from another model. Pass --config.train.fallback_on_corrupt="
+            f"True to resume from the step before it, or delete {directory / str(step)}"
+        )
+        self.step = step
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -24,18 +45,49 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 
 
 class Checkpointer:
-    """Async saves every so many steps, keeping the last `keep`."""
+    """Async saves; keeps the last `keep` steps, plus the best `keep_best` by `best_metric` (a
+    held-out metric passed to `save`; `best_mode` "min" for losses, "max" for accuracies)."""
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, create: bool = True):
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        keep: int = 3,
+        create: bool = True,
+        best_metric: str = "",
+        best_mode: str = "min",
+        keep_best: int = 1,
+    ):
         self.directory = checkpoint_dir(workdir)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+        policies = [preservation_policy.LatestN(n=keep)]
+        if best_metric:
+            if best_mode not in ("min", "max"):
+                raise UserError(f"train.best_mode={best_mode!r}: choose 'min' or 'max'")
+            policies.append(
+                preservation_policy.BestN(
+                    get_metric_fn=lambda metrics: metrics[best_metric],
+                    reverse=best_mode == "min",  # BestN keeps the end of the sorted list
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            create=create,
+            preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-        """Starts an async save; returns once the arrays are copied off the training buffers."""
+    def save(
+        self, step: int, params: Any, opt_state: Any, meta: dict, metrics: dict | None = None
+    ) -> None:
+        """Starts an async save; returns once the arrays are copied off the training buffers.
+
+        `metrics` (held-out values at this step) rank the step for `best_metric` retention."""
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -43,19 +95,23 @@ class Checkpointer:
                 opt_state=ocp.args.StandardSave(opt_state),
                 meta=ocp.args.JsonSave(meta),
             ),
+            metrics=metrics,
             force=True,
         )
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any):
         """Restores (params, opt_state, meta) of `step` into the abstract arrays' shardings."""
-        out = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        try:
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(abstract_params),
+                    opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except READ_ERRORS as e:
+            raise CorruptCheckpoint(self.directory, step, e) from None
         return out.params, out.opt_state, out.meta
 
     def wait(self) -> None:
@@ -91,9 +147,13 @@ def _require_step(workdir: str | pathlib.Path, step: int | None) -> tuple[Checkp
 def read_meta(workdir: str | pathlib.Path, step: int | None = None) -> tuple[int, dict]:
     """The step and `meta` item of a checkpoint (latest by default)."""
     ckpt, step = _require_step(workdir, step)
-    meta = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    ckpt.close()
-    return step, meta
+    try:
+        restored = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except READ_ERRORS as e:
+        raise CorruptCheckpoint(ckpt.directory, step, e) from None
+    finally:
+        ckpt.close()
+    return step, restored.meta
 
 
 def restore_params(
@@ -105,11 +165,8 @@ def restore_params(
         out = ckpt.manager.restore(
             step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
         )
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise UserError(
-            f"checkpoint step {step} in {checkpoint_dir(workdir)} cannot be restored ({e}); "
-            "it may be corrupt or from another model"
-        ) from None
+    except READ_ERRORS as e:
+        raise CorruptCheckpoint(ckpt.directory, step, e) from None
     finally:
         ckpt.close()
     return step, jax.tree.map(lambda x: x, out.params)

@@ -121,7 +121,14 @@ def pretrain_defaults() -> ConfigDict:
     t.eval_every = 500
     t.eval_batches = 8  # held-out windows per evaluation = eval_batches * global_batch_size
     t.checkpoint_every = 500
-    t.keep_checkpoints = 3
+    t.keep_checkpoints = 3  # the last N steps are kept ...
+    t.best_metric = "loss"  # ... plus the best by this held-out metric ("" = off)
+    t.best_mode = "min"  # min (loss, bits_per_base, perplexity) | max (accuracy)
+    # Resume order: the workdir's latest checkpoint, else this workdir's parameters (params
+    # only: fine-tuning or imported weights; optimizer and step start afresh), else scratch.
+    t.init_from = ""
+    # A latest checkpoint that cannot be read is an error; True resumes from the one before.
+    t.fallback_on_corrupt = False
     # Stop (with a checkpoint) after this step, leaving the schedule of num_steps unchanged:
     # for time-sliced jobs and resume tests. 0 runs to num_steps.
     t.stop_at_step = 0

@@ -25,8 +25,13 @@ def main(argv: list[str] | None = None) -> None:
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
         config = config_lib.load_config(args.config, overrides)
         from gfm_jax.train.loop import train  # after distributed start-up: imports jax users
+        from gfm_jax.train.preemption import Preempted
 
-        train(config, args.workdir)
+        try:
+            train(config, args.workdir)
+        except Preempted as e:
+            print(f"gfm_jax.train: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tensorflow as tf
 
 import gfm_jax
@@ -31,6 +32,7 @@ from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import flops, optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
+from gfm_jax.train.preemption import Preempted, StopRequests
 
 MODEL_KEYS = ("inputs", "targets", "weights")
 
@@ -116,14 +118,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     rng = jax.random.key(config.seed)
     boxed = state_lib.abstract_state(init_params, tx, rng)
     state_shardings = sharding.tree_shardings(boxed, mesh, rules)
-    ckpt = checkpoint.Checkpointer(workdir, keep=t_cfg.keep_checkpoints)
-    start_step = ckpt.latest_step()
-    if start_step is None:
+    ckpt = checkpoint.Checkpointer(
+        workdir,
+        keep=t_cfg.keep_checkpoints,
+        best_metric=t_cfg.best_metric,
+        best_mode=t_cfg.best_mode,
+    )
+    state = _resume(ckpt, boxed, state_shardings, config)
+    if state is None and t_cfg.init_from:
+        state = _init_from(t_cfg.init_from, boxed, state_shardings, tx, config)
+        log(f"parameters from {t_cfg.init_from} (params only; optimizer and step start afresh)")
+    if state is None:
         state, _ = state_lib.create_sharded_state(init_params, tx, rng, mesh, rules)
-        start_step = 0
-    else:
-        state = _restore(ckpt, start_step, boxed, state_shardings, config)
-        log(f"resumed from {ckpt.directory}/{start_step}")
+    start_step = int(jax.device_get(state.step))
     log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
     log(sharding.describe(state.params, state_shardings.params))
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -185,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
         )
         return values
 
-    def save(step: int) -> None:
+    def save(step: int, metrics: dict | None = None) -> None:
         meta = {
             "step": step,
             "config": json.loads(config_lib.to_json(config)),
@@ -194,7 +201,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             "mesh": dict(mesh.shape),
             "version": gfm_jax.__version__,
         }
-        ckpt.save(step, state.params, state.opt_state, meta)
+        ranked = None
+        if metrics is not None and t_cfg.best_metric:
+            ranked = {t_cfg.best_metric: float(metrics[t_cfg.best_metric])}
+        ckpt.save(step, state.params, state.opt_state, meta, ranked)
 
     # --- Training ---------------------------------------------------------------------------
     final = evaluate(start_step) if start_step == 0 else {}
@@ -252,28 +262,36 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
             )
             interval, interval_start, interval_steps = {}, time.perf_counter(), 0
 
-    for step in range(start_step + 1, last_step + 1):
-        state, metrics = train_step(state, next(batches))
+    stop = StopRequests()
+    try:
+        for step in range(start_step + 1, last_step + 1):
+            state, metrics = train_step(state, next(batches))
+            if pending is not None:
+                account(*pending)
+            pending = (step, metrics)
+            signum = stop.stop_after(step)
+            do_save = step % t_cfg.checkpoint_every == 0 and step != last_step
+            do_eval = step % t_cfg.eval_every == 0 and step != last_step
+            if do_save or do_eval or signum is not None:
+                account(*pending)
+                pending = None
+            values = evaluate(step) if do_eval and signum is None else None
+            if do_save or signum is not None:
+                save(step, values)
+            if signum is not None:
+                ckpt.wait()  # the step is on disk before the process exits
+                ckpt.close()
+                raise Preempted(signum, step, str(ckpt.directory))
         if pending is not None:
             account(*pending)
-        pending = (step, metrics)
-        do_save = step % t_cfg.checkpoint_every == 0 and step != last_step
-        do_eval = step % t_cfg.eval_every == 0 and step != last_step
-        if do_save or do_eval:
-            account(*pending)
-            pending = None
-        if do_save:
-            save(step)
-        if do_eval:
-            evaluate(step)
-    if pending is not None:
-        account(*pending)
+    finally:
+        stop.close()
 
     # --- Finish -----------------------------------------------------------------------------
     end_step = int(jax.device_get(state.step))
     if end_step > start_step or ckpt.latest_step() != end_step:
-        save(end_step)
         final = evaluate(end_step)
+        save(end_step, final)
     ckpt.wait()
     ckpt.close()
     return final
@@ -285,27 +303,96 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _restore(
+# Model keys that fix parameter shapes: a checkpoint with other values cannot be loaded.
+SHAPE_KEYS = (
+    "num_layers",
+    "hidden_size",
+    "num_heads",
+    "mlp_dim",
+    "activation",
+    "use_bias_attn",
+    "use_bias_mlp",
+    "norm",
+    "position",
+    "max_positions",
+    "tie_embeddings",
+    "scan_layers",
+)
+
+
+def _changed(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts, as 'key: old -> new'."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
+
+
+def _check_model_shape(source: str, saved_model: dict, current_model: dict) -> None:
+    changed = [k for k in SHAPE_KEYS if saved_model.get(k) != current_model.get(k)]
+    if changed:
+        raise UserError(
+            f"{source} was trained with another model shape (model.{', model.'.join(changed)} "
+            "differ); use a new --workdir, or the saved config's values"
+        )
+
+
+def _resume(
     ckpt: checkpoint.Checkpointer,
-    step: int,
     boxed: state_lib.TrainState,
     shardings: state_lib.TrainState,
     config: ml_collections.ConfigDict,
+) -> state_lib.TrainState | None:
+    """The state of the workdir's latest readable checkpoint, on this run's mesh, or None.
+
+    A model-shape change is refused; other changes (steps, learning rate, ...) are logged.
+    With train.fallback_on_corrupt, an unreadable step is skipped for the one before it.
+    """
+    current = json.loads(config_lib.to_json(config))
+    for step in reversed(ckpt.all_steps()):
+        try:
+            _, meta = checkpoint.read_meta(ckpt.directory.parent, step)
+            _check_model_shape(
+                f"the checkpoint in {ckpt.directory}", meta["config"]["model"], current["model"]
+            )
+            params, opt_state, _ = ckpt.restore(
+                step,
+                state_lib.abstract_arrays(boxed.params, shardings.params),
+                state_lib.abstract_arrays(boxed.opt_state, shardings.opt_state),
+            )
+        except checkpoint.CorruptCheckpoint as e:
+            if not config.train.fallback_on_corrupt:
+                raise
+            log(f"warning: {e}; trying the step before it (train.fallback_on_corrupt)")
+            continue
+        changes = _changed(meta["config"], current)
+        if changes:
+            log(f"resuming with a changed config: {'; '.join(changes)}")
+        log(f"resumed from {ckpt.directory}/{step} (saved on mesh {meta.get('mesh')})")
+        step_array = jax.device_put(np.int32(step), shardings.step)
+        return state_lib.TrainState(step_array, params, opt_state)
+    if ckpt.all_steps():
+        raise UserError(f"no checkpoint in {ckpt.directory} could be read; see the warnings")
+    return None
+
+
+def _init_from(
+    source: str,
+    boxed: state_lib.TrainState,
+    shardings: state_lib.TrainState,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
 ) -> state_lib.TrainState:
-    """Restores the state of `step` onto this run's mesh, refusing a different model shape."""
-    _, meta = checkpoint.read_meta(ckpt.directory.parent, step)
-    saved_model = meta["config"]["model"]
+    """Step 0 with the parameters of `source`'s latest checkpoint and a fresh optimizer."""
+    step, meta = checkpoint.read_meta(source)
     current = json.loads(config_lib.to_json(config))["model"]
-    if saved_model != current:
-        changed = sorted(k for k in current if saved_model.get(k) != current[k])
-        raise UserError(
-            f"the checkpoint in {ckpt.directory} was trained with another model config "
-            f"(model.{', model.'.join(changed)} differ); use a new --workdir or the saved config"
-        )
-    params, opt_state, _ = ckpt.restore(
-        step,
-        state_lib.abstract_arrays(boxed.params, shardings.params),
-        state_lib.abstract_arrays(boxed.opt_state, shardings.opt_state),
-    )
-    step_array = jax.device_put(np.int32(step), shardings.step)
+    _check_model_shape(f"--config.train.init_from={source}", meta["config"]["model"], current)
+    abstract = state_lib.abstract_arrays(boxed.params, shardings.params)
+    _, params = checkpoint.restore_params(source, abstract, step)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    step_array = jax.device_put(np.int32(0), shardings.step)
     return state_lib.TrainState(step_array, params, opt_state)
