@@ -14,10 +14,12 @@ A step that cannot be read (truncated or corrupted files) raises `CorruptCheckpo
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from gfm_jax.errors import UserError
@@ -81,6 +83,20 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Renames an unreadable step to `<step>.corrupt` (kept for inspection, no longer a
+        step), so training can resume from an earlier one and later save this step anew."""
+        source = self.directory / str(step)
+        target = self.directory / f"{step}.corrupt"
+        if jax.process_index() == 0:
+            if target.exists():
+                shutil.rmtree(target)
+            source.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
+        return target
 
     def save(
         self, step: int, params: Any, opt_state: Any, meta: dict, metrics: dict | None = None

@@ -367,7 +367,8 @@ def _resume(
         except checkpoint.CorruptCheckpoint as e:
             if not config.train.fallback_on_corrupt:
                 raise
-            log(f"warning: {e}; trying the step before it (train.fallback_on_corrupt)")
+            aside = ckpt.set_aside(step)
+            log(f"warning: {e}; moved it to {aside} and trying the step before it")
             continue
         changes = _changed(meta["config"], current)
         if changes:
