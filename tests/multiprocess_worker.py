@@ -38,6 +38,13 @@ def main() -> None:
     from gfm_jax.data.tokenizers import get_tokenizer
 
     assert jax.process_count() == num_processes and jax.device_count() == 4 * num_processes
+    # The training loop's stop check goes through JAX's preemption sync point here: no
+    # preemption notice, so every process answers "go on" for the step.
+    from gfm_jax.train.preemption import StopRequests
+
+    stop = StopRequests()
+    assert stop.multiprocess and stop.stop_after(1) is None
+    stop.close()
     config = config_lib.load_config("configs/pretrain/tiny.py", ["--config.data.window_len=64"])
     pipe = WindowPipeline(load_corpus(["builtin"]), get_tokenizer("char"), config.data, seed=0)
     mesh = sharding.make_mesh((2, -1, 1))
