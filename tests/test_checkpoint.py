@@ -16,6 +16,7 @@ from conftest import ROOT, micro_overrides, run_module
 
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
+from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
@@ -251,3 +252,24 @@ def test_init_from_loads_params_only_and_refuses_another_shape(tmp_path):
         ),
     )
     assert r.returncode == 2 and "model.mlp_dim" in r.stderr
+
+
+def test_a_truncated_params_file_is_reported_with_its_step(tmp_path):
+    save_on_eight_devices(tmp_path)
+    truncate_arrays(tmp_path / "ckpt" / "3")
+    _, _, boxed, shardings = small_state(ONE_DEVICE)
+    abstract = state_lib.abstract_arrays(boxed.params, shardings.params)
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="checkpoint step 3 in .*ckpt"):
+        checkpoint.restore_params(tmp_path, abstract)
+
+
+def test_retention_keeps_the_last_steps_and_the_best_by_the_held_out_metric(tmp_path):
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=1, best_metric="loss", best_mode="min")
+    params = {"w": np.zeros(3, np.float32)}
+    for step, loss in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 4.0)]:
+        ckpt.save(step, params, params, {"step": step}, {"loss": loss})
+        ckpt.wait()
+    assert ckpt.all_steps() == [2, 4]  # the best (loss 1.0) and the latest
+    ckpt.close()
+    with pytest.raises(UserError, match="best_mode"):
+        checkpoint.Checkpointer(tmp_path, best_metric="accuracy", best_mode="highest")

@@ -184,6 +184,7 @@ def test_nt6_tokens_train_and_report_bits_per_base(tmp_path):
     assert pretrained.describe(tmp_path).tokenizer.name == "nt6"
 
 
+@pytest.mark.slow  # about 70 s; the SIGKILL resume test in test_checkpoint.py is also slow
 def test_resume_in_a_new_process_equals_the_uninterrupted_run(tmp_path):
     common = [
         "--config",
