@@ -252,6 +252,12 @@ def test_init_from_loads_params_only_and_refuses_another_shape(tmp_path):
         ),
     )
     assert r.returncode == 2 and "model.mlp_dim" in r.stderr
+    # Resuming the workdir itself with another tokenizer (another vocabulary) is refused too.
+    r = run_module(
+        "gfm_jax.train",
+        *train_args(str(target), **{"train.num_steps": 4, "data.tokenizer": "kmer3"}),
+    )
+    assert r.returncode == 2 and "data.tokenizer" in r.stderr
 
 
 def test_a_truncated_params_file_is_reported_with_its_step(tmp_path):

@@ -332,12 +332,16 @@ def _changed(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_model_shape(source: str, saved_model: dict, current_model: dict) -> None:
-    changed = [k for k in SHAPE_KEYS if saved_model.get(k) != current_model.get(k)]
+def _check_model_shape(source: str, saved: dict, current: dict) -> None:
+    """Refuses a checkpoint whose parameter shapes differ: model keys, or the tokenizer (the
+    vocabulary size), naming what changed."""
+    changed = [f"model.{k}" for k in SHAPE_KEYS if saved["model"].get(k) != current["model"].get(k)]
+    if saved["data"].get("tokenizer") != current["data"].get("tokenizer"):
+        changed.append("data.tokenizer")
     if changed:
         raise UserError(
-            f"{source} was trained with another model shape (model.{', model.'.join(changed)} "
-            "differ); use a new --workdir, or the saved config's values"
+            f"{source} was trained with another model shape ({', '.join(changed)} differ); "
+            "use a new --workdir, or the saved config's values"
         )
 
 
@@ -356,9 +360,7 @@ def _resume(
     for step in reversed(ckpt.all_steps()):
         try:
             _, meta = checkpoint.read_meta(ckpt.directory.parent, step)
-            _check_model_shape(
-                f"the checkpoint in {ckpt.directory}", meta["config"]["model"], current["model"]
-            )
+            _check_model_shape(f"the checkpoint in {ckpt.directory}", meta["config"], current)
             params, opt_state, _ = ckpt.restore(
                 step,
                 state_lib.abstract_arrays(boxed.params, shardings.params),
@@ -390,8 +392,8 @@ def _init_from(
 ) -> state_lib.TrainState:
     """Step 0 with the parameters of `source`'s latest checkpoint and a fresh optimizer."""
     step, meta = checkpoint.read_meta(source)
-    current = json.loads(config_lib.to_json(config))["model"]
-    _check_model_shape(f"--config.train.init_from={source}", meta["config"]["model"], current)
+    current = json.loads(config_lib.to_json(config))
+    _check_model_shape(f"--config.train.init_from={source}", meta["config"], current)
     abstract = state_lib.abstract_arrays(boxed.params, shardings.params)
     _, params = checkpoint.restore_params(source, abstract, step)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
