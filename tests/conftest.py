@@ -9,9 +9,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Runs (in this process and in the subprocesses tests start) cache encoded genomes in a
 # temporary directory, never in the user's ~/.cache.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["GFM_JAX_CACHE"] = tempfile.mkdtemp(prefix="gfm_jax_test_cache_")
+atexit.register(shutil.rmtree, os.environ["GFM_JAX_CACHE"], ignore_errors=True)
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402

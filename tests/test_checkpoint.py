@@ -279,3 +279,20 @@ def test_retention_keeps_the_last_steps_and_the_best_by_the_held_out_metric(tmp_
     ckpt.close()
     with pytest.raises(UserError, match="best_mode"):
         checkpoint.Checkpointer(tmp_path, best_metric="accuracy", best_mode="highest")
+
+
+def test_stop_requests_leave_signals_alone_off_the_main_thread():
+    import threading
+
+    from gfm_jax.train.preemption import StopRequests
+
+    before = signal.getsignal(signal.SIGTERM)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(StopRequests().stop_after(1)))
+    worker.start()
+    worker.join()
+    assert results == [None] and signal.getsignal(signal.SIGTERM) is before
+    stop = StopRequests()  # on the main thread it installs its handler, and close() restores
+    assert signal.getsignal(signal.SIGTERM) is not before
+    stop.close()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -9,6 +9,7 @@ true on every process at the same step, so all of them save that step together.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 import jax
@@ -38,6 +39,8 @@ class StopRequests:
         self._previous = {}
         if self.multiprocess:
             return  # the coordination service owns SIGTERM; ^C keeps its default behaviour
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; leave the defaults
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
