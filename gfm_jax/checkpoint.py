@@ -115,20 +115,26 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any):
-        """Restores (params, opt_state, meta) of `step` into the abstract arrays' shardings."""
+    def _read(self, step: int, **items: Any) -> Any:
+        """Restores the named items of `step`; an unreadable step raises CorruptCheckpoint."""
         try:
-            out = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(abstract_params),
-                    opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
         except READ_ERRORS as e:
             raise CorruptCheckpoint(self.directory, step, e) from None
+
+    def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any):
+        """Restores (params, opt_state, meta) of `step` into the abstract arrays' shardings."""
+        out = self._read(
+            step,
+            params=ocp.args.StandardRestore(abstract_params),
+            opt_state=ocp.args.StandardRestore(abstract_opt_state),
+            meta=ocp.args.JsonRestore(),
+        )
         return out.params, out.opt_state, out.meta
+
+    def read_meta(self, step: int) -> dict:
+        """The `meta` item of `step` alone."""
+        return self._read(step, meta=ocp.args.JsonRestore()).meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -164,12 +170,9 @@ def read_meta(workdir: str | pathlib.Path, step: int | None = None) -> tuple[int
     """The step and `meta` item of a checkpoint (latest by default)."""
     ckpt, step = _require_step(workdir, step)
     try:
-        restored = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except READ_ERRORS as e:
-        raise CorruptCheckpoint(ckpt.directory, step, e) from None
+        return step, ckpt.read_meta(step)
     finally:
         ckpt.close()
-    return step, restored.meta
 
 
 def restore_params(
@@ -178,11 +181,7 @@ def restore_params(
     """Restores only the `params` item (no optimizer state is read) into the given shardings."""
     ckpt, step = _require_step(workdir, step)
     try:
-        out = ckpt.manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-        )
-    except READ_ERRORS as e:
-        raise CorruptCheckpoint(ckpt.directory, step, e) from None
+        out = ckpt._read(step, params=ocp.args.StandardRestore(abstract_params))
     finally:
         ckpt.close()
     return step, jax.tree.map(lambda x: x, out.params)

@@ -143,6 +143,21 @@ def pretrain_defaults() -> ConfigDict:
     return c
 
 
+# Dotted overrides shrinking the tiny preset until a step takes milliseconds: for tests and
+# scripts/fault_drill.py, which need many short runs, not for learning anything.
+MICRO_OVERRIDES: dict[str, object] = {
+    "model.num_layers": 2,
+    "model.hidden_size": 32,
+    "model.num_heads": 2,
+    "model.mlp_dim": 64,
+    "data.window_len": 64,
+    "train.global_batch_size": 16,
+    "train.eval_batches": 2,
+    "train.log_every": 5,
+    "optim.warmup_steps": 2,
+}
+
+
 def apply_smoke_mode(c: ConfigDict) -> ConfigDict:
     """Shrinks a pretraining config to a 10-step check of a set-up (the `:smoke` argument)."""
     c.train.num_steps = 10

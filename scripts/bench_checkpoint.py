@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from benchmarks_md import replace_section  # noqa: E402
+from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import checkpoint, sharding  # noqa: E402
 from gfm_jax import config as config_lib  # noqa: E402
@@ -83,9 +83,7 @@ def main() -> None:
         f"{', '.join(f'{x:.2f}' for x in total)} s.",
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.write:
-        replace_section(args.write, MARK, table)
+    publish(table, args.write, MARK)
 
 
 if __name__ == "__main__":

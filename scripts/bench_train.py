@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_data import jax_step_rate  # noqa: E402
-from benchmarks_md import replace_section  # noqa: E402
+from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import host_memory  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
@@ -148,9 +148,7 @@ def main() -> None:
         "GPU was lent to this work.",
     ]
     table = "\n".join(lines)
-    print(table)
-    if args.write:
-        replace_section(args.write, MARK, table)
+    publish(table, args.write, MARK)
 
 
 if __name__ == "__main__":

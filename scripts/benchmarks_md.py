@@ -17,3 +17,10 @@ def replace_section(path: str | pathlib.Path, marker: str, table: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     path.write_text(new)
+
+
+def publish(table: str, path: str | None, marker: str) -> None:
+    """Prints a benchmark's table and, when `path` is given (`--write`), puts it there too."""
+    print(table)
+    if path:
+        replace_section(path, marker, table)

@@ -26,25 +26,17 @@ import time
 
 import jax
 import numpy as np
-from benchmarks_md import replace_section
+from benchmarks_md import publish
+
+from gfm_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MARK = "<!-- fault_drill -->"
-MICRO = {  # the test suite's micro model (tests/conftest.py): a step takes milliseconds
-    "model.num_layers": 2,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.mlp_dim": 64,
-    "data.window_len": 64,
-    "train.global_batch_size": 16,
-    "train.eval_batches": 2,
-    "optim.warmup_steps": 2,
-    "train.log_every": 1,
-}
 
 
 def command(workdir: pathlib.Path, steps: int, every: int) -> list[str]:
-    values = {**MICRO, "train.num_steps": steps, "train.checkpoint_every": every}
+    values = {**config_lib.MICRO_OVERRIDES, "train.log_every": 1}  # the test-suite model
+    values.update({"train.num_steps": steps, "train.checkpoint_every": every})
     values["train.eval_every"] = steps
     overrides = [f"--config.{k}={v}" for k, v in values.items()]
     return [sys.executable, "-m", "gfm_jax.train", "--config", "configs/pretrain/tiny.py",
@@ -164,9 +156,7 @@ def main() -> None:
         f"**{equal}**",
     ]
     table = "\n".join(summary)
-    print(table)
-    if args.write:
-        replace_section(args.write, MARK, table)
+    publish(table, args.write, MARK)
     if not equal:
         raise SystemExit(1)
 

@@ -22,21 +22,15 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
+from gfm_jax import config as config_lib  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def micro_overrides(**extra: object) -> list[str]:
     """Overrides that shrink the tiny preset so a few steps take seconds."""
     values = {
-        "model.num_layers": 2,
-        "model.hidden_size": 32,
-        "model.num_heads": 2,
-        "model.mlp_dim": 64,
-        "data.window_len": 64,
-        "train.global_batch_size": 16,
-        "train.eval_batches": 2,
-        "train.log_every": 5,
-        "optim.warmup_steps": 2,
+        **config_lib.MICRO_OVERRIDES,
         **extra,
     }
     return [f"--config.{k}={v}" for k, v in values.items()]

@@ -359,7 +359,7 @@ def _resume(
     current = json.loads(config_lib.to_json(config))
     for step in reversed(ckpt.all_steps()):
         try:
-            _, meta = checkpoint.read_meta(ckpt.directory.parent, step)
+            meta = ckpt.read_meta(step)
             _check_model_shape(f"the checkpoint in {ckpt.directory}", meta["config"], current)
             params, opt_state, _ = ckpt.restore(
                 step,
