@@ -172,25 +172,50 @@ def apply_smoke_mode(c: ConfigDict) -> ConfigDict:
 def finetune_defaults() -> ConfigDict:
     """Every key a downstream (fine-tuning) task config may set, with its default."""
     c = ConfigDict()
-    c.seed = 0
+    c.seeds = (0, 1, 2)  # one run per seed; reports give mean +- sd over them
     c.task = t = ConfigDict()
-    t.csv = "builtin:splice.csv"  # a path, or builtin:<name> for the files in the package
+    t.name = ""  # for reports; "" = the file or directory name
+    t.format = "csv"  # csv | csv_dir | fasta_dir | class_dirs | tfds (see data/tasks.py)
+    t.path = "builtin:splice.csv"  # a path, builtin:<name>, or a TFDS name for format=tfds
+    t.tfds_data_dir = ""  # format=tfds: TFDS's data_dir ("" = its default)
+    t.kind = "classification"  # classification | regression | token_classification
     t.sequence_column = "sequence"
     t.label_column = "label"
-    # Row ranges [start, end) of the CSV (0-based, header excluded). An empty test range means
-    # "use the `split` column" (values train / test).
+    # format=csv: row ranges [start, end) of the file (0-based, header excluded). An empty test
+    # range means "use the `split` column" (values train / val / dev / test).
     t.train_rows = (0, 2000)
     t.test_rows = (2000, 3186)
-    t.val_fraction = 0.1  # of the training rows, fixed by `seed`, for choosing the best epoch
-    t.drop_test_duplicates = True  # drop test rows whose sequence occurs in train (leakage)
+    # Without a validation split: this fraction of the training rows, chosen by split_seed (not
+    # by the training seed, so every seed and model is selected on the same rows).
+    t.val_fraction = 0.1
+    t.split_seed = 0
+    t.drop_test_duplicates = True  # drop test / val rows whose sequence occurs in train
 
     c.finetune = f = ConfigDict()
     f.epochs = 10
     f.batch_size = 64
     f.pooling = "cls"  # cls (the first token) | mean (over non-padding tokens)
+    f.freeze_backbone = False  # True: train the head only (the encoder gets no update)
+    # The validation metric that picks the best epoch ("" = accuracy for classification,
+    # spearman for regression); the test split is evaluated once, with that epoch.
+    f.select_metric = ""
     c.optim = optim_defaults()
     c.optim.learning_rate = 5e-4
     c.optim.warmup_steps = 50
+
+    # The non-pretrained CNN baseline (model=cnn): one-hot-like embeddings of single bases.
+    c.cnn = n = ConfigDict()
+    n.embed_dim = 64
+    n.channels = 128
+    n.kernel_size = 9
+    n.layers = 3
+    n.pooling = "meanmax"  # meanmax (any length) | flatten (position-aware; see models/cnn.py)
+    n.pool = 3  # flatten: max-pool width before flattening
+
+    # Linear probe (mode probe): L2 strengths tried, the best on validation kept.
+    c.probe = p = ConfigDict()
+    p.l2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    p.max_iterations = 200
 
     c.mesh = mesh_defaults()
     c.lock()

@@ -76,7 +76,9 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules) -> Any:
     Leaves without logical names (step counters, optimizer counts) are replicated.
     """
 
-    def one(x: Any) -> NamedSharding:
+    def one(x: Any) -> Any:
+        if _is_boxed(x) and not hasattr(x.value, "shape"):
+            return x.value  # optax's MaskedNode (a frozen or masked subtree): no array, no leaf
         if _is_boxed(x):
             spec, shape = nn.logical_to_mesh_axes(x.names, rules), x.value.shape
         else:

@@ -1,14 +1,82 @@
+"""Evaluation: metrics, task readers and hygiene, and every `gfm_jax.evaluate` mode end to end on
+a tiny checkpoint (params only: its optimizer state is deleted first)."""
+
+import csv
+import gzip
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
 from conftest import micro_overrides, run_module
 
 from gfm_jax import config as config_lib
-from gfm_jax.data import tasks
+from gfm_jax.data import builtin, tasks
 from gfm_jax.data.tokenizers import get_tokenizer
+from gfm_jax.data.vcf import read_vcf
 from gfm_jax.errors import UserError
-from gfm_jax.evaluate import metrics
+from gfm_jax.evaluate import metrics, probe, results, vep
+from gfm_jax.evaluate.__main__ import main
+
+SPLICE = "configs/tasks/splice.py"
+VCF = "builtin:saureus_RN4220_vs_NCTC8325.vcf.gz"
+REF = "builtin:saureus_NCTC8325_NC_007795.fa.gz"
+SMALL = [
+    "--config.task.train_rows=(0,256)",
+    "--config.task.test_rows=(2000,2128)",
+    "--config.finetune.epochs=1",
+]
+
+
+def splice_rows(n: int) -> list[dict]:
+    with open(builtin.DIRECTORY / "splice.csv", newline="") as f:
+        return list(csv.DictReader(f))[:n]
+
+
+def write_csv(path, rows, columns=("sequence", "label", "split")):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Runs `python -m gfm_jax.evaluate ARGS` in this process; returns stdout, or
+    (exit code, stderr) when it exits with a user error."""
+    monkeypatch.setenv("GFM_JAX_MALLOC_DEFAULTS", "1")  # leave pytest's allocator alone
+
+    def run(*args, expect_error=False):
+        capsys.readouterr()
+        if expect_error:
+            with pytest.raises(SystemExit) as e:
+                main([str(a) for a in args])
+            return e.value.code, capsys.readouterr().err
+        main([str(a) for a in args])
+        return capsys.readouterr().out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    work = tmp_path_factory.mktemp("evaluate") / "w"
+    r = run_module(
+        "gfm_jax.train",
+        "--config",
+        "configs/pretrain/tiny.py",
+        "--workdir",
+        str(work),
+        *micro_overrides(**{"train.num_steps": 2, "train.checkpoint_every": 2}),
+    )
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(work / "ckpt" / "2" / "opt_state")  # every mode must read params only
+    return work
+
+
+# --- Metrics -----------------------------------------------------------------------------------
 
 
 def test_mcc_matches_the_binary_formula_and_edge_cases():
@@ -24,89 +92,501 @@ def test_mcc_matches_the_binary_formula_and_edge_cases():
     assert metrics.macro_f1(three, three, 3) == pytest.approx(1.0)
 
 
-def test_splice_statlog_split_drops_leaked_test_rows():
-    config = config_lib.load_config("configs/tasks/splice.py")
-    task = tasks.load_csv_task(config.task, seed=0)
+def test_auroc_equals_the_pair_count_and_correlations_handle_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    scores = np.round(rng.normal(size=(200, 3)) + np.eye(3)[labels], 1)  # rounding makes ties
+    for c in range(3):
+        pos, neg = scores[labels == c, c], scores[labels != c, c]
+        pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        assert metrics.auroc_binary(labels == c, scores[:, c]) == pytest.approx(pairs)
+    assert metrics.auroc_ovr(labels, scores) == pytest.approx(
+        np.mean([metrics.auroc_binary(labels == c, scores[:, c]) for c in range(3)])
+    )
+    assert metrics.spearman([1, 2, 3, 4], [10, 20, 20, 40]) == pytest.approx(0.9486833, abs=1e-6)
+    assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    m = metrics.classification(labels, scores)
+    assert set(m) == {"accuracy", "mcc", "macro_f1", "auroc"} and 0.5 < m["auroc"] <= 1.0
+
+
+# --- Tasks: readers, hygiene, splits ------------------------------------------------------------
+
+
+def test_splice_statlog_split_removes_duplicates_and_leakage_and_fixes_validation():
+    config = config_lib.load_config(SPLICE)
+    task = tasks.load_task(config.task)
     assert task.label_names == ("EI", "IE", "N")
-    assert len(task.train) + len(task.val) == 2000
-    train_seqs = set(task.train.sequences) | set(task.val.sequences)
-    assert not train_seqs & set(task.test.sequences)
-    assert 0 < 1186 - len(task.test) < 200 and "dropped" in task.notes[0]
-    ids, mask = tasks.encode_split(get_tokenizer("char"), task.test, task.path)
-    assert ids.shape == (len(task.test), 61) and mask.all()  # CLS + 60 nt
-    assert (ids[:, 0] == get_tokenizer("char").cls_id).all()
+    train = set(task.train.sequences)
+    assert len(train) == len(task.train)  # no duplicate left in train
+    assert not (train | set(task.val.sequences)) & set(task.test.sequences)
+    assert not train & set(task.val.sequences)
+    notes = " ".join(task.notes)
+    assert "duplicate training rows" in notes and "test rows" in notes
+    assert len(task.train) + len(task.val) < 2000 and 0 < 1186 - len(task.test) < 200
+    # The validation rows depend on task.split_seed only, never on a training seed.
+    again = tasks.load_task(config_lib.load_config(SPLICE).task)
+    assert again.val.sequences == task.val.sequences
+    other = config_lib.load_config(SPLICE, ["--config.task.split_seed=1"])
+    assert tasks.load_task(other.task).val.sequences != task.val.sequences
+    enc = tasks.encode_split(get_tokenizer("char"), task.test, task.path)
+    assert enc["ids"].shape == (len(task.test), 61) and enc["mask"].all()  # CLS + 60 nt
+    assert (enc["ids"][:, 0] == get_tokenizer("char").cls_id).all()
+
+
+def _layouts(tmp_path, rows):
+    """The first rows of splice.csv written in every directory layout the suites read."""
+    splits = {"train": rows[:200], "dev": rows[200:240], "test": rows[240:]}
+    csv_dir = tmp_path / "csv_dir"
+    csv_dir.mkdir()
+    for name, part in splits.items():
+        write_csv(csv_dir / f"{name}.csv", part, ("sequence", "label"))
+    fasta_dir = tmp_path / "fasta_dir"
+    fasta_dir.mkdir()
+    for name, part in (("train", rows[:240]), ("test", rows[240:])):
+        text = "".join(f">row{i}|{r['label']}\n{r['sequence']}\n" for i, r in enumerate(part))
+        (fasta_dir / f"{name}.fna").write_text(text)
+    class_dirs = tmp_path / "class_dirs"
+    for name, part in (("train", rows[:240]), ("test", rows[240:])):
+        for i, r in enumerate(part):
+            d = class_dirs / name / r["label"]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i}.txt").write_text(r["sequence"])
+    return {"csv_dir": csv_dir, "fasta_dir": fasta_dir, "class_dirs": class_dirs}
+
+
+def test_every_directory_layout_reads_the_same_examples(tmp_path):
+    rows = splice_rows(300)
+    reference = {(r["sequence"], r["label"]) for r in rows}
+    for fmt, path in _layouts(tmp_path, rows).items():
+        config = config_lib.finetune_defaults()
+        config.task.format, config.task.path, config.task.test_rows = fmt, str(path), ()
+        task = tasks.load_task(config.task)
+        got = {
+            (seq, task.label_names[label])
+            for split in (task.train, task.val, task.test)
+            for seq, label in zip(split.sequences, split.labels, strict=True)
+        }
+        assert got <= reference and len(got) >= 280, fmt  # only duplicates removed
+        test_seqs = {r["sequence"] for r in rows[240:]} - {r["sequence"] for r in rows[:240]}
+        assert set(task.test.sequences) == test_seqs, fmt
+        if fmt == "csv_dir":  # dev.csv is the validation split, not drawn from train
+            assert set(task.val.sequences) <= {r["sequence"] for r in rows[200:240]}
+
+
+def test_tfds_format_reads_the_prepared_builder(tmp_path):
+    csv_task = tasks.load_task(config_lib.finetune_defaults().task)
+    config = config_lib.finetune_defaults()
+    config.task.format, config.task.path = "tfds", "gfm_task/splice"
+    config.task.tfds_data_dir = str(tmp_path)
+    tfds_task = tasks.load_task(config.task)
+    assert tfds_task.label_names == csv_task.label_names
+    for a, b in (
+        (tfds_task.train, csv_task.train),
+        (tfds_task.val, csv_task.val),
+        (tfds_task.test, csv_task.test),
+    ):
+        assert a.sequences == b.sequences
+        np.testing.assert_array_equal(a.labels, b.labels)
 
 
 @pytest.mark.parametrize(
-    "content, key, message",
+    "content, overrides, message",
     [
-        ("sequence,target\nACGT,EI\n", "task.label_column=label", "no column 'label'"),
-        ("", "task.label_column=label", "is empty"),
-        ("sequence,label\n", "task.label_column=label", "no rows"),
-        ("sequence,label\nACGT,EI\nACXT,IE\nACGT,N\n", "task.label_column=label", "data row 2"),
+        ("sequence,target\nACGT,EI\n", [], "no column 'label'"),
+        ("", [], "is empty"),
+        ("sequence,label\n", [], "no rows"),
+        (
+            "sequence,label,split\nACGT,1.5,train\nACGT,x,test\n",
+            ["--config.task.kind=regression"],
+            "not a number",
+        ),
+        (
+            "sequence,label,split\nACGT,EEI,train\nACGT,EEII,test\n",
+            ["--config.task.kind=token_classification"],
+            "one ASCII letter per base",
+        ),
+        ("sequence,label,split\nACGT,EI,train\nACGT,IE,holdout\n", [], "split 'holdout'"),
     ],
 )
-def test_bad_task_files(tmp_path, content, key, message):
+def test_bad_task_files(tmp_path, content, overrides, message):
     path = tmp_path / "task.csv"
     path.write_text(content)
     config = config_lib.load_config(
-        "configs/tasks/splice.py",
-        [
-            f"--config.task.csv={path}",
-            f"--config.{key}",
-            "--config.task.train_rows=(0,2)",
-            "--config.task.test_rows=(2,3)",
-        ],
+        SPLICE, [f"--config.task.path={path}", "--config.task.test_rows=()", *overrides]
     )
     with pytest.raises(UserError, match=message):
-        task = tasks.load_csv_task(config.task, seed=0)
-        for split in (task.train, task.val, task.test):
-            tasks.encode_split(get_tokenizer("char"), split, task.path)
+        tasks.load_task(config.task)
 
 
-def test_finetune_cli_restores_params_only_and_writes_results(tmp_path):
-    work = tmp_path / "w"
-    r = run_module(
-        "gfm_jax.train",
-        "--config",
-        "configs/pretrain/tiny.py",
-        "--workdir",
-        str(work),
-        *micro_overrides(**{"train.num_steps": 2, "train.checkpoint_every": 2}),
-    )
-    assert r.returncode == 0, r.stderr
-    # Remove the optimizer state: params-only evaluation must not need it.
-    import shutil
+# --- The CLI, one test per mode --------------------------------------------------------------
 
-    shutil.rmtree(work / "ckpt" / "2" / "opt_state")
-    small = [
-        "--config.task.train_rows=(0,256)",
-        "--config.task.test_rows=(2000,2128)",
-        "--config.finetune.epochs=1",
-    ]
-    for init in ("pretrained", "scratch"):
-        r = run_module(
-            "gfm_jax.evaluate",
+
+def test_finetune_cli_three_models_seeds_summary_and_report(ckpt, cli):
+    for model, seeds in (("pretrained", "0"), ("scratch", "0"), ("cnn", "0,1")):
+        out = cli(
             "finetune",
             "--config",
-            "configs/tasks/splice.py",
+            SPLICE,
             "--workdir",
-            str(work),
-            "--init",
-            init,
-            *small,
+            ckpt,
+            "--model",
+            model,
+            "--seeds",
+            seeds,
+            *SMALL,
         )
-        assert r.returncode == 0, r.stderr
-    results = {p.name: json.loads(p.read_text()) for p in (work / "eval").glob("*.json")}
-    assert set(results) == {
-        "finetune_splice_pretrained_seed0.json",
-        "finetune_splice_scratch_seed0.json",
+        assert f"| splice | finetune | {model} |" in out
+    eval_dir = ckpt / "eval" / "splice"
+    runs = results.load_runs([eval_dir])
+    assert sorted((r["model"], r["seed"]) for r in runs) == [
+        ("cnn", 0),
+        ("cnn", 1),
+        ("pretrained", 0),
+        ("scratch", 0),
+    ]
+    for r in runs:
+        assert 0.0 <= r["test"]["accuracy"] <= 1.0 and -1.0 <= r["test"]["mcc"] <= 1.0
+        assert 0.0 <= r["test"]["auroc"] <= 1.0 and r["best_epoch"] == 1
+        assert r["sizes"]["test"] < 128 or r["sizes"]["test"] == 128
+        assert r["checkpoint_step"] == (None if r["model"] == "cnn" else 2)
+    cnn = {r["seed"]: r["test"]["accuracy"] for r in runs if r["model"] == "cnn"}
+    (row,) = [r for r in json.loads((eval_dir / "summary.json").read_text()) if r["model"] == "cnn"]
+    assert row["accuracy"]["mean"] == pytest.approx(np.mean(list(cnn.values())))
+    assert row["accuracy"]["sd"] == pytest.approx(np.std(list(cnn.values()), ddof=1))
+    assert (eval_dir / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    assert "cnn" in (eval_dir / "summary.csv").read_text()
+    report = cli("report", "--workdir", ckpt)
+    assert "| encoder, pretrained (step 2)" in report and "not run" not in report
+
+
+def test_finetune_frozen_backbone_trains_the_head_only(ckpt, cli, tmp_path):
+    import jax
+    import optax
+
+    from gfm_jax.evaluate.finetune import _frozen_backbone
+
+    params = {
+        "encoder": {"w": np.ones((2, 2), np.float32)},
+        "head": {"w": np.ones((2, 2), np.float32)},
     }
-    for res in results.values():
-        assert 0.0 <= res["test"]["accuracy"] <= 1.0 and -1.0 <= res["test"]["mcc"] <= 1.0
-        assert res["sizes"]["train"] + res["sizes"]["val"] == 256 and res["checkpoint_step"] == 2
-    r = run_module("gfm_jax.evaluate", "report", "--workdir", str(work))
-    assert r.returncode == 0, r.stderr
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| random init")]
-    assert len(rows) == 1 and "not run" not in rows[0]
-    assert "| pretrained (step 2)" in r.stdout
+    tx = _frozen_backbone(optax.adamw(0.1, weight_decay=0.5))
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["encoder"]["w"], params["encoder"]["w"])
+    assert not np.allclose(new["head"]["w"], params["head"]["w"])
+    cli(
+        "finetune",
+        "--config",
+        SPLICE,
+        "--workdir",
+        ckpt,
+        "--seeds",
+        "0",
+        "--out",
+        tmp_path,
+        *SMALL,
+        "--config.finetune.freeze_backbone=True",
+    )
+    (run,) = results.load_runs([tmp_path])
+    assert run["frozen_backbone"] is True
+
+
+def test_regression_and_token_classification_tasks(ckpt, cli, tmp_path):
+    rows = [r for r in splice_rows(400) if r["label"] in ("EI", "IE")]
+    for i, r in enumerate(rows):
+        r["split"] = "test" if i % 4 == 0 else "train"
+        r["gc"] = f"{sum(b in 'GC' for b in r['sequence']) / len(r['sequence']):.4f}"
+        # Per base: exon (E) / intron (I) on either side of the junction between bases 30 and 31.
+        r["region"] = "E" * 30 + "I" * 30 if r["label"] == "EI" else "I" * 30 + "E" * 30
+    path = write_csv(tmp_path / "derived.csv", rows, ("sequence", "label", "split", "gc", "region"))
+    base = [
+        f"--config.task.path={path}",
+        "--config.task.test_rows=()",
+        "--config.finetune.epochs=1",
+        "--seeds",
+        "0",
+    ]
+    cli(
+        "finetune",
+        "--config",
+        SPLICE,
+        "--workdir",
+        ckpt,
+        "--out",
+        tmp_path / "reg",
+        "--model",
+        "cnn",
+        *base,
+        "--config.task.kind=regression",
+        "--config.task.label_column=gc",
+        "--config.cnn.pooling=meanmax",
+    )
+    cli(
+        "probe",
+        "--config",
+        SPLICE,
+        "--workdir",
+        ckpt,
+        "--out",
+        tmp_path / "reg",
+        *base,
+        "--config.task.kind=regression",
+        "--config.task.label_column=gc",
+    )
+    for run in results.load_runs([tmp_path / "reg"]):
+        assert (
+            set(run["test"]) == {"spearman", "pearson", "mse"}
+            and run["select_metric"] == "spearman"
+        )
+        assert math.isfinite(run["test"]["mse"])
+    cli(
+        "finetune",
+        "--config",
+        SPLICE,
+        "--workdir",
+        ckpt,
+        "--out",
+        tmp_path / "tok",
+        *base,
+        "--config.task.kind=token_classification",
+        "--config.task.label_column=region",
+    )
+    (run,) = results.load_runs([tmp_path / "tok"])
+    assert run["label_names"] == ["E", "I"] and 0.0 <= run["test"]["accuracy"] <= 1.0
+
+
+def test_probe_cli_and_its_solvers(ckpt, cli, tmp_path):
+    out = cli(
+        "probe", "--config", SPLICE, "--workdir", ckpt, "--seeds", "0", "--out", tmp_path, *SMALL
+    )
+    assert "| splice | probe | pretrained |" in out
+    (run,) = results.load_runs([tmp_path])
+    assert (
+        run["embedding_dim"] == 32
+        and len(run["sweep"]) == 5
+        and run["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    )
+    # The solvers themselves: logistic regression separates separable classes, ridge recovers a
+    # linear map.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(300, 4)) * 0.3 + np.eye(4)[y] * 3.0
+    w, b = probe.fit_logistic(x, y, 3, 1e-4, 100)
+    assert metrics.accuracy(y, np.argmax(x @ w + b, axis=1)) == 1.0
+    true_w = np.array([1.5, -2.0, 0.5, 0.0])
+    w, b = probe.fit_ridge(x, x @ true_w + 0.7, 1e-8)
+    np.testing.assert_allclose(w[:, 0], true_w, atol=1e-5)
+    assert b[0] == pytest.approx(0.7, abs=1e-5)
+
+
+def test_embed_cli_fasta_windows_and_csv_rows(ckpt, cli, tmp_path):
+    out = tmp_path / "emb.npy"
+    cli("embed", "--workdir", ckpt, "--input", "builtin:lambda_phage_NC_001416.fa.gz", "--out", out)
+    emb = np.load(out)
+    assert emb.shape == (-(-48502 // 64), 32) and np.isfinite(emb).all()
+    index = out.with_suffix(".tsv").read_text().splitlines()
+    assert len(index) == 1 + len(emb) and index[-1].endswith("\t54")  # 48502 = 757 * 64 + 54
+    # Padding and batching do not change an embedding: the short last window alone.
+    from gfm_jax.evaluate import embed, pretrained
+
+    loaded = pretrained.load(ckpt)
+    text = embed.read_inputs("builtin:lambda_phage_NC_001416.fa.gz", 64)[0]
+    alone = embed.embed_sequences(loaded, [text[-1]], ["last"])
+    np.testing.assert_allclose(alone[0], emb[-1], atol=1e-5)
+    csv_out = tmp_path / "rows.npy"
+    cli(
+        "embed",
+        "--workdir",
+        ckpt,
+        "--input",
+        "builtin:splice.csv",
+        "--out",
+        csv_out,
+        "--pooling",
+        "cls",
+    )
+    assert np.load(csv_out).shape == (3186, 32)
+
+
+def test_vep_scores_every_snv_of_the_saureus_vcf(ckpt, cli, tmp_path):
+    out = tmp_path / "scores.tsv"
+    stdout = cli("vep", "--workdir", ckpt, "--vcf", VCF, "--fasta", REF, "--out", out)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    variants, _ = read_vcf(builtin.DIRECTORY / VCF.removeprefix("builtin:"))
+    snvs = {(v.pos, v.alt) for v in variants if v.kind == "snv"}
+    assert len(snvs) == 77
+    scored_snvs = {(int(r["pos"]), r["alt"]) for r in rows if r["kind"] == "snv"}
+    assert scored_snvs == snvs
+    for r in rows:
+        if r["kind"] == "snv":
+            fwd, rev, mean = float(r["llr_forward"]), float(r["llr_reverse"]), float(r["llr"])
+            assert math.isfinite(mean) and mean == pytest.approx((fwd + rev) / 2, abs=1e-5)
+        assert float(r["embed_l2"]) >= 0.0
+    long = [v for v in variants if max(len(v.ref), len(v.alt)) > 64]  # the micro window
+    skipped = (tmp_path / "scores.tsv.skipped.tsv").read_text().splitlines()[1:]
+    assert len(skipped) == len(long) >= 5 and len(rows) + len(long) == len(variants)
+    assert all("longer than the 64-base window" in line for line in skipped)
+    assert stdout.count("skipped NC_007795:") == len(long)
+
+
+def test_llr_sign_rule_and_strand_average_on_a_constructed_case():
+    """A model that only knows base composition (A 70%, C G T 10% each) scores C>A on the
+    forward strand as log 7 and, on the reverse strand (G>T), as 0: the mean is log(7) / 2."""
+    char = get_tokenizer("char")
+    prefs = {"A": 0.7, "C": 0.1, "G": 0.1, "T": 0.1}
+
+    def composition_model(tokenizer, items):
+        logp = np.full(tokenizer.vocab_size, -30.0)
+        for token_id, text in enumerate(tokenizer.vocab):
+            if len(text) and set(text) <= set(prefs):
+                logp[token_id] = sum(math.log(prefs[b]) for b in text)
+        return [np.tile(logp, (len(it.positions), 1)) for it in items]
+
+    def llrs(tok, ref, alt):
+        return vep.strand_llrs(tok, lambda items: composition_model(tok, items), ref, alt)
+
+    fwd, rev, mean = llrs(char, "GGGCGGG", "GGGAGGG")
+    assert fwd == pytest.approx(math.log(7)) and rev == pytest.approx(0.0)
+    assert mean == pytest.approx(math.log(7) / 2)
+    assert llrs(char, "GGGAGGG", "GGGCGGG")[2] == pytest.approx(-math.log(7) / 2)  # the sign flips
+    # NT 6-mers: the SNV sits inside one 6-mer; that token alone is masked and compared.
+    nt6 = get_tokenizer("nt6")
+    item = vep.masked_item(nt6, "GGGGGGGGCGGGGGGGGG", "GGGGGGGGAGGGGGGGGG")
+    assert list(item.positions) == [2] and item.ids[2] == nt6.mask_id and item.coverage == 1
+    assert nt6.vocab[item.ref_tokens[0]] == "GGCGGG" and nt6.vocab[item.alt_tokens[0]] == "GGAGGG"
+    assert llrs(nt6, "GGGGGGGGCGGGGGGGGG", "GGGGGGGGAGGGGGGGGG")[0] == pytest.approx(math.log(7))
+    # Overlapping 3-mers: the k tokens covering the base are masked; dividing by k keeps one
+    # base change on the same scale.
+    kmer3 = get_tokenizer("kmer3")
+    item = vep.masked_item(kmer3, "GGGCGGG", "GGGAGGG")
+    assert len(item.positions) == 3 and item.coverage == 3
+    assert llrs(kmer3, "GGGCGGG", "GGGAGGG")[0] == pytest.approx(math.log(7))
+    # An indel changes the token count: no LLR (nan), never a misaligned one.
+    assert math.isnan(llrs(char, "GGGCGGG", "GGGGGG")[0])
+
+
+def test_perplexity_cli(ckpt, cli, tmp_path):
+    out = tmp_path / "p.json"
+    cli(
+        "perplexity",
+        "--workdir",
+        ckpt,
+        "--fasta",
+        "builtin:lambda_phage_NC_001416.fa.gz",
+        "--out",
+        out,
+    )
+    r = json.loads(out.read_text())
+    assert r["windows"] == 48502 // 64 and r["tail_bases"] == 48502 % 64
+    assert 0.05 < r["masked_tokens"] / (r["windows"] * 64) < 0.25  # 15% masking
+    assert r["bits_per_base"] == pytest.approx(r["loss"] / math.log(2))
+    assert 0.0 < r["loss"] < 3.0 and 0.0 <= r["accuracy"] <= 1.0 and r["checkpoint_step"] == 2
+
+
+def test_suite_runs_every_task_of_a_local_layout(ckpt, cli, tmp_path):
+    rows = splice_rows(300)
+    for task in ("EMP/H3", "mouse/0"):
+        (tmp_path / "GUE" / task).mkdir(parents=True)
+        layout = _layouts(tmp_path / "GUE" / task, rows)["csv_dir"]
+        for f in layout.iterdir():
+            f.rename(tmp_path / "GUE" / task / f.name)
+    out = cli(
+        "suite",
+        "--config",
+        "configs/suites/gue.py",
+        "--workdir",
+        ckpt,
+        "--models",
+        "cnn",
+        "--seeds",
+        "0",
+        "--out",
+        tmp_path / "out",
+        f"--config.suite.root={tmp_path / 'GUE'}",
+        "--config.suite.only=('EMP/H3','mouse/0')",
+        "--config.finetune.epochs=1",
+    )
+    assert "| EMP_H3 | finetune | cnn |" in out and "| mouse_0 | finetune | cnn |" in out
+    assert (tmp_path / "out" / "summary.png").is_file()
+    code, err = cli(
+        "suite",
+        "--config",
+        "configs/suites/gue.py",
+        "--workdir",
+        ckpt,
+        f"--config.suite.root={tmp_path / 'GUE'}",
+        expect_error=True,
+    )
+    assert code == 2 and "26 task folders missing" in err and "suite.only" in err
+
+
+@pytest.mark.parametrize(
+    "content, args, message",
+    [
+        (
+            "sequence,target,split\nACGT,EI,train\nACGA,IE,train\nACGT,N,test\n",
+            [],
+            "no column 'label'",
+        ),
+        ("", [], "is empty"),
+        (
+            "sequence,label,split\nACGT,EI,train\nACXT,IE,train\nAAAA,EI,test\n",
+            ["--config.task.val_fraction=0.4"],
+            "ACXT",
+        ),
+    ],
+)
+def test_bad_inputs_fail_with_one_clear_line(ckpt, cli, tmp_path, content, args, message):
+    path = tmp_path / "t.csv"
+    path.write_text(content)
+    code, err = cli(
+        "finetune",
+        "--config",
+        SPLICE,
+        "--workdir",
+        ckpt,
+        f"--config.task.path={path}",
+        "--config.task.test_rows=()",
+        *args,
+        expect_error=True,
+    )
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_vep_refuses_a_vcf_of_another_reference(ckpt, cli, tmp_path):
+    vcf = tmp_path / "v.vcf"
+    vcf.write_text("##fileformat=VCFv4.1\n#CHROM\tPOS\tID\tREF\tALT\nchrZ\t10\t.\tA\tG\n")
+    code, err = cli(
+        "vep",
+        "--workdir",
+        ckpt,
+        "--vcf",
+        vcf,
+        "--fasta",
+        REF,
+        "--out",
+        tmp_path / "s.tsv",
+        expect_error=True,
+    )
+    assert code == 2 and "CHROM ['chrZ'] not in" in err and "NC_007795" in err
+    with gzip.open(builtin.DIRECTORY / VCF.removeprefix("builtin:"), "rt") as f:
+        first = next(line for line in f if not line.startswith("#")).split("\t")
+    wrong = {"A": "C", "C": "G", "G": "T", "T": "A"}[first[3]]
+    vcf.write_text(f"#CHROM\tPOS\tID\tREF\tALT\n{first[0]}\t{first[1]}\t.\t{wrong}\t{first[3]}\n")
+    code, err = cli(
+        "vep",
+        "--workdir",
+        ckpt,
+        "--vcf",
+        vcf,
+        "--fasta",
+        REF,
+        "--out",
+        tmp_path / "s.tsv",
+        expect_error=True,
+    )
+    assert code == 2 and "1 REF alleles do not match" in err and f"{first[0]}:{first[1]}" in err
+    assert not (tmp_path / "s.tsv").exists()  # nothing half-written

@@ -11,14 +11,14 @@ from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 
 
-def test_task_splits_equal_load_csv_task_and_the_cache_is_reused(tmp_path):
-    task = tasks.load_csv_task(config_lib.finetune_defaults().task, seed=0)
+def test_task_splits_equal_load_task_and_the_cache_is_reused(tmp_path):
+    task = tasks.load_task(config_lib.finetune_defaults().task)
     for split, expected in (("train", task.train), ("validation", task.val), ("test", task.test)):
         rows = list(tfds_datasets.load_task("splice", split, str(tmp_path)).as_numpy_iterator())
         assert [r["sequence"].decode() for r in rows] == list(expected.sequences)
         np.testing.assert_array_equal([r["label"] for r in rows], expected.labels)
-        np.testing.assert_array_equal([r["row"] for r in rows], expected.rows)
-    prepared = tmp_path / "gfm_task" / "splice" / "1.0.0"  # versioned
+        assert [f"splice.csv:{r['row']}" for r in rows] == list(expected.rows)
+    prepared = tmp_path / "gfm_task" / "splice" / "1.1.0"  # versioned
     info = prepared / "dataset_info.json"
     stamp = info.stat().st_mtime_ns
     again = tfds_datasets.load_task("splice", "test", str(tmp_path))

@@ -3,9 +3,9 @@
 Two builders, registered with TFDS when this module is imported:
 
 - `gfm_task/<name>`: a downstream CSV task (for now `splice`), with the train / validation /
-  test split exactly as `tasks.load_csv_task` makes it (StatLog row ranges, leakage dropped,
-  validation rows fixed by seed 0). Features: `sequence` (text), `label` (class), `row` (the
-  0-based data row of the CSV, for tracing an example back).
+  test split exactly as `tasks.load_task` makes it (StatLog row ranges, duplicates and leakage
+  dropped, validation rows fixed by split_seed 0). Features: `sequence` (text), `label` (class),
+  `row` (the 1-based data row of the CSV, for tracing an example back).
 - `gfm_eval_windows/<name>`: fixed held-out MLM windows of a genome set, exactly the batches
   `WindowPipeline("val")` gives (they depend only on the data config, never on a training seed),
   so a tokenizer or model can be scored on the same windows by name: `inputs`, `targets`,
@@ -57,13 +57,16 @@ class WindowsConfig(tfds.core.BuilderConfig):
 class GfmTask(tfds.core.GeneratorBasedBuilder):
     """Downstream sequence-classification tasks shipped with gfm_jax."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "StatLog split, test rows seen in training dropped, 10% val."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "StatLog split, test rows seen in training dropped, 10% val.",
+        "1.1.0": "Duplicate training rows kept once before the validation rows are drawn.",
+    }
     BUILDER_CONFIGS = [
         TaskConfig(
             name="splice",
             description="Primate splice junctions (EI / IE / N), 60 bases; see PROVENANCE.md.",
-            task={"csv": "builtin:splice.csv", "train_rows": (0, 2000), "test_rows": (2000, 3186)},
+            task={"path": "builtin:splice.csv", "train_rows": (0, 2000), "test_rows": (2000, 3186)},
         ),
     ]
 
@@ -71,7 +74,7 @@ class GfmTask(tfds.core.GeneratorBasedBuilder):
         task = config_lib.finetune_defaults().task
         for key, value in self.builder_config.task.items():
             task[key] = value
-        return tasks.load_csv_task(task, seed=0)
+        return tasks.load_task(task)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -97,7 +100,8 @@ class GfmTask(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: tasks.Split):
         for sequence, label, row in zip(split.sequences, split.labels, split.rows, strict=True):
-            yield int(row), {"sequence": sequence, "label": int(label), "row": int(row)}
+            number = int(row.rpartition(":")[2])  # "splice.csv:17" -> 17
+            yield number, {"sequence": sequence, "label": int(label), "row": number}
 
 
 class GfmEvalWindows(tfds.core.GeneratorBasedBuilder):

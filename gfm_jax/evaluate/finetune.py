@@ -1,33 +1,41 @@
-"""Fine-tune a sequence classifier on a CSV task, from a pretrained encoder or from scratch.
+"""Fine-tune a head on a downstream task: from the pretrained encoder, from scratch, or the CNN.
 
-The encoder shape and tokenizer come from the checkpoint's `meta`; with `init="pretrained"` only
-the `params` item is restored (never the optimizer state) and its `encoder` subtree is placed
-under the classifier. The best epoch on the validation rows is kept; the test rows are evaluated
-once, with it.
+Models (`model`):
+- `pretrained`: the workdir's encoder (only the checkpoint's `params` item is read, never the
+  optimizer state) under a new head; `finetune.freeze_backbone` trains the head only.
+- `scratch`: the same architecture and tokenizer, randomly initialised: what pretraining adds.
+- `cnn`: the non-pretrained CNN baseline (models/cnn.py) on single-base tokens.
+
+The heads: pooled linear layer (classification, regression) or one linear layer per position
+(token classification). The step is the pretraining step machinery (`jax.jit` with shardings,
+donation), so fine-tuning runs on any mesh and in several processes. The epoch with the best
+validation metric is kept; the test rows are evaluated once, with it.
 """
 
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gfm_jax import sharding
 from gfm_jax.data import tasks
 from gfm_jax.data.pipeline import host_batch_size, to_global
+from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import metrics, pretrained
-from gfm_jax.models.heads import SequenceClassifier
+from gfm_jax.models.cnn import CnnClassifier
+from gfm_jax.models.heads import SequenceClassifier, TokenClassifier
 from gfm_jax.train import losses, optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
 
-INITS = ("pretrained", "scratch")
+MODELS = ("pretrained", "scratch", "cnn")
 
 
 def log(message: str) -> None:
@@ -41,7 +49,7 @@ def _host_rows(global_rows: np.ndarray) -> np.ndarray:
     return global_rows[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
 
 
-def _batches(ids, mask, labels, batch_size: int, order: np.ndarray):
+def _batches(data: dict[str, np.ndarray], batch_size: int, order: np.ndarray):
     """Fixed-size batches over `order`; the last one is padded with weight-0 examples."""
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
@@ -50,106 +58,139 @@ def _batches(ids, mask, labels, batch_size: int, order: np.ndarray):
             weights[len(rows) :] = 0.0
             rows = np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])
         rows_h = _host_rows(rows)
-        w_h = _host_rows(weights)
-        yield {"ids": ids[rows_h], "mask": mask[rows_h], "labels": labels[rows_h], "weights": w_h}
+        batch = {k: v[rows_h] for k, v in data.items()}
+        batch["weights"] = _host_rows(weights)
+        yield batch
+
+
+def _objective(model: Any, kind: str):
+    def objective(params: Any, batch: dict) -> dict:
+        out = model.apply({"params": params}, batch["ids"], batch["mask"])
+        if kind == "regression":
+            return losses.regression_sums(out[:, 0], batch["labels"], batch["weights"])
+        if kind == "token_classification":
+            labels_BxL = batch["labels"]
+            w_BxL = (labels_BxL != tasks.IGNORE) * batch["weights"][:, None]
+            return losses.masked_lm_sums(out, labels_BxL.clip(0), w_BxL)
+        return losses.classification_sums(out, batch["labels"], batch["weights"])
+
+    return objective
+
+
+def _frozen_backbone(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` on every parameter but the encoder's, which get no update (and no weight decay)."""
+
+    def labels(params: Any) -> Any:
+        def subtree(name: str, tree: Any) -> Any:
+            label = "frozen" if name == "encoder" else "train"
+            return jax.tree.map(lambda _: label, tree)
+
+        return {k: subtree(k, v) for k, v in params.items()}
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def finetune(
-    config: ml_collections.ConfigDict,
-    workdir: str | pathlib.Path,
-    init: str = "pretrained",
-    seed: int | None = None,
+    config: ml_collections.ConfigDict, workdir: str, model_name: str = "pretrained", seed: int = 0
 ) -> dict[str, Any]:
-    """Fine-tunes on `config.task`; returns the test metrics and what reproduces them."""
-    if init not in INITS:
-        raise UserError(f"--init={init!r}: choose one of {INITS}")
-    seed = int(config.seed if seed is None else seed)
+    """Fine-tunes on `config.task` with one seed; returns the test metrics and their recipe."""
+    if model_name not in MODELS:
+        raise UserError(f"--model={model_name!r}: choose one of {MODELS}")
     t0 = time.perf_counter()
-
-    # --- The pretrained model's description (meta only, no arrays) ------------------------
-    pre = pretrained.describe(workdir)
-    tokenizer, model_cfg, ckpt_step = pre.tokenizer, pre.model_config, pre.step
-
-    # --- Task data -----------------------------------------------------------------------------
-    task = tasks.load_csv_task(config.task, seed)
+    f_cfg = config.finetune
+    task = tasks.load_task(config.task)
     for note in task.notes:
-        log(f"task: {note}")
-    encoded = {
-        name: (*tasks.encode_split(tokenizer, split, task.path), split.labels)
-        for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
-    }
-    log(
-        f"task {pathlib.Path(task.path).name}: classes {task.label_names}, "
-        f"train {len(task.train)} / val {len(task.val)} / test {len(task.test)}"
-    )
+        log(f"task {task.name}: {note}")
+    kind, per_token = task.kind, task.kind == "token_classification"
 
-    # --- Classifier, optimizer, sharded state -------------------------------------------------
+    # --- Model and tokenizer -------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = tuple(tuple(r) for r in config.mesh.rules)
+    pre, ckpt_step = None, None
+    if model_name == "cnn":
+        tokenizer = get_tokenizer("char")
+        model = CnnClassifier.from_config(
+            config.cnn, tokenizer.vocab_size, task.num_outputs, per_token
+        )
+    else:
+        pre = pretrained.describe(workdir)
+        tokenizer, ckpt_step = pre.tokenizer, pre.step
+        if f_cfg.pooling not in ("mean", "cls"):
+            raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
+        if per_token:
+            model = TokenClassifier(pre.model_config, task.num_outputs, mesh, rules)
+        else:
+            model = SequenceClassifier(
+                pre.model_config, task.num_outputs, f_cfg.pooling, mesh, rules
+            )
+    data = tasks.pad_to_one_length(
+        {
+            name: tasks.encode_split(tokenizer, split, task.path, kind)
+            for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
+        },
+        tokenizer.pad_id,
+    )
+    log(
+        f"task {task.name} ({kind}): {task.label_names or 'regression'}, train {len(task.train)}"
+        f" / val {len(task.val)} / test {len(task.test)}; model {model_name}, seed {seed}"
+    )
+
+    # --- Optimizer and sharded state ------------------------------------------------------------
+    example = data["train"]
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    f_cfg = config.finetune
-    num_classes = len(task.label_names)
-    if f_cfg.pooling not in ("mean", "cls"):
-        raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
-    model = SequenceClassifier(model_cfg, num_classes, f_cfg.pooling, mesh, rules)
-    example_ids, example_mask = encoded["train"][0][:1], encoded["train"][1][:1]
 
     def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, example_ids, example_mask)["params"]
+        return model.init(rng, example["ids"][:1], example["mask"][:1])["params"]
 
     steps_per_epoch = -(-len(task.train) // f_cfg.batch_size)
     tx = optim.make_optimizer(config.optim, steps_per_epoch * f_cfg.epochs)
+    frozen = bool(f_cfg.freeze_backbone) and model_name != "cnn"
+    if frozen:
+        tx = _frozen_backbone(tx)
     state, shardings = state_lib.create_sharded_state(
         init_params, tx, jax.random.key(seed), mesh, rules
     )
-    if init == "pretrained":
+    if model_name == "pretrained":
         encoder = pretrained.load_params(workdir, pre, mesh, rules)["encoder"]
         state = state.replace(params={**state.params, "encoder": encoder})
-        log(f"encoder initialised from {workdir} step {ckpt_step}")
-
-    def objective(params: Any, batch: dict) -> dict:
-        logits_BxC = model.apply({"params": params}, batch["ids"], batch["mask"])
-        return losses.classification_sums(logits_BxC, batch["labels"], batch["weights"])
+        log(f"encoder from {workdir} step {ckpt_step}" + (" (frozen)" if frozen else ""))
 
     train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(objective, tx), shardings, batch_sharding
+        step_lib.make_train_step(_objective(model, kind), tx), shardings, batch_sharding
     )
-    replicated = NamedSharding(mesh, PartitionSpec())
     predict = jax.jit(
         lambda params, batch: model.apply({"params": params}, batch["ids"], batch["mask"]),
         in_shardings=(shardings.params, batch_sharding),
-        out_shardings=replicated,
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
 
     def evaluate(params: Any, split: str) -> dict[str, float]:
-        ids, mask, labels = encoded[split]
-        order = np.arange(len(labels))
-        preds = []
-        for batch in _batches(ids, mask, labels, f_cfg.batch_size, order):
-            logits = predict(params, to_global(batch, batch_sharding))
-            preds.append(np.argmax(np.asarray(logits), axis=-1))
-        pred = np.concatenate(preds)[: len(labels)]
-        return {
-            "accuracy": metrics.accuracy(labels, pred),
-            "mcc": metrics.mcc(labels, pred, num_classes),
-            "macro_f1": metrics.macro_f1(labels, pred, num_classes),
-        }
+        d = data[split]
+        outs = [
+            np.asarray(predict(params, to_global(b, batch_sharding)))
+            for b in _batches(d, f_cfg.batch_size, np.arange(len(d["ids"])))
+        ]
+        out, labels = np.concatenate(outs)[: len(d["ids"])], d["labels"]
+        if per_token:
+            keep = labels != tasks.IGNORE
+            out, labels = out[keep], labels[keep]
+        return metrics.for_kind(kind, labels, out)
 
-    # --- Training: keep the epoch with the best validation accuracy --------------------------
+    # --- Training: keep the epoch with the best validation metric ------------------------------
+    select = f_cfg.select_metric or metrics.default_select_metric(kind)
     rng = np.random.default_rng(seed)
-    best: tuple[float, int, Any] = (-1.0, -1, None)
+    best: tuple[float, int, Any] = (-np.inf, -1, None)
     history = []
-    ids, mask, labels = encoded["train"]
     for epoch in range(1, f_cfg.epochs + 1):
         loss_sum = weight_sum = 0.0
-        for batch in _batches(ids, mask, labels, f_cfg.batch_size, rng.permutation(len(labels))):
+        for batch in _batches(data["train"], f_cfg.batch_size, rng.permutation(len(task.train))):
             state, m = train_step(state, to_global(batch, batch_sharding))
             m = jax.device_get(m)
-            loss_sum, weight_sum = (
-                loss_sum + float(m["loss_sum"]),
-                weight_sum + float(m["weight_sum"]),
-            )
+            loss_sum += float(m["loss_sum"])
+            weight_sum += float(m["weight_sum"])
         val = evaluate(state.params, "val")
+        if select not in val:
+            raise UserError(f"finetune.select_metric={select!r}: choose one of {sorted(val)}")
         history.append(
             {
                 "epoch": epoch,
@@ -157,28 +198,33 @@ def finetune(
                 **{f"val_{k}": v for k, v in val.items()},
             }
         )
-        log(
-            f"epoch {epoch}: train loss {loss_sum / weight_sum:.4f} "
-            f"val accuracy {val['accuracy']:.4f} mcc {val['mcc']:.4f}"
-        )
-        if val["accuracy"] > best[0]:
-            best = (val["accuracy"], epoch, jax.tree.map(lambda x: x.copy(), state.params))
+        log(f"epoch {epoch}: train loss {loss_sum / weight_sum:.4f} val {select} {val[select]:.4f}")
+        score = val[select] if np.isfinite(val[select]) else -np.inf
+        if score > best[0] or best[2] is None:
+            best = (score, epoch, jax.tree.map(lambda x: x.copy(), state.params))
 
     test = evaluate(best[2], "test")
     log(
-        f"test ({init}, best epoch {best[1]}): "
-        f"accuracy {test['accuracy']:.4f} mcc {test['mcc']:.4f}"
+        f"test ({model_name}, seed {seed}, best epoch {best[1]}): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     )
     return {
-        "init": init,
+        "mode": "finetune",
+        "model": model_name,
         "seed": seed,
+        "task": task.name,
+        "task_path": task.path,
+        "kind": kind,
         "workdir": str(workdir),
         "checkpoint_step": ckpt_step,
-        "task": task.path,
+        "tokenizer": tokenizer.name,
+        "frozen_backbone": frozen,
         "label_names": list(task.label_names),
         "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
         "notes": list(task.notes),
+        "select_metric": select,
         "best_epoch": best[1],
+        "val": history[best[1] - 1],
         "test": test,
         "history": history,
         "config": config.to_dict(),

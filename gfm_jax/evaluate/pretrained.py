@@ -49,3 +49,58 @@ def load_params(
     abstract = state_lib.abstract_arrays(boxed, sharding.tree_shardings(boxed, mesh, rules))
     _, params = checkpoint.restore_params(workdir, abstract, pretrained.step)
     return params
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A pretrained masked-LM ready to run: its description, mesh and parameters."""
+
+    pretrained: Pretrained
+    mesh: Mesh
+    rules: sharding.Rules
+    params: Any  # the full MaskedLM parameters (encoder + mlm_head)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.pretrained.tokenizer
+
+
+def load(workdir: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1)) -> Loaded:
+    """The latest checkpoint of `workdir`, params only, on a mesh of every local device."""
+    if jax.process_count() > 1:
+        from gfm_jax.errors import UserError
+
+        raise UserError(
+            "embed / probe / vep / perplexity run in one process; launch them without "
+            "--num_processes (fine-tuning is the multi-process mode)"
+        )
+    pre = describe(workdir)
+    mesh = sharding.make_mesh(mesh_shape)
+    rules = config_lib.DEFAULT_RULES
+    return Loaded(pre, mesh, rules, load_params(workdir, pre, mesh, rules))
+
+
+def batch_multiple(mesh: Mesh) -> int:
+    """Batches must split evenly over the data and fsdp axes."""
+    return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def run_batched(fn, loaded: Loaded, arrays: dict[str, np.ndarray], batch_size: int):
+    """Applies a jitted `fn(params, batch)` over rows of `arrays` in fixed-size batches.
+
+    Each batch is split over the mesh's batch axes (not replicated: every device computes its
+    own rows). The last batch is padded (by repeating row 0) to keep one compiled shape; the
+    padded rows are cut from the output, which is returned as one numpy array.
+    """
+    n = len(next(iter(arrays.values())))
+    multiple = batch_multiple(loaded.mesh)
+    step = -(-min(batch_size, n) // multiple) * multiple
+    batch_sharding = sharding.batch_sharding(loaded.mesh, loaded.rules)
+    outputs = []
+    for first in range(0, n, step):
+        rows = np.arange(first, min(first + step, n))
+        rows = np.concatenate([rows, np.zeros(step - len(rows), rows.dtype)])
+        batch = jax.device_put({k: v[rows] for k, v in arrays.items()}, batch_sharding)
+        out = fn(loaded.params, batch)
+        outputs.append(np.asarray(out)[: min(step, n - first)])
+    return np.concatenate(outputs) if outputs else np.zeros((0,))

@@ -6,6 +6,7 @@ import json
 import pathlib
 
 from gfm_jax.errors import UserError
+from gfm_jax.evaluate import results
 
 
 def _val_rows(workdir: pathlib.Path) -> list[dict]:
@@ -18,13 +19,16 @@ def _val_rows(workdir: pathlib.Path) -> list[dict]:
     return [r for r in rows if r["split"] == "val"]
 
 
-def _finetune_results(workdir: pathlib.Path) -> dict[str, dict]:
-    """The newest fine-tuning result per init ("pretrained" / "scratch")."""
-    results: dict[str, dict] = {}
-    for path in sorted((workdir / "eval").glob("finetune_*.json"), key=lambda p: p.stat().st_mtime):
-        r = json.loads(path.read_text())
-        results[r["init"]] = r
-    return results
+def _finetune_rows(workdir: pathlib.Path) -> dict[str, dict]:
+    """Fine-tuning summaries (mean +- sd over seeds) per model, from every run under eval/."""
+    if not (workdir / "eval").is_dir():
+        return {}
+    try:
+        runs = results.load_runs([workdir / "eval"])
+    except UserError:
+        return {}
+    rows = results.aggregate([r for r in runs if r["mode"] == "finetune"])
+    return {r["model"]: r for r in rows}
 
 
 def quickstart_table(workdir: str | pathlib.Path) -> str:
@@ -36,24 +40,26 @@ def quickstart_table(workdir: str | pathlib.Path) -> str:
             f"{workdir}/metrics.jsonl has no held-out evaluation; pretraining did not run"
         )
     first, last = val[0], val[-1]
-    tuned = _finetune_results(workdir)
-    task = next((pathlib.Path(r["task"]).stem for r in tuned.values()), "task")
+    tuned = _finetune_rows(workdir)
+    task = next((r["task"] for r in tuned.values()), "task")
 
-    def cells(init: str) -> str:
-        r = tuned.get(init)
+    def cells(model: str) -> str:
+        r = tuned.get(model)
         if r is None:
             return "not run | not run"
-        return f"{r['test']['accuracy']:.4f} | {r['test']['mcc']:.4f}"
+        acc, mcc = r["accuracy"], r["mcc"]
+        return f"{acc['mean']:.4f} ± {acc['sd']:.4f} | {mcc['mean']:.4f} ± {mcc['sd']:.4f}"
 
     margin = last["unigram_entropy"] - last["loss"]
     lines = [
-        f"| encoder | held-out MLM loss (nats) | held-out MLM accuracy | {task} test accuracy "
+        f"| model | held-out MLM loss (nats) | held-out MLM accuracy | {task} test accuracy "
         f"| {task} test MCC |",
         "| --- | --- | --- | --- | --- |",
-        f"| random init (step {first['step']}) | {first['loss']:.4f} | {first['accuracy']:.4f} "
-        f"| {cells('scratch')} |",
-        f"| pretrained (step {last['step']}) | {last['loss']:.4f} | {last['accuracy']:.4f} "
-        f"| {cells('pretrained')} |",
+        f"| encoder, random init (step {first['step']}) | {first['loss']:.4f} "
+        f"| {first['accuracy']:.4f} | {cells('scratch')} |",
+        f"| encoder, pretrained (step {last['step']}) | {last['loss']:.4f} "
+        f"| {last['accuracy']:.4f} | {cells('pretrained')} |",
+        f"| CNN baseline (no pretraining) | | | {cells('cnn')} |",
         "",
         f"Unigram (base-composition) entropy of the held-out masked targets: "
         f"{last['unigram_entropy']:.4f} nats; the pretrained loss is {abs(margin):.4f} nats "
@@ -62,8 +68,8 @@ def quickstart_table(workdir: str | pathlib.Path) -> str:
     if tuned:
         r = next(iter(tuned.values()))
         lines.append(
-            f"{task}: train {r['sizes']['train']} / val {r['sizes']['val']} / test "
-            f"{r['sizes']['test']} rows, seed {r['seed']}, best epoch on val; "
-            + "; ".join(r["notes"])
+            f"{task}: mean ± sd over seeds {r['seeds']}, {r['test_rows']} test rows, "
+            "best epoch on the validation rows; summary and per-seed JSON in "
+            f"{workdir / 'eval' / task}/"
         )
     return "\n".join(lines)

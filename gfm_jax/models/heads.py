@@ -100,3 +100,17 @@ class SequenceClassifier(nn.Module):
         else:
             raise ValueError(f"unknown pooling {self.pooling!r}")
         return dense(self.num_classes, ("embed", "classes"), name="head")(pooled_BxD)
+
+
+class TokenClassifier(nn.Module):
+    """Encoder -> linear layer at every position: per-token class logits [B, L, C] (float32)."""
+
+    config: EncoderConfig
+    num_classes: int
+    mesh: Any = None
+    rules: Sequence = ()
+
+    @nn.compact
+    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+        h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
+        return dense(self.num_classes, ("embed", "classes"), name="head")(h.astype(jnp.float32))

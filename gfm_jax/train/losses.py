@@ -41,3 +41,13 @@ def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, weights_B: j
 def training_loss_sum(sums: dict[str, jax.Array]) -> jax.Array:
     """What the gradient is taken of (divided by the batch's weight sum): CE plus z-loss."""
     return sums["loss_sum"] + sums.get("z_loss_sum", 0.0)
+
+
+def regression_sums(y_hat_B: jax.Array, y_B: jax.Array, weights_B: jax.Array):
+    """Squared error summed over the weighted examples (`correct_sum` is not defined: 0)."""
+    err_B = (y_hat_B.astype(jnp.float32) - y_B) ** 2
+    return {
+        "loss_sum": jnp.sum(err_B * weights_B),
+        "correct_sum": jnp.zeros((), jnp.float32),
+        "weight_sum": jnp.sum(weights_B),
+    }

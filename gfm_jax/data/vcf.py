@@ -1,0 +1,76 @@
+"""Read the variant lines of a VCF (plain or gzip): CHROM, POS, ID, REF, ALT.
+
+Only what variant-effect scoring needs: INFO, FORMAT and samples are not parsed. A record with
+several ALT alleles gives one Variant per allele; symbolic or missing alleles (`<DEL>`, `*`,
+`.`, breakends) cannot be placed on the reference and are returned separately with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import pathlib
+
+from gfm_jax.errors import UserError
+
+_BASES = set("ACGTN")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    chrom: str
+    pos: int  # 1-based, as in the file
+    id: str
+    ref: str  # uppercase
+    alt: str  # uppercase
+    line: int  # line number in the file, for messages
+
+    @property
+    def kind(self) -> str:
+        if len(self.ref) == len(self.alt):
+            return "snv" if len(self.ref) == 1 else "mnv"
+        return "ins" if len(self.alt) > len(self.ref) else "del"
+
+    def label(self) -> str:
+        return f"{self.chrom}:{self.pos} {_short(self.ref)}>{_short(self.alt)}"
+
+
+def _short(allele: str, limit: int = 12) -> str:
+    return allele if len(allele) <= limit else f"{allele[:limit]}...({len(allele)} bp)"
+
+
+def read_vcf(path: str | pathlib.Path) -> tuple[list[Variant], list[tuple[str, str]]]:
+    """(variants, unplaceable) where unplaceable holds (description, reason) pairs."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UserError(f"VCF {str(path)!r} not found")
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    variants, unplaceable = [], []
+    with opener(path, "rt") as f:
+        for n, line in enumerate(f, start=1):
+            if line.startswith("#") or not line.strip():
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 5:
+                raise UserError(
+                    f"{path}, line {n}: {len(cols)} tab-separated columns; a VCF line needs "
+                    "CHROM POS ID REF ALT"
+                )
+            chrom, pos_text, vid, ref, alts = cols[:5]
+            try:
+                pos = int(pos_text)
+            except ValueError:
+                raise UserError(f"{path}, line {n}: POS {pos_text!r} is not an integer") from None
+            ref = ref.upper()
+            if not ref or set(ref) - _BASES:
+                raise UserError(f"{path}, line {n}: REF {ref[:20]!r} is not a base sequence")
+            for alt in alts.upper().split(","):
+                if alt and not set(alt) - _BASES:
+                    variants.append(Variant(chrom, pos, vid, ref, alt, n))
+                else:
+                    unplaceable.append(
+                        (f"{chrom}:{pos} {_short(ref)}>{alt}", "symbolic or missing ALT allele")
+                    )
+    if not variants and not unplaceable:
+        raise UserError(f"{path} holds no variant lines")
+    return variants, unplaceable
