@@ -28,6 +28,7 @@ def test_quickstart_pretrains_evaluates_and_prints_the_table(tmp_path):
     assert val[-1]["loss"] < val[-1]["unigram_entropy"]  # beats base composition
     assert (tmp_path / "qs" / "ckpt" / "120" / "params").is_dir()
     table = r.stdout.split("== gfm_jax quickstart results")[1]
-    for needle in ("random init (step 0)", "pretrained (step 120)", "nats below it", "test MCC"):
+    needles = ("random init (step 0)", "pretrained (step 120)", "CNN baseline", "nats below it")
+    for needle in (*needles, "test MCC", "seeds [0, 1, 2]"):
         assert needle in table
     assert "not run" not in table

@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="directory for summary.{json,csv,md,png}")
     rp = modes.add_parser("report", help="print the quickstart table of a workdir")
     rp.add_argument("--workdir", required=True)
+    rp.add_argument("--task", default="splice", help="the fine-tuning task in the table")
     return parser
 
 
@@ -113,10 +114,12 @@ def _run_task(
         from gfm_jax.evaluate.finetune import finetune as run
     else:
         from gfm_jax.evaluate.probe import probe as run
+    import jax
+
     for seed in seeds:
         result = run(config, workdir, model, seed)
-        path = results.write_run(out, result)
-        print(f"wrote {path}", flush=True)
+        if jax.process_index() == 0:  # every process holds the same result; one writes it
+            print(f"wrote {results.write_run(out, result)}", flush=True)
 
 
 def _task_dir(workdir: str, config) -> pathlib.Path:
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "report":
             from gfm_jax.evaluate.report import quickstart_table
 
-            print(quickstart_table(args.workdir))
+            print(quickstart_table(args.workdir, args.task))
             return
         if args.mode == "aggregate":
             print(results.summarize(results.load_runs(args.runs), args.out))

@@ -19,19 +19,19 @@ def _val_rows(workdir: pathlib.Path) -> list[dict]:
     return [r for r in rows if r["split"] == "val"]
 
 
-def _finetune_rows(workdir: pathlib.Path) -> dict[str, dict]:
-    """Fine-tuning summaries (mean +- sd over seeds) per model, from every run under eval/."""
-    if not (workdir / "eval").is_dir():
+def _finetune_rows(workdir: pathlib.Path, task: str) -> dict[str, dict]:
+    """Fine-tuning summaries of `task` (mean +- sd over seeds) per model, from eval/<task>/."""
+    if not (workdir / "eval" / task).is_dir():
         return {}
     try:
-        runs = results.load_runs([workdir / "eval"])
+        runs = results.load_runs([workdir / "eval" / task])
     except UserError:
         return {}
-    rows = results.aggregate([r for r in runs if r["mode"] == "finetune"])
+    rows = results.aggregate([r for r in runs if r["mode"] == "finetune" and r["task"] == task])
     return {r["model"]: r for r in rows}
 
 
-def quickstart_table(workdir: str | pathlib.Path) -> str:
+def quickstart_table(workdir: str | pathlib.Path, task: str = "splice") -> str:
     """One Markdown table: the encoder at random init (step 0) beside the pretrained one."""
     workdir = pathlib.Path(workdir)
     val = _val_rows(workdir)
@@ -40,8 +40,7 @@ def quickstart_table(workdir: str | pathlib.Path) -> str:
             f"{workdir}/metrics.jsonl has no held-out evaluation; pretraining did not run"
         )
     first, last = val[0], val[-1]
-    tuned = _finetune_rows(workdir)
-    task = next((r["task"] for r in tuned.values()), "task")
+    tuned = _finetune_rows(workdir, task)
 
     def cells(model: str) -> str:
         r = tuned.get(model)

@@ -129,20 +129,21 @@ def plot(rows: Sequence[dict[str, Any]], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
+    most = max(sum(r["task"] == t for r in rows) for t in tasks)
     fig, axes = plt.subplots(
-        1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.2), squeeze=False
+        len(tasks), 1, figsize=(6.0, 0.9 + 0.45 * most * len(tasks)), squeeze=False
     )
-    for ax, task in zip(axes[0], tasks, strict=True):
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
         sub = [r for r in rows if r["task"] == task]
         metric = sub[0]["select_metric"]
         sub = [r for r in sub if metric in r]
-        labels = [f"{r['model']} {r['mode']}\n{r['source']}" for r in sub]
+        labels = [" ".join(x for x in (r["model"], r["mode"], r["source"]) if x) for r in sub]
         means = [r[metric]["mean"] for r in sub]
         sds = [r[metric]["sd"] for r in sub]
-        ax.bar(range(len(sub)), means, yerr=sds, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(sub)), labels, fontsize=7)
-        ax.set_title(task, fontsize=9)
-        ax.set_ylabel(f"test {metric}", fontsize=8)
+        ax.barh(range(len(sub)), means, xerr=sds, capsize=3, color="#4c72b0")
+        ax.set_yticks(range(len(sub)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{task}: test {metric}, mean ± sd over seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
