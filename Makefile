@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,interop]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -1,0 +1,332 @@
+"""Hugging Face ESM / Nucleotide Transformer checkpoints <-> gfm_jax parameters.
+
+Three architectures share the `EsmForMaskedLM` weight names:
+- NT v1 / ESM-1b style: learned absolute positions, GELU feed-forward with biases;
+- ESM-2 style: rotary positions, GELU feed-forward with biases;
+- NT v2: rotary positions and a SwiGLU feed-forward without biases. Its config carries
+  `add_bias_fnn` (transformers' own ESM has no such key and no SwiGLU; the NT v2 checkpoints
+  ship their own modelling code). Its `intermediate.dense` holds [gate; up] stacked: the first
+  half goes through SiLU and multiplies the second.
+
+Conventions that matter for parity:
+- torch `Linear.weight` is [out, in]; gfm_jax kernels are [in, out], and the attention kernels
+  split the head axis: query [D, N, H], out [N, H, D].
+- ESM numbers learned positions from `pad_token_id + 1`. gfm_jax's table starts at position 0,
+  so rows `pad + 1 ...` of the Hugging Face table become rows `0 ...` here. Exported tables fill
+  the unused first `pad + 1` rows with zeros.
+- The vocabulary rows follow the checkpoint's `vocab.txt`. Each gfm_jax tokenizer token takes the
+  row of the same token, so a checkpoint whose vocabulary is ordered differently still imports.
+  A token missing from the checkpoint is an error.
+- Not supported, with an error naming the key: `token_dropout` (ESM-2's mask-ratio rescaling of
+  embeddings), `emb_layer_norm_before`, and position types other than absolute / rotary.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from gfm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from gfm_jax.errors import UserError
+
+Params = dict[str, Any]
+
+
+# --- Reading the files ---------------------------------------------------------------------
+
+
+def read_config(src: pathlib.Path) -> dict:
+    path = src / "config.json"
+    if not path.is_file():
+        raise UserError(f"{src}: no config.json; give a Hugging Face checkpoint directory")
+    config = json.loads(path.read_text())
+    if config.get("model_type") != "esm":
+        raise UserError(
+            f"{path}: model_type {config.get('model_type')!r}; only ESM / Nucleotide "
+            "Transformer checkpoints (model_type 'esm') can be imported"
+        )
+    for key, bad in (("token_dropout", True), ("emb_layer_norm_before", True)):
+        if config.get(key) == bad:
+            raise UserError(f"{path}: {key}={bad} is not supported by the gfm_jax encoder")
+    if config.get("position_embedding_type", "absolute") not in ("absolute", "rotary"):
+        raise UserError(
+            f"{path}: position_embedding_type={config['position_embedding_type']!r}; "
+            "gfm_jax imports 'absolute' and 'rotary'"
+        )
+    return config
+
+
+def read_weights(src: pathlib.Path) -> dict[str, np.ndarray]:
+    """The state dict as float32 numpy arrays, from safetensors or a PyTorch .bin file."""
+    st = src / "model.safetensors"
+    if st.is_file():
+        from safetensors.numpy import load_file
+
+        weights = load_file(str(st))
+    elif (src / "pytorch_model.bin").is_file():
+        import torch
+
+        state = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        weights = {k: v.float().numpy() for k, v in state.items()}
+    else:
+        raise UserError(f"{src}: neither model.safetensors nor pytorch_model.bin")
+    return {k: np.asarray(v, np.float32) for k, v in weights.items()}
+
+
+def read_vocab(src: pathlib.Path) -> list[str]:
+    path = src / "vocab.txt"
+    if not path.is_file():
+        raise UserError(f"{src}: no vocab.txt (the ESM tokenizer's vocabulary)")
+    return [line.strip() for line in path.read_text().splitlines()]
+
+
+def tokenizer_for_vocab(vocab: list[str], src: pathlib.Path) -> Tokenizer:
+    """The gfm_jax tokenizer whose tokens the checkpoint's vocabulary holds."""
+    for name in ("nt6", "char", "kmer6"):
+        tok = get_tokenizer(name)
+        if set(tok.vocab) <= set(vocab):
+            return tok
+    raise UserError(
+        f"{src}/vocab.txt ({len(vocab)} tokens, first {vocab[:6]}) holds no gfm_jax tokenizer's "
+        "vocabulary (nt6, char, kmer6); it is not a nucleotide model"
+    )
+
+
+# --- The mapping ---------------------------------------------------------------------------
+
+
+def model_overrides(config: dict, tokenizer: Tokenizer) -> dict[str, Any]:
+    """gfm_jax `config.model` values for a Hugging Face ESM config."""
+    glu = "add_bias_fnn" in config  # NT v2's modelling code
+    position = (
+        "rope" if config.get("position_embedding_type", "absolute") == "rotary" else "learned"
+    )
+    pad = int(config["pad_token_id"])
+    return {
+        "name": "nt_v2_import" if glu else "esm_import",
+        "num_layers": int(config["num_hidden_layers"]),
+        "hidden_size": int(config["hidden_size"]),
+        "num_heads": int(config["num_attention_heads"]),
+        "mlp_dim": int(config["intermediate_size"]),
+        "activation": "swiglu" if glu else "gelu",
+        "use_bias_attn": True,
+        "use_bias_mlp": bool(config.get("add_bias_fnn", True)),
+        "norm": "layernorm",
+        "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+        "position": position,
+        "max_positions": int(config["max_position_embeddings"]) - pad - 1
+        if position == "learned"
+        else 0,
+        "tie_embeddings": bool(config.get("tie_word_embeddings", True)),
+    }
+
+
+def _linear_in(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.T)
+
+
+def import_params(
+    weights: dict[str, np.ndarray], config: dict, vocab: list[str], tokenizer: Tokenizer
+) -> Params:
+    """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict."""
+    # Older BERT-style files (and transformers' own saves) name LayerNorm parameters gamma / beta.
+    w = {
+        k.removeprefix("esm.")
+        .replace("LayerNorm.gamma", "LayerNorm.weight")
+        .replace("LayerNorm.beta", "LayerNorm.bias"): v
+        for k, v in weights.items()
+    }
+    if "lm_head.dense.weight" not in w:
+        raise UserError(
+            "the checkpoint has no lm_head weights: import an EsmForMaskedLM checkpoint"
+        )
+    m = model_overrides(config, tokenizer)
+    d, n = m["hidden_size"], m["num_heads"]
+    h = d // n
+    rows = np.array([vocab.index(t) for t in tokenizer.vocab])  # our token -> checkpoint row
+
+    def get(name: str) -> np.ndarray:
+        if name not in w:
+            raise UserError(f"the checkpoint has no weight {name!r}; is it an ESM model?")
+        return w[name]
+
+    def norm(prefix: str) -> dict:
+        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+
+    def dense(prefix: str, bias: bool = True) -> dict:
+        out = {"kernel": _linear_in(get(f"{prefix}.weight"))}
+        if bias:
+            out["bias"] = get(f"{prefix}.bias")
+        return out
+
+    encoder: Params = {"embed": {"embedding": get("embeddings.word_embeddings.weight")[rows]}}
+    if m["position"] == "learned":
+        pad = int(config["pad_token_id"])
+        table = get("embeddings.position_embeddings.weight")
+        encoder["position_embed"] = {"embedding": table[pad + 1 : pad + 1 + m["max_positions"]]}
+    for i in range(m["num_layers"]):
+        p = f"encoder.layer.{i}"
+        attn = {}
+        for ours, theirs in (("query", "query"), ("key", "key"), ("value", "value")):
+            attn[ours] = {
+                "kernel": _linear_in(get(f"{p}.attention.self.{theirs}.weight")).reshape(d, n, h),
+                "bias": get(f"{p}.attention.self.{theirs}.bias").reshape(n, h),
+            }
+        attn["out"] = {
+            "kernel": _linear_in(get(f"{p}.attention.output.dense.weight")).reshape(n, h, d),
+            "bias": get(f"{p}.attention.output.dense.bias"),
+        }
+        bias = m["use_bias_mlp"]
+        if m["activation"] == "swiglu":
+            stacked = dense(f"{p}.intermediate.dense", bias)
+            f = m["mlp_dim"]
+            mlp = {
+                "gate": {k: v[..., :f] for k, v in stacked.items()},
+                "up": {k: v[..., f:] for k, v in stacked.items()},
+            }
+        else:
+            mlp = {"up": dense(f"{p}.intermediate.dense", bias)}
+        mlp["down"] = dense(f"{p}.output.dense", bias)
+        encoder[f"layer_{i}"] = {
+            "attn": attn,
+            "attn_norm": norm(f"{p}.attention.LayerNorm"),
+            "mlp": mlp,
+            "mlp_norm": norm(f"{p}.LayerNorm"),
+        }
+    encoder["final_norm"] = norm("encoder.emb_layer_norm_after")
+    head: Params = {"dense": dense("lm_head.dense"), "norm": norm("lm_head.layer_norm")}
+    if m["tie_embeddings"]:
+        head["decoder_bias"] = get("lm_head.bias")[rows]
+    else:
+        head["decoder"] = {
+            "kernel": _linear_in(get("lm_head.decoder.weight")[rows]),
+            "bias": get("lm_head.bias")[rows],
+        }
+    return {"encoder": encoder, "mlm_head": head}
+
+
+def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict, dict]:
+    """(state dict, config.json) of an EsmForMaskedLM for gfm_jax MaskedLM parameters.
+
+    `model` is the `config.model` block (a ConfigDict or dict) the parameters were made with.
+    """
+    if model["position"] not in ("learned", "rope") or model["norm"] != "layernorm":
+        raise UserError(
+            f"model.position={model['position']!r}, model.norm={model['norm']!r}: the ESM format "
+            "holds learned or rotary positions and LayerNorm only"
+        )
+    if model["activation"] not in ("gelu", "swiglu") or not model["use_bias_attn"]:
+        raise UserError(
+            f"model.activation={model['activation']!r}, use_bias_attn={model['use_bias_attn']}: "
+            "the ESM format holds GELU (ESM, NT v1) or SwiGLU (NT v2) with attention biases"
+        )
+    glu = model["activation"] == "swiglu"
+    if not glu and not model["use_bias_mlp"]:
+        raise UserError("model.use_bias_mlp=False with GELU has no ESM equivalent")
+    e, head = params["encoder"], params["mlm_head"]
+    d = int(model["hidden_size"])
+    pad = tokenizer.pad_id
+    out: dict[str, np.ndarray] = {}
+
+    def put(name: str, value: Any) -> None:
+        out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
+
+    def norm(prefix: str, p: dict) -> None:
+        put(f"{prefix}.weight", p["scale"])
+        put(f"{prefix}.bias", p["bias"])
+
+    def dense(prefix: str, p: dict) -> None:
+        put(f"{prefix}.weight", np.asarray(p["kernel"]).reshape(-1, np.shape(p["kernel"])[-1]).T)
+        if "bias" in p:
+            put(f"{prefix}.bias", p["bias"])
+
+    put("esm.embeddings.word_embeddings.weight", e["embed"]["embedding"])
+    max_positions = 1026
+    if model["position"] == "learned":
+        table = np.asarray(e["position_embed"]["embedding"])
+        max_positions = table.shape[0] + pad + 1
+        put(
+            "esm.embeddings.position_embeddings.weight",
+            np.concatenate([np.zeros((pad + 1, d), np.float32), table]),
+        )
+    for i in range(int(model["num_layers"])):
+        layer, p = e[f"layer_{i}"], f"esm.encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            q = layer["attn"][name]
+            put(f"{p}.attention.self.{name}.weight", np.asarray(q["kernel"]).reshape(d, d).T)
+            put(f"{p}.attention.self.{name}.bias", np.asarray(q["bias"]).reshape(d))
+        o = layer["attn"]["out"]
+        put(f"{p}.attention.output.dense.weight", np.asarray(o["kernel"]).reshape(d, d).T)
+        put(f"{p}.attention.output.dense.bias", o["bias"])
+        norm(f"{p}.attention.LayerNorm", layer["attn_norm"])
+        norm(f"{p}.LayerNorm", layer["mlp_norm"])
+        mlp = layer["mlp"]
+        if glu:
+            stacked = {
+                k: np.concatenate([mlp["gate"][k], mlp["up"][k]], axis=-1) for k in mlp["up"]
+            }
+            dense(f"{p}.intermediate.dense", stacked)
+        else:
+            dense(f"{p}.intermediate.dense", mlp["up"])
+        dense(f"{p}.output.dense", mlp["down"])
+    norm("esm.encoder.emb_layer_norm_after", e["final_norm"])
+    dense("lm_head.dense", head["dense"])
+    norm("lm_head.layer_norm", head["norm"])
+    if model["tie_embeddings"]:
+        put("lm_head.bias", head["decoder_bias"])
+        put("lm_head.decoder.weight", e["embed"]["embedding"])
+    else:
+        put("lm_head.bias", head["decoder"]["bias"])
+        put("lm_head.decoder.weight", np.asarray(head["decoder"]["kernel"]).T)
+
+    config = {
+        "architectures": ["EsmForMaskedLM"],
+        "model_type": "esm",
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": d,
+        "num_hidden_layers": int(model["num_layers"]),
+        "num_attention_heads": int(model["num_heads"]),
+        "intermediate_size": int(model["mlp_dim"]),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": max_positions,
+        "position_embedding_type": "rotary" if model["position"] == "rope" else "absolute",
+        "layer_norm_eps": float(model["norm_eps"]),
+        "emb_layer_norm_before": False,
+        "token_dropout": False,
+        "pad_token_id": pad,
+        "mask_token_id": tokenizer.mask_id,
+        "tie_word_embeddings": bool(model["tie_embeddings"]),
+        "is_folding_model": False,
+        "torch_dtype": "float32",
+    }
+    if glu:  # NT v2: SwiGLU without feed-forward biases (its own modelling code reads this key)
+        config["add_bias_fnn"] = bool(model["use_bias_mlp"])
+    return out, config
+
+
+def write_hf_dir(out: pathlib.Path, state: dict, config: dict, tokenizer: Tokenizer) -> None:
+    """config.json, model.safetensors and the ESM tokenizer files (vocab.txt + configs)."""
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "vocab.txt").write_text("\n".join(tokenizer.vocab) + "\n")
+    specials = {
+        "unk_token": tokenizer.vocab[tokenizer.unk_id],
+        "pad_token": tokenizer.vocab[tokenizer.pad_id],
+        "mask_token": tokenizer.vocab[tokenizer.mask_id],
+        "cls_token": tokenizer.vocab[tokenizer.cls_id],
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "EsmTokenizer", "model_max_length": 1000, **specials}, indent=2
+        )
+        + "\n"
+    )
