@@ -221,3 +221,57 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path, capsys):
         interop_main(["import", str(src), "--workdir", str(tmp_path / "w")])
     assert "model_type 'bert'" in capsys.readouterr().err
     assert not (tmp_path / "w" / "ckpt").exists() or not any((tmp_path / "w" / "ckpt").iterdir())
+
+
+def test_readme_flow_import_finetune_train_from_it_export(tmp_path, monkeypatch, capsys):
+    from conftest import run_module
+
+    from gfm_jax.evaluate.__main__ import main as evaluate_main
+
+    src = save_hf(esm_model("rotary", "small"), tmp_path / "hf")
+    interop_main(["import", str(src), "--workdir", str(tmp_path / "nt")])
+    flags = capsys.readouterr().out.splitlines()[-1].split()
+    assert flags[:4] == ["train", "from", "it", "with:"]
+    monkeypatch.setenv("GFM_JAX_MALLOC_DEFAULTS", "1")
+    evaluate_main(
+        [
+            "finetune",
+            "--config",
+            "configs/tasks/splice.py",
+            "--workdir",
+            str(tmp_path / "nt"),
+            "--seeds",
+            "0",
+            "--config.task.train_rows=(0,128)",
+            "--config.task.test_rows=(2000,2064)",
+            "--config.finetune.epochs=1",
+        ]
+    )
+    run = json.loads(
+        (tmp_path / "nt" / "eval" / "splice" / "finetune_pretrained_seed0.json").read_text()
+    )
+    assert run["tokenizer"] == "nt6" and run["checkpoint_step"] == 0
+    # Pretraining from the imported weights with the flags the import printed.
+    r = run_module(
+        "gfm_jax.train",
+        "--config",
+        "configs/pretrain/tiny_nt6.py",
+        "--workdir",
+        str(tmp_path / "more"),
+        *flags[4:],
+        "--config.train.num_steps=1",
+        "--config.train.global_batch_size=8",
+        "--config.data.window_len=120",
+        "--config.train.eval_batches=1",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "parameters from" in r.stdout
+    interop_main(
+        ["export", "--workdir", str(tmp_path / "more"), "--out", str(tmp_path / "hf_more")]
+    )
+    back = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "hf_more").eval()
+    ids, mask = batch()
+    assert (
+        np.abs(torch_logits(back, ids, mask) - our_logits(tmp_path / "more", ids, mask))[mask].max()
+        < 1e-4
+    )
