@@ -1,8 +1,23 @@
 """Multi-process start-up: `jax.distributed.initialize` first thing in every entry point.
 
-Single-process runs need nothing. For several processes give the coordinator, the process
-count and this process's id by flags or by the environment variables JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID. On CPU the processes talk through gloo collectives.
+How the processes find each other, in order:
+1. Explicit: `--coordinator HOST:PORT --num_processes N --process_id I` (or the environment
+   variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), as
+   scripts/launch_local.sh passes them.
+2. Detected: under SLURM with more than one task (srun, scripts/launch_slurm.sh), on a TPU
+   slice whose TPU_WORKER_HOSTNAMES lists several hosts, or with `--auto_distributed`
+   (GFM_JAX_DISTRIBUTED=auto, which scripts/launch_tpu_pod.sh sets), JAX reads the cluster's
+   own environment: `jax.distributed.initialize()` without arguments.
+3. Otherwise one process: nothing to start.
+
+On CPU the processes talk through gloo collectives, and `--cpu_devices` (JAX_NUM_CPU_DEVICES)
+gives each process that many CPU devices. `--heartbeat_timeout` bounds how long the survivors of
+a dead process wait: the coordination service declares a process dead after that many seconds
+without a heartbeat and stops the others with an error, instead of a hang. A restart resumes from
+the last checkpoint.
+
+Logging and shared files come from process 0 only (see `is_main`); each process writes only its
+own part of a checkpoint (Orbax coordinates that).
 """
 
 from __future__ import annotations
@@ -14,18 +29,53 @@ import jax
 
 from gfm_jax.errors import UserError
 
+DEFAULT_HEARTBEAT_TIMEOUT = 60  # seconds; JAX's own default is 100
+
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
     group = parser.add_argument_group("multi-process")
-    group.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"))
-    group.add_argument("--num_processes", type=int, default=os.environ.get("JAX_NUM_PROCESSES"))
-    group.add_argument("--process_id", type=int, default=os.environ.get("JAX_PROCESS_ID"))
+    group.add_argument("--coordinator", default=env("JAX_COORDINATOR_ADDRESS"))
+    group.add_argument("--num_processes", type=int, default=env("JAX_NUM_PROCESSES"))
+    group.add_argument("--process_id", type=int, default=env("JAX_PROCESS_ID"))
+    group.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=env("JAX_NUM_CPU_DEVICES"),
+        help="CPU devices per process (local multi-device runs without an accelerator)",
+    )
+    group.add_argument(
+        "--auto_distributed",
+        action="store_true",
+        default=env("GFM_JAX_DISTRIBUTED") == "auto",
+        help="let JAX detect the cluster (TPU pod slices, SLURM); GFM_JAX_DISTRIBUTED=auto",
+    )
+    group.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=int(env("GFM_JAX_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)),
+        help="seconds without a heartbeat before a process counts as dead and the run stops",
+    )
+
+
+def detected_cluster() -> str | None:
+    """'slurm' or 'tpu' when this process is one of several that the cluster started."""
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+        return "tpu"
+    return None
 
 
 def initialize(args: argparse.Namespace) -> None:
-    """Starts jax.distributed when several processes are asked for; otherwise does nothing."""
+    """Starts jax.distributed when several processes are asked for or detected."""
+    if getattr(args, "cpu_devices", None):
+        jax.config.update("jax_num_cpu_devices", int(args.cpu_devices))
     given = [args.coordinator, args.num_processes, args.process_id]
+    heartbeat = int(getattr(args, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT))
     if all(v is None for v in given):
+        if getattr(args, "auto_distributed", False) or detected_cluster() is not None:
+            jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
         return
     if any(v is None for v in given):
         raise UserError(
@@ -34,7 +84,20 @@ def initialize(args: argparse.Namespace) -> None:
         )
     if int(args.num_processes) <= 1:
         return
+    if not 0 <= int(args.process_id) < int(args.num_processes):
+        raise UserError(
+            f"--process_id={args.process_id}: must be in [0, {args.num_processes}) "
+            f"for --num_processes={args.num_processes}"
+        )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        args.coordinator, num_processes=int(args.num_processes), process_id=int(args.process_id)
+        args.coordinator,
+        num_processes=int(args.num_processes),
+        process_id=int(args.process_id),
+        heartbeat_timeout_seconds=heartbeat,
     )
+
+
+def is_main() -> bool:
+    """True in the process that logs and writes shared files (process 0)."""
+    return jax.process_index() == 0
