@@ -40,7 +40,7 @@ def one_process(workdir, **overrides) -> subprocess.CompletedProcess:
 
 
 def two_processes(workdir, log_dir, **overrides) -> None:
-    cmd = [sys.executable, *TRAIN[1:], "--workdir", str(workdir)]
+    cmd = [sys.executable, *TRAIN, "--workdir", str(workdir)]
     r = subprocess.run(
         [
             "bash",
@@ -149,7 +149,7 @@ def test_killing_one_process_stops_the_other_and_a_restart_resumes(tmp_path):
     two_processes(tmp_path / "w", tmp_path / "logs", **{**long_run, "train.num_steps": last + 3})
     assert (tmp_path / "w" / "ckpt" / str(last + 3)).is_dir()
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("launch_local.*.log"))
-    assert f"step {last}" in logs
+    assert f"ckpt/{last} (saved on mesh" in logs and "resumed from" in logs
 
 
 def test_launch_scripts_dry_run_print_the_exact_commands():
