@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -85,9 +86,12 @@ class BpeTokenizer(Tokenizer):
         }
 
     def save(self, path: pathlib.Path) -> None:
-        tmp = path.with_suffix(".tmp")
+        # Atomic (a crash never leaves half a tokenizer behind), and one temporary file per
+        # process: every host of a multi-host run trains the same tokenizer and may save it
+        # into a shared workdir at the same moment.
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(self.spec()))
-        tmp.replace(path)  # atomic: a crash never leaves half a tokenizer behind
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: pathlib.Path) -> BpeTokenizer:
