@@ -223,6 +223,7 @@ def test_unsupported_checkpoints_are_refused_by_name(tmp_path, capsys):
     assert not (tmp_path / "w" / "ckpt").exists() or not any((tmp_path / "w" / "ckpt").iterdir())
 
 
+@pytest.mark.slow
 def test_readme_flow_import_finetune_train_from_it_export(tmp_path, monkeypatch, capsys):
     from conftest import run_module
 
