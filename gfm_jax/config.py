@@ -181,10 +181,11 @@ def finetune_defaults() -> ConfigDict:
     t.kind = "classification"  # classification | regression | token_classification
     t.sequence_column = "sequence"
     t.label_column = "label"
-    # format=csv: row ranges [start, end) of the file (0-based, header excluded). An empty test
-    # range means "use the `split` column" (values train / val / dev / test).
-    t.train_rows = (0, 2000)
-    t.test_rows = (2000, 3186)
+    # format=csv: row ranges [start, end) of the file (0-based, header excluded), e.g. (0, 2000)
+    # and (2000, 3186) for splice. Empty (the default): the file's `split` column (train / val /
+    # dev / test) decides. Ranges, when given, win over a split column.
+    t.train_rows = ()
+    t.test_rows = ()
     # Without a validation split: this fraction of the training rows, chosen by split_seed (not
     # by the training seed, so every seed and model is selected on the same rows).
     t.val_fraction = 0.1

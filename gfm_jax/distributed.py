@@ -60,7 +60,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def detected_cluster() -> str | None:
     """'slurm' or 'tpu' when this process is one of several that the cluster started."""
-    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    # SLURM_STEP_ID: started by srun as one of the step's tasks, not merely inside a batch job
+    # that has several tasks (a plain `python` line of an sbatch script must not wait for peers).
+    slurm_step = "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" in os.environ
+    if slurm_step and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return "slurm"
     if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
         return "tpu"
@@ -75,6 +78,8 @@ def initialize(args: argparse.Namespace) -> None:
     heartbeat = int(getattr(args, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT))
     if all(v is None for v in given):
         if getattr(args, "auto_distributed", False) or detected_cluster() is not None:
+            # gloo only matters to CPU devices (a CPU-only cluster); accelerators ignore it.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
             jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
         return
     if any(v is None for v in given):

@@ -46,6 +46,9 @@ if [[ $dry_run -eq 1 ]]; then
 fi
 mkdir -p "$log_dir"
 pids=()
+# Ctrl-C or a SIGTERM to the launcher stops every process (background jobs of a script ignore
+# SIGINT themselves, so they would otherwise keep training).
+trap 'kill "${pids[@]}" 2> /dev/null || true; wait || true; exit 130' INT TERM
 for ((i = 0; i < processes; i++)); do
   bash -c "exec ${commands[$i]}" > "$log_dir/launch_local.$i.log" 2>&1 &
   pids+=($!)

@@ -2,9 +2,10 @@
 # Run one gfm_jax entry point on every worker of a Cloud TPU VM slice, at once, over gcloud ssh.
 # JAX finds the other hosts itself (GFM_JAX_DISTRIBUTED=auto: jax.distributed.initialize()).
 #
-#   bash scripts/launch_tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a --repo-dir ~/gfm_jax -- \
+#   bash scripts/launch_tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a --repo-dir '~/gfm_jax' -- \
 #       python -m gfm_jax.train --config configs/pretrain/tiny_nt6.py --workdir /mnt/shared/nt500
 #
+# --repo-dir is a path on the workers (quote a ~ so the local shell leaves it alone).
 # The code must already be at --repo-dir on every worker (e.g. a git clone plus
 # `pip install -e '.[tpu]'`), and the workdir on a file system every worker mounts.
 # --dry-run prints the gcloud command instead of running it.

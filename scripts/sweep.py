@@ -79,6 +79,8 @@ def gather(runs: list[dict], workdir: pathlib.Path) -> list[dict]:
         if not metrics.is_file():
             sys.exit(f"sweep: {metrics} is missing; run the sweep (without --gather-only) first")
         val = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["split"] == "val"]
+        if not val:
+            sys.exit(f"sweep: {metrics} has no held-out evaluation; did {run['name']} train?")
         last = val[-1]
         row = {
             "name": run["name"],
@@ -163,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
     runs = load_runs(args.sweep)
-    workdir = pathlib.Path(args.workdir)
+    # Absolute paths: the runs start in the repository root, wherever this script is called from.
+    workdir = pathlib.Path(args.workdir).resolve()
+    if args.eval_fasta and not args.eval_fasta.startswith("builtin:"):
+        args.eval_fasta = str(pathlib.Path(args.eval_fasta).resolve())
     commands = []
     for run in runs:
         commands.append(train_command(run, workdir, args.python))

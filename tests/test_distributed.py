@@ -206,10 +206,13 @@ def test_launch_scripts_dry_run_print_the_exact_commands():
 
 
 def test_cluster_detection_and_flag_checks(monkeypatch):
-    for var in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+    for var in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
     assert distributed.detected_cluster() is None
     monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.detected_cluster() is None  # a batch script's own line, not an srun task
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert distributed.detected_cluster() is None  # one task: nothing to join
     monkeypatch.setenv("SLURM_NTASKS", "4")

@@ -180,7 +180,7 @@ def test_every_directory_layout_reads_the_same_examples(tmp_path):
 
 
 def test_tfds_format_reads_the_prepared_builder(tmp_path):
-    csv_task = tasks.load_task(config_lib.finetune_defaults().task)
+    csv_task = tasks.load_task(config_lib.load_config(SPLICE).task)
     config = config_lib.finetune_defaults()
     config.task.format, config.task.path = "tfds", "gfm_task/splice"
     config.task.tfds_data_dir = str(tmp_path)
@@ -261,7 +261,7 @@ def test_finetune_cli_three_models_seeds_summary_and_report(ckpt, cli):
     assert row["accuracy"]["sd"] == pytest.approx(np.std(list(cnn.values()), ddof=1))
     assert (eval_dir / "summary.png").read_bytes()[:4] == b"\x89PNG"
     assert "cnn" in (eval_dir / "summary.csv").read_text()
-    extra = ckpt / "eval" / "splice" / "finetune_cnn_seed1.json"
+    extra = ckpt / "eval" / "splice" / "splice_finetune_cnn_seed1.json"
     table = cli("aggregate", eval_dir, extra, "--out", ckpt / "agg")
     assert (
         "| splice | finetune | cnn |  | 2 |" in table and (ckpt / "agg" / "summary.png").is_file()
@@ -354,7 +354,7 @@ def test_regression_token_classification_and_frozen_backbone(ckpt, cli, tmp_path
         "--config.finetune.freeze_backbone=True",
     )
     (run,) = results.load_runs([tmp_path / "frozen"])
-    assert run["frozen_backbone"] is True and run["model"] == "pretrained"
+    assert run["frozen_backbone"] is True and run["model"] == "pretrained_frozen"
 
 
 def test_probe_cli_and_its_solvers(ckpt, cli, tmp_path):
@@ -464,8 +464,12 @@ def test_llr_sign_rule_and_strand_average_on_a_constructed_case():
     item = vep.masked_item(kmer3, "GGGCGGG", "GGGAGGG")
     assert len(item.positions) == 3 and item.coverage == 3
     assert llrs(kmer3, "GGGCGGG", "GGGAGGG")[0] == pytest.approx(math.log(7))
-    # An indel changes the token count: no LLR (nan), never a misaligned one.
+    # An indel gets no LLR (nan), never a misaligned one: with 6-mers an insertion can keep the
+    # token count while changing every later token.
     assert math.isnan(llrs(char, "GGGCGGG", "GGGGGG")[0])
+    ref, alt = "ACGTACGTACGTA" + "CCCC", "ACGTACGTACGTA" + "TTTTT" + "CCCC"
+    assert vep.masked_item(nt6, ref, ref[:12] + "TTTTT" + ref[12:]) is None
+    assert math.isnan(llrs(nt6, ref, alt)[0])
 
 
 def test_perplexity_cli(ckpt, cli, tmp_path):

@@ -249,7 +249,7 @@ def test_readme_flow_import_finetune_train_from_it_export(tmp_path, monkeypatch,
         ]
     )
     run = json.loads(
-        (tmp_path / "nt" / "eval" / "splice" / "finetune_pretrained_seed0.json").read_text()
+        (tmp_path / "nt" / "eval" / "splice" / "splice_finetune_pretrained_seed0.json").read_text()
     )
     assert run["tokenizer"] == "nt6" and run["checkpoint_step"] == 0
     # Pretraining from the imported weights with the flags the import printed.

@@ -12,7 +12,7 @@ from gfm_jax.errors import UserError
 
 
 def test_task_splits_equal_load_task_and_the_cache_is_reused(tmp_path):
-    task = tasks.load_task(config_lib.finetune_defaults().task)
+    task = tasks.load_task(config_lib.load_config("configs/tasks/splice.py").task)
     for split, expected in (("train", task.train), ("validation", task.val), ("test", task.test)):
         rows = list(tfds_datasets.load_task("splice", split, str(tmp_path)).as_numpy_iterator())
         assert [r["sequence"].decode() for r in rows] == list(expected.sequences)

@@ -16,6 +16,8 @@ from gfm_jax.config import finetune_defaults
 def get_config(mode: str = "default"):
     c = finetune_defaults()
     c.task.name = "splice"
+    c.task.train_rows = (0, 2000)  # StatLog's training file
+    c.task.test_rows = (2000, 3186)  # StatLog's test file
     c.finetune.epochs = 4
     c.finetune.batch_size = 64
     c.optim.learning_rate = 2e-3

@@ -313,21 +313,27 @@ def load_task(task: ml_collections.ConfigDict) -> Task:
             + (f" ({conflicts} with a different label than the kept copy)" if conflicts else "")
         )
     train_idx = np.array(keep, np.int64)
-    seen = {seqs[i] for i in train_idx}
+    train_seqs = {seqs[i] for i in train_idx}
 
-    def drop_leaked(idx: np.ndarray, name: str) -> np.ndarray:
+    def drop_leaked(idx: np.ndarray, name: str, seen: set[str], where: str) -> np.ndarray:
         leaked = np.array([seqs[i] in seen for i in idx], bool)
         if task.drop_test_duplicates and leaked.any():
-            notes.append(f"dropped {int(leaked.sum())} {name} rows whose sequence occurs in train")
+            notes.append(
+                f"dropped {int(leaked.sum())} {name} rows whose sequence occurs in {where}"
+            )
             return idx[~leaked]
         if leaked.any():
-            notes.append(f"kept {int(leaked.sum())} {name} rows whose sequence occurs in train")
+            notes.append(f"kept {int(leaked.sum())} {name} rows whose sequence occurs in {where}")
         return idx
 
-    test_idx = drop_leaked(np.flatnonzero(splits == "test"), "test")
+    test_idx = drop_leaked(np.flatnonzero(splits == "test"), "test", train_seqs, "train")
     val_idx = np.flatnonzero(splits == "val")
     if len(val_idx):
-        val_idx = drop_leaked(val_idx, "validation")
+        val_idx = drop_leaked(val_idx, "validation", train_seqs, "train")
+        # A given validation split must not hold test sequences either: model selection would
+        # see them. They leave the test side, as if seen in training.
+        val_seqs = {seqs[i] for i in val_idx}
+        test_idx = drop_leaked(test_idx, "test", val_seqs, "validation")
     else:
         shuffled = np.random.default_rng(int(task.split_seed)).permutation(train_idx)
         n_val = int(round(len(shuffled) * float(task.val_fraction)))
@@ -337,6 +343,13 @@ def load_task(task: ml_collections.ConfigDict) -> Task:
         notes.append(
             f"validation: {n_val} training rows held out (task.split_seed={task.split_seed})"
         )
+
+    for name, idx in (("train", train_idx), ("validation", val_idx), ("test", test_idx)):
+        if not len(idx):
+            raise UserError(
+                f"{path}: no {name} rows are left after removing duplicates and leakage "
+                f"({'; '.join(notes)}); check the split"
+            )
 
     def make(idx: np.ndarray) -> Split:
         return Split(tuple(seqs[i] for i in idx), labels[idx], tuple(raw.rows[i] for i in idx))

@@ -44,7 +44,9 @@ def read_vcf(path: str | pathlib.Path) -> tuple[list[Variant], list[tuple[str, s
     path = pathlib.Path(path)
     if not path.is_file():
         raise UserError(f"VCF {str(path)!r} not found")
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
     variants, unplaceable = [], []
     with opener(path, "rt") as f:
         for n, line in enumerate(f, start=1):

@@ -28,6 +28,8 @@ from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
 from gfm_jax.errors import UserError, exit_on_user_error
 
+MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
+
 
 def _seeds(text: str | None, default: tuple) -> list[int]:
     if text is None:
@@ -51,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     modes = parser.add_subparsers(dest="mode", required=True)
     for name, models, help_text in (
-        ("finetune", ("pretrained", "scratch", "cnn"), "fine-tune and test a head on a task"),
-        ("probe", ("pretrained", "scratch"), "linear probe on frozen embeddings"),
+        ("finetune", MODELS["finetune"], "fine-tune and test a head on a task"),
+        ("probe", MODELS["probe"], "linear probe on frozen embeddings"),
     ):
         p = modes.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="task config, e.g. configs/tasks/splice.py")
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
 
             config = config_lib.load_config(args.config, overrides)
             models = [m.strip() for m in args.models.split(",") if m.strip()]
+            allowed = MODELS[args.suite_mode]
+            if not models or set(models) - set(allowed):
+                raise UserError(f"--models={args.models!r}: {args.suite_mode} takes {allowed}")
             out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / config.suite.name)
             for task_config in suites.task_configs(config):
                 for model in models:

@@ -50,10 +50,16 @@ def pad(encoded: Sequence[np.ndarray], pad_id: int, length: int) -> dict[str, np
     return {"ids": ids, "mask": mask}
 
 
-def bucketed(encoded: Sequence[np.ndarray], fn, batch_size: int, pad_id: int) -> np.ndarray:
-    """Runs `fn(batch) -> [B, ...]` over length buckets; returns outputs in input order."""
+def bucketed(
+    encoded: Sequence[np.ndarray], fn, batch_size: int, pad_id: int, max_length: int = 0
+) -> np.ndarray:
+    """Runs `fn(batch) -> [B, ...]` over length buckets; returns outputs in input order.
+
+    `max_length` (> 0: a learned-position table's size) caps the padding, never the tokens."""
     lengths = np.array([len(e) for e in encoded])
     padded_len = -(-lengths // LENGTH_BUCKET) * LENGTH_BUCKET
+    if max_length > 0:
+        padded_len = np.maximum(np.minimum(padded_len, max_length), lengths)
     out: list = [None] * len(encoded)
     for length in np.unique(padded_len):
         idx = np.flatnonzero(padded_len == length)
@@ -91,9 +97,15 @@ def embed_sequences(
     batch_size: int = 64,
 ) -> np.ndarray:
     tok = loaded.tokenizer
-    return bucketed(
-        encode(tok, sequences, names), make_embedder(loaded, pooling), batch_size, tok.pad_id
-    )
+    encoded = encode(tok, sequences, names)
+    embedder = make_embedder(loaded, pooling)
+    return bucketed(encoded, embedder, batch_size, tok.pad_id, position_limit(loaded))
+
+
+def position_limit(loaded: pretrained.Loaded) -> int:
+    """The longest input a learned-position model takes (0: no limit)."""
+    c = loaded.pretrained.model_config
+    return int(c.max_positions) if c.position == "learned" else 0
 
 
 def read_inputs(path: str, window: int, column: str = "sequence") -> tuple[list[str], list[str]]:

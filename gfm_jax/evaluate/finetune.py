@@ -210,7 +210,8 @@ def finetune(
     )
     return {
         "mode": "finetune",
-        "model": model_name,
+        # A frozen backbone is another model in every table (and another file name).
+        "model": f"{model_name}_frozen" if frozen else model_name,
         "seed": seed,
         "task": task.name,
         "task_path": task.path,

@@ -35,7 +35,8 @@ METRICS = (
 
 
 def run_file(out_dir: str | pathlib.Path, result: dict[str, Any]) -> pathlib.Path:
-    return pathlib.Path(out_dir) / f"{result['mode']}_{result['model']}_seed{result['seed']}.json"
+    name = f"{result['task']}_{result['mode']}_{result['model']}_seed{result['seed']}.json"
+    return pathlib.Path(out_dir) / name
 
 
 def write_run(out_dir: str | pathlib.Path, result: dict[str, Any]) -> pathlib.Path:

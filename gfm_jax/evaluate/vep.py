@@ -19,8 +19,10 @@ inside one 6-mer token, so the LLR compares the two 6-mers, REF's and ALT's, giv
 context. Positive = the model prefers ALT. The score is the mean of the forward strand and the
 reverse complement (both windows complemented and reversed, the same rule applied).
 
-When the token counts differ (indels; BPE merges that change around a substitution) no token
-pairs up, so the LLR is left empty (nan) with a note, and only the embedding distance is given:
+Indels (an indel shifts every later base: with 6-mers or BPE it can keep the token count yet
+change every later token) and substitutions whose windows tokenize to different lengths (BPE
+merges that change around the variant) have no tokens that pair up: their LLR is left empty
+(nan) with a note, and only the embedding distance is given:
 the L2 and cosine distances between the mean-pooled encoder outputs of the unmasked REF and ALT
 windows, averaged over both strands.
 
@@ -68,7 +70,12 @@ class MaskedItem:
 
 
 def masked_item(tokenizer: Tokenizer, ref_window: str, alt_window: str) -> MaskedItem | None:
-    """The masked-marginal input of one strand, or None when REF and ALT do not pair up."""
+    """The masked-marginal input of one strand, or None when REF and ALT do not pair up.
+
+    Only substitutions pair up: an indel shifts every later base, and with 6-mers or BPE it can
+    keep the token count while changing the tokens after it, so indels get no LLR at all."""
+    if len(ref_window) != len(alt_window):
+        return None
     ref_ids = np.concatenate([[tokenizer.cls_id], tokenizer.encode(ref_window)]).astype(np.int32)
     alt_ids = np.concatenate([[tokenizer.cls_id], tokenizer.encode(alt_window)]).astype(np.int32)
     if len(ref_ids) != len(alt_ids):
@@ -137,6 +144,9 @@ def make_logprobs(loaded: pretrained.Loaded, batch_size: int = 64) -> LogProbFn:
 
 
 def _windows(sequence: str, v: Variant, window: int) -> tuple[str, str]:
+    # An insertion makes the ALT window longer: shrink both so neither exceeds the window the
+    # model was trained on (learned position tables end there).
+    window = max(window - max(len(v.alt) - len(v.ref), 0), len(v.ref))
     start = v.pos - 1 - (window - len(v.ref)) // 2
     start = min(max(start, 0), max(len(sequence) - window, 0))
     ref_window = sequence[start : start + window]
@@ -181,6 +191,8 @@ def score_variants(
             skipped.append((v.label(), f"allele longer than the {window}-base window"))
             continue
         pairs.append((v, *_windows(genome[v.chrom], v, window)))
+    if not pairs:
+        return rows, skipped
     # Every strand of every variant in one batched pass through the masked-LM.
     items = [
         (i, strand, it)
@@ -192,12 +204,9 @@ def score_variants(
     logps = make_logprobs(loaded)([it for _, _, it in items])
     for (i, strand, it), logp in zip(items, logps, strict=True):
         llr_Nx2[i, strand] = llr(it, logp)
-    embedder = embed.make_embedder(loaded, "mean")
     texts = [w for _, r, a in pairs for w in (r, a, reverse_complement(r), reverse_complement(a))]
     names = [f"{v.label()} window {i}" for v, _, _ in pairs for i in range(4)]
-    emb = embed.bucketed(
-        embed.encode(loaded.tokenizer, texts, names), embedder, 64, loaded.tokenizer.pad_id
-    )
+    emb = embed.embed_sequences(loaded, texts, names, "mean")
     emb = emb.reshape(len(pairs), 2, 2, -1)  # variant, strand, (ref, alt), D
     for (v, _, _), (fwd, rev), e in zip(pairs, llr_Nx2.tolist(), emb, strict=True):
         l2 = np.linalg.norm(e[:, 0] - e[:, 1], axis=-1).mean()
@@ -205,11 +214,9 @@ def score_variants(
             np.sum(e[:, 0] * e[:, 1], axis=-1)
             / np.maximum(np.linalg.norm(e[:, 0], axis=-1) * np.linalg.norm(e[:, 1], axis=-1), 1e-12)
         )
-        note = (
-            ""
-            if np.isfinite(fwd) and np.isfinite(rev)
-            else "REF and ALT tokenize to different lengths: no LLR"
-        )
+        note = ""
+        if not (np.isfinite(fwd) and np.isfinite(rev)):
+            note = "indel: no LLR" if v.kind in ("ins", "del") else "tokens do not pair up: no LLR"
         rows.append(
             dict(
                 chrom=v.chrom, pos=v.pos, id=v.id, ref=v.ref, alt=v.alt, kind=v.kind,
