@@ -187,6 +187,7 @@ def test_export_import_round_trip_is_exact_and_loads_in_pytorch(tmp_path, positi
     assert np.abs(torch_logits(back, ids, mask) - ours)[mask].max() < 1e-4
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_trained_gfm_model_exports_to_transformers(tmp_path):
     """A model made by gfm_jax (not imported) exports and gives the same logits in PyTorch."""
     from conftest import micro_overrides, run_module

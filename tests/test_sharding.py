@@ -64,6 +64,7 @@ def test_parameter_shardings_match_the_golden_files(name):
     )
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_fsdp_divides_parameter_and_optimizer_memory_by_the_devices():
     """nt_v2_50m's compiled train step: per-device argument bytes (parameters, Adam moments,
     batch) under FSDP over 8 devices are at most 1/8 of one device's plus 10%."""

@@ -65,6 +65,7 @@ def assert_runs_close(a, b, atol):
         np.testing.assert_allclose(x, y, atol=atol, rtol=0)  # parameters after 3 updates
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_sharded_meshes_match_one_device(real_batches):
     reference = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]), real_batches)
     for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]:
@@ -81,6 +82,7 @@ def test_remat_does_not_change_the_step(real_batches, remat):
     assert_runs_close(run_steps(mesh, real_batches[:2], remat=remat), plain, 1e-6)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_micro_batches_equal_one_batch(real_batches):
     mesh = sharding.make_mesh((2, 2, 2))
     whole = run_steps(mesh, real_batches)
@@ -246,6 +248,7 @@ def test_bpe_is_trained_saved_with_the_run_and_restored_for_evaluation(tmp_path)
     assert len(described.tokenizer.encode(text)) < len(text)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_causal_objective_trains_the_same_backbone(tmp_path):
     config = micro_config(
         **{
