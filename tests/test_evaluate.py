@@ -565,36 +565,20 @@ def test_bad_inputs_fail_with_one_clear_line(ckpt, cli, tmp_path, content, args,
 
 
 def test_vep_refuses_a_vcf_of_another_reference(ckpt, cli, tmp_path):
+    def refuse(vcf):
+        out = tmp_path / "s.tsv"
+        return cli(
+            "vep", "--workdir", ckpt, "--vcf", vcf, "--fasta", REF, "--out", out, expect_error=True
+        )
+
     vcf = tmp_path / "v.vcf"
     vcf.write_text("##fileformat=VCFv4.1\n#CHROM\tPOS\tID\tREF\tALT\nchrZ\t10\t.\tA\tG\n")
-    code, err = cli(
-        "vep",
-        "--workdir",
-        ckpt,
-        "--vcf",
-        vcf,
-        "--fasta",
-        REF,
-        "--out",
-        tmp_path / "s.tsv",
-        expect_error=True,
-    )
+    code, err = refuse(vcf)
     assert code == 2 and "CHROM ['chrZ'] not in" in err and "NC_007795" in err
     with gzip.open(builtin.DIRECTORY / VCF.removeprefix("builtin:"), "rt") as f:
         first = next(line for line in f if not line.startswith("#")).split("\t")
     wrong = {"A": "C", "C": "G", "G": "T", "T": "A"}[first[3]]
     vcf.write_text(f"#CHROM\tPOS\tID\tREF\tALT\n{first[0]}\t{first[1]}\t.\t{wrong}\t{first[3]}\n")
-    code, err = cli(
-        "vep",
-        "--workdir",
-        ckpt,
-        "--vcf",
-        vcf,
-        "--fasta",
-        REF,
-        "--out",
-        tmp_path / "s.tsv",
-        expect_error=True,
-    )
+    code, err = refuse(vcf)
     assert code == 2 and "1 REF alleles do not match" in err and f"{first[0]}:{first[1]}" in err
     assert not (tmp_path / "s.tsv").exists()  # nothing half-written

@@ -138,11 +138,7 @@ def read_inputs(path: str, window: int, column: str = "sequence") -> tuple[list[
 def run(workdir: str, input_path: str, out: str, pooling: str, window: int, column: str) -> dict:
     loaded = pretrained.load(workdir)
     if window <= 0:
-        data = loaded.pretrained.meta["config"]["data"]
-        tokens = int(data["window_tokens"])
-        window = (
-            loaded.tokenizer.bases_for_tokens(tokens) if tokens > 0 else int(data["window_len"])
-        )
+        window, _ = pretrained.window(loaded)
     sequences, names = read_inputs(input_path, window, column)
     emb = embed_sequences(loaded, sequences, names, pooling)
     out_path = pathlib.Path(out)

@@ -65,9 +65,7 @@ def run(workdir: str, fasta_paths: list[str], batch_size: int = 32) -> dict:
             f"{workdir} holds a causal model; perplexity mode scores masked-LM checkpoints"
         )
     tok = loaded.tokenizer
-    tokens = int(data["window_tokens"])
-    window = tok.bases_for_tokens(tokens) if tokens > 0 else int(data["window_len"])
-    num_tokens = tokens if tokens > 0 else tok.num_tokens(window)
+    window, num_tokens = pretrained.window(loaded)
     codes, counts = tile_windows(fasta_paths, window, float(data["max_n_fraction"]))
 
     spec = MaskingSpec(

@@ -104,3 +104,14 @@ def run_batched(fn, loaded: Loaded, arrays: dict[str, np.ndarray], batch_size: i
         out = fn(loaded.params, batch)
         outputs.append(np.asarray(out)[: min(step, n - first)])
     return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+
+def window(loaded: Loaded) -> tuple[int, int]:
+    """(bases, tokens without CLS) of the checkpoint's pretraining windows, by the same rule as
+    WindowPipeline: `data.window_tokens` when set, else `data.window_len`."""
+    data = loaded.pretrained.meta["config"]["data"]
+    tokens = int(data["window_tokens"])
+    if tokens > 0:
+        return loaded.tokenizer.bases_for_tokens(tokens), tokens
+    bases = int(data["window_len"])
+    return bases, loaded.tokenizer.num_tokens(bases)

@@ -245,11 +245,7 @@ def run(workdir: str, vcf_path: str, fasta_path: str, out: str, window: int = 0)
     check_against_reference(variants, genome, vcf_path, fasta_path)
     loaded = pretrained.load(workdir)
     if window <= 0:
-        data = loaded.pretrained.meta["config"]["data"]
-        tokens = int(data["window_tokens"])
-        window = (
-            loaded.tokenizer.bases_for_tokens(tokens) if tokens > 0 else int(data["window_len"])
-        )
+        window, _ = pretrained.window(loaded)
     rows, skipped = score_variants(loaded, variants, genome, window)
     skipped = list(unplaceable) + skipped
     out_path = pathlib.Path(out)
