@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4107)
     parser.add_argument("--write", default=None, help="Markdown file to put the table in")
     parser.add_argument("--attention", default="auto", help="model.attention for gfm_jax")
+    parser.add_argument("--matmul", default="auto", help="model.matmul for gfm_jax")
     args = parser.parse_args()
     # As `python -m gfm_jax.train` does; it applies to the whole process, so to torch as well.
     retained = host_memory.retain_freed_memory()
@@ -109,6 +110,7 @@ def main() -> None:
         tie_embeddings=True,
         norm_eps=1e-5,
         attention=args.attention,
+        matmul=args.matmul,
     )
     ours = jax_step_rate(cfg, args.tokens, args.batch, args.steps)
     theirs, esm_params, torch_desc = esm_step_rate(cfg, args.tokens, args.batch, args.steps)
@@ -129,7 +131,8 @@ def main() -> None:
         f"Device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, jax {jax.__version__}, {torch_desc}. Shape: {shape}; "
         f"ESM has {esm_params:,} parameters. Medians of {args.repeats} alternating timings of "
-        f"{args.steps} steps each. gfm_jax attention: {args.attention}; MLM head at the masked "
+        f"{args.steps} steps each. gfm_jax attention: {args.attention}, matmul: "
+        f"{args.matmul}; MLM head at the masked "
         f"positions (a 6-sigma bound, ESM computes every position); freed host memory kept in "
         f"the process for both: {retained} (gfm_jax/host_memory.py).",
         "",

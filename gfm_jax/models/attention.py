@@ -20,21 +20,62 @@ import jax.numpy as jnp
 
 from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.layers import Dtype, dense, zeros_init
+from gfm_jax.models.matmul import dot_general_for
 
 IMPLEMENTATIONS = ("auto", "blocked", "xla", "cudnn", "reference")
 
 
-def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
-    """Rotary embedding in the rotate-half layout (as in ESM-2 / Nucleotide Transformer v2)."""
-    head_dim = x_BxLxNxH.shape[-1]
+def rope_tables(positions_BxL: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, ...]:
+    """cos and sin [B, L, 1, H] of the rotary angles, computed once per layer for q and k.
+
+    The barrier keeps them materialised: left to itself XLA fuses the cos/sin into each
+    consumer and evaluates them again for every (head, q/k) element, which made RoPE the most
+    expensive elementwise pass of a CPU train step."""
     inv_freq_H2 = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H2
     angles_BxLx1xH = jnp.concatenate([angles_BxLxH2, angles_BxLxH2], axis=-1)[:, :, None, :]
-    x = x_BxLxNxH.astype(jnp.float32)
+    return jax.lax.optimization_barrier((jnp.cos(angles_BxLx1xH), jnp.sin(angles_BxLx1xH)))
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    out = x * jnp.cos(angles_BxLx1xH) + rotated * jnp.sin(angles_BxLx1xH)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def _rotate_half_transposed(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x2, -x1], axis=-1)
+
+
+@jax.custom_vjp
+def _rope_f32(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    return x * cos + _rotate_half(x) * sin
+
+
+def _rope_fwd(x, cos, sin):
+    return _rope_f32(x, cos, sin), (cos, sin)
+
+
+def _rope_bwd(residuals, dy):
+    # The rotation is linear in x: dx = R^T dy, written out so XLA does not rebuild the
+    # cos/sin tables from the angles inside the gradient's fusion. The tables are constants
+    # of the positions, so they get no gradient.
+    cos, sin = residuals
+    return dy * cos + _rotate_half_transposed(dy * sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
+
+
+_rope_f32.defvjp(_rope_fwd, _rope_bwd)
+
+
+def apply_rope(x_BxLxNxH: jax.Array, cos_BxLx1xH: jax.Array, sin_BxLx1xH: jax.Array) -> jax.Array:
+    """Rotary embedding in the rotate-half layout (as in ESM-2 / Nucleotide Transformer v2)."""
+    out = _rope_f32(x_BxLxNxH.astype(jnp.float32), cos_BxLx1xH, sin_BxLx1xH)
     return out.astype(x_BxLxNxH.dtype)
+
+
+def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
+    """Rotary embedding of one tensor (q or k) at `positions_BxL`."""
+    return apply_rope(x_BxLxNxH, *rope_tables(positions_BxL, x_BxLxNxH.shape[-1], base))
 
 
 def alibi_slopes(num_heads: int) -> jax.Array:
@@ -196,6 +237,7 @@ class SelfAttention(nn.Module):
     causal: bool = False
     use_bias: bool = True
     implementation: str = "auto"
+    matmul: str = "auto"
     std: float = 0.02
     dtype: Dtype = jnp.float32
     mesh: Any = None
@@ -219,13 +261,17 @@ class SelfAttention(nn.Module):
             strict=True,
         )
         kernel_Dx3xNxH = jnp.stack(kernels, axis=1).astype(self.dtype)
-        qkv_BxLx3xNxH = jnp.einsum("bld,dtnh->bltnh", x_BxLxD.astype(self.dtype), kernel_Dx3xNxH)
+        contract_d = (((2,), (0,)), ((), ()))
+        qkv_BxLx3xNxH = dot_general_for(self.matmul)(
+            x_BxLxD.astype(self.dtype), kernel_Dx3xNxH, contract_d
+        )
         if self.use_bias:
             qkv_BxLx3xNxH = qkv_BxLx3xNxH + jnp.stack(biases).astype(self.dtype)
         q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
         if self.position == "rope":
-            q = rope(q, positions_BxL, self.rope_base)
-            k = rope(k, positions_BxL, self.rope_base)
+            cos_sin = rope_tables(positions_BxL, self.head_dim, self.rope_base)
+            q = apply_rope(q, *cos_sin)
+            k = apply_rope(k, *cos_sin)
         implementation = resolve_implementation(self.implementation, self.dtype, x_BxLxD.shape[1])
         if implementation == "blocked":
             slopes = alibi_slopes(self.num_heads) if self.position == "alibi" else None
@@ -245,4 +291,5 @@ class SelfAttention(nn.Module):
             use_bias=self.use_bias,
             std=self.std,
             dtype=self.dtype,
+            matmul=self.matmul,
         )(out_BxLxNxH)

@@ -21,6 +21,7 @@ import ml_collections
 from gfm_jax.errors import UserError
 from gfm_jax.models.attention import IMPLEMENTATIONS, SelfAttention
 from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
+from gfm_jax.models.matmul import MATMULS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class EncoderConfig:
     rope_base: float = 10000.0
     dtype: str = "float32"
     attention: str = "auto"  # auto | blocked | xla | cudnn | reference (see attention.py)
+    matmul: str = "auto"  # auto | xla | cpu_gemm: dense-layer backward pass (see matmul.py)
     remat: str = "none"  # none | full | save_dots
     scan_layers: bool = False
     causal: bool = False
@@ -87,6 +89,7 @@ class EncoderConfig:
                 f"model.attention must be one of {', '.join(IMPLEMENTATIONS)}",
             ),
             (self.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32 / bfloat16"),
+            (self.matmul in MATMULS, f"model.matmul must be one of {', '.join(MATMULS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -122,6 +125,7 @@ class Block(nn.Module):
             causal=c.causal,
             use_bias=c.use_bias_attn,
             implementation=c.attention,
+            matmul=c.matmul,
             std=c.init_std,
             dtype=dtype,
             mesh=self.mesh,
@@ -131,7 +135,14 @@ class Block(nn.Module):
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
         h = Norm(c.norm, c.norm_eps, dtype, name="mlp_norm")(x_BxLxD)
         h = Mlp(
-            c.hidden_size, c.mlp_dim, c.activation, c.use_bias_mlp, c.init_std, dtype, name="mlp"
+            c.hidden_size,
+            c.mlp_dim,
+            c.activation,
+            c.use_bias_mlp,
+            c.init_std,
+            dtype,
+            c.matmul,
+            name="mlp",
         )(h)
         return constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
 

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gfm_jax.models.matmul import dot_general_for
+
 Dtype = Any
 LogicalNames = tuple[str | None, ...]
 
@@ -71,8 +73,10 @@ def dense(
     use_bias: bool = True,
     std: float = 0.02,
     dtype: Dtype = jnp.float32,
+    matmul: str = "auto",
 ) -> nn.DenseGeneral:
-    """A DenseGeneral whose kernel carries `names` (input axes, then output axes)."""
+    """A DenseGeneral whose kernel carries `names` (input axes, then output axes); `matmul`
+    picks its dot_general (gfm_jax/models/matmul.py)."""
     n_out = 1 if isinstance(features, int) else len(features)
     return nn.DenseGeneral(
         features=features,
@@ -82,6 +86,7 @@ def dense(
         kernel_init=normal_init(std, names),
         bias_init=zeros_init(names[-n_out:]),
         name=name,
+        dot_general=dot_general_for(matmul),
     )
 
 
@@ -101,12 +106,19 @@ class Mlp(nn.Module):
     use_bias: bool = False
     std: float = 0.02
     dtype: Dtype = jnp.float32
+    matmul: str = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         def proj(features: int, names: LogicalNames, name: str) -> nn.DenseGeneral:
             return dense(
-                features, names, name=name, use_bias=self.use_bias, std=self.std, dtype=self.dtype
+                features,
+                names,
+                name=name,
+                use_bias=self.use_bias,
+                std=self.std,
+                dtype=self.dtype,
+                matmul=self.matmul,
             )
 
         up_BxLxF = proj(self.mlp_dim, ("embed", "mlp"), "up")(x_BxLxD)

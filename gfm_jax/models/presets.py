@@ -28,6 +28,7 @@ def _base() -> dict:
         rope_base=10000.0,
         dtype="float32",  # compute dtype; parameters stay float32
         attention="auto",  # auto (blocked on CPU, cuDNN for bf16 on GPU) | blocked | xla | cudnn
+        matmul="auto",  # auto (cpu_gemm on CPU, else xla) | xla | cpu_gemm: dense backward
         remat="none",  # none | full | save_dots
         scan_layers=False,
         tie_embeddings=False,  # MLM decoder shares the token embedding matrix

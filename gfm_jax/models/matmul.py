@@ -1,0 +1,96 @@
+"""Dense-layer matmuls whose backward pass XLA:CPU runs as plain row-major GEMMs.
+
+A dense layer's backward pass has two matmuls: dx = dy W^T and dW = x^T dy, the second
+contracting over the token axis. Left to itself, XLA:CPU lowers that contraction to an
+Eigen dot on transposed operands, preceded by a full transpose of the widest activation, and
+runs it asynchronously beside the next YNNPACK matmul, so the two contend for the same cores.
+`cpu_gemm_dot_general` instead transposes the narrower operand (for an FFN, the 256-wide
+side rather than the 1024-wide one) behind an optimization barrier, so the weight gradient is
+one more row-major GEMM of the kind the forward pass runs, executed in turn.
+
+Only the CPU benefits: GPU BLAS takes transposed operands natively, so `auto` resolves to plain
+`lax.dot_general` there (see `resolve_matmul`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MATMULS = ("auto", "xla", "cpu_gemm")
+
+
+def resolve_matmul(matmul: str) -> str:
+    """`auto` -> `cpu_gemm` on the CPU backend, else `xla`."""
+    if matmul == "auto":
+        return "cpu_gemm" if jax.default_backend() == "cpu" else "xla"
+    return matmul
+
+
+def _materialize(x: jax.Array) -> jax.Array:
+    # The barrier keeps XLA from folding the transpose back into the dot's dimension numbers.
+    return lax.optimization_barrier(x)
+
+
+@jax.custom_vjp
+def _matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+    return jnp.matmul(x_MxK, w_KxN)
+
+
+def _matmul_fwd(x_MxK: jax.Array, w_KxN: jax.Array):
+    return jnp.matmul(x_MxK, w_KxN), (x_MxK, w_KxN)
+
+
+def _matmul_bwd(residuals, dy_MxN: jax.Array):
+    x_MxK, w_KxN = residuals
+    k, n = w_KxN.shape
+    dy_MxN = dy_MxN.astype(x_MxK.dtype)
+    dx_MxK = lax.dot_general(dy_MxN, w_KxN, (((1,), (1,)), ((), ())))
+    if k <= n:
+        dw_KxN = jnp.matmul(_materialize(x_MxK.T), dy_MxN)
+    else:
+        dw_KxN = jnp.matmul(_materialize(dy_MxN.T), x_MxK).T
+    return dx_MxK, dw_KxN.astype(w_KxN.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def cpu_gemm_dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: Any,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.dot_general` for a dense layer (lhs's trailing axes against rhs's leading ones, no
+    batch axes) as one 2-D matmul with the backward pass above; anything else falls through."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    n_contract = len(lhs_contract)
+    dense_like = (
+        not lhs_batch
+        and not rhs_batch
+        and tuple(lhs_contract) == tuple(range(lhs.ndim - n_contract, lhs.ndim))
+        and tuple(rhs_contract) == tuple(range(n_contract))
+        and precision is None
+        and preferred_element_type is None
+    )
+    if not dense_like:
+        return lax.dot_general(
+            lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
+        )
+    batch_shape = lhs.shape[: lhs.ndim - n_contract]
+    out_shape = rhs.shape[n_contract:]
+    contract = math.prod(rhs.shape[:n_contract])
+    y = _matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1))
+    return y.reshape(*batch_shape, *out_shape)
+
+
+def dot_general_for(matmul: str) -> Callable[..., jax.Array]:
+    """The dot_general a dense layer should use for `model.matmul`."""
+    return cpu_gemm_dot_general if resolve_matmul(matmul) == "cpu_gemm" else lax.dot_general
