@@ -26,7 +26,8 @@ IMPLEMENTATIONS = ("auto", "blocked", "xla", "cudnn", "reference")
 
 
 def rope_tables(positions_BxL: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, ...]:
-    """cos and sin [B, L, 1, H] of the rotary angles, computed once per layer for q and k.
+    """cos and sin [B, L, 1, H] of the rotary angles, computed once per forward pass (the
+    encoder hands them to every layer, for q and k).
 
     The barrier keeps them materialised: left to itself XLA fuses the cos/sin into each
     consumer and evaluates them again for every (head, q/k) element, which made RoPE the most
@@ -42,11 +43,6 @@ def _rotate_half(x: jax.Array) -> jax.Array:
     return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def _rotate_half_transposed(x: jax.Array) -> jax.Array:
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return jnp.concatenate([x2, -x1], axis=-1)
-
-
 @jax.custom_vjp
 def _rope_f32(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + _rotate_half(x) * sin
@@ -57,11 +53,12 @@ def _rope_fwd(x, cos, sin):
 
 
 def _rope_bwd(residuals, dy):
-    # The rotation is linear in x: dx = R^T dy, written out so XLA does not rebuild the
-    # cos/sin tables from the angles inside the gradient's fusion. The tables are constants
-    # of the positions, so they get no gradient.
+    # The rotation is linear in x: dx = R^T dy, and rotate-half is antisymmetric, so
+    # R^T dy = dy cos - rotate_half(dy sin). Written out so XLA does not rebuild the cos/sin
+    # tables from the angles inside the gradient's fusion. The tables are constants of the
+    # positions, so they get no gradient.
     cos, sin = residuals
-    return dy * cos + _rotate_half_transposed(dy * sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
+    return dy * cos - _rotate_half(dy * sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
 
 
 _rope_f32.defvjp(_rope_fwd, _rope_bwd)
@@ -71,11 +68,6 @@ def apply_rope(x_BxLxNxH: jax.Array, cos_BxLx1xH: jax.Array, sin_BxLx1xH: jax.Ar
     """Rotary embedding in the rotate-half layout (as in ESM-2 / Nucleotide Transformer v2)."""
     out = _rope_f32(x_BxLxNxH.astype(jnp.float32), cos_BxLx1xH, sin_BxLx1xH)
     return out.astype(x_BxLxNxH.dtype)
-
-
-def rope(x_BxLxNxH: jax.Array, positions_BxL: jax.Array, base: float) -> jax.Array:
-    """Rotary embedding of one tensor (q or k) at `positions_BxL`."""
-    return apply_rope(x_BxLxNxH, *rope_tables(positions_BxL, x_BxLxNxH.shape[-1], base))
 
 
 def alibi_slopes(num_heads: int) -> jax.Array:
@@ -232,7 +224,6 @@ class SelfAttention(nn.Module):
     num_heads: int
     head_dim: int
     hidden_size: int
-    rope_base: float = 10000.0
     position: str = "rope"  # rope | alibi | learned (added before the blocks) | none
     causal: bool = False
     use_bias: bool = True
@@ -244,7 +235,10 @@ class SelfAttention(nn.Module):
     rules: Sequence = ()
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, positions_BxL: Any) -> jax.Array:
+    def __call__(
+        self, x_BxLxD: jax.Array, mask_BxL: jax.Array, rope_cos_sin: tuple[jax.Array, ...] | None
+    ) -> jax.Array:
+        """`rope_cos_sin`: `rope_tables` of the positions when `position == "rope"`."""
         # One matmul for q, k and v (a 3x wider one runs faster than three on CPU and GPU);
         # the parameters stay three DenseGeneral-style kernels, as checkpoints name them.
         kernels, biases = zip(
@@ -269,9 +263,8 @@ class SelfAttention(nn.Module):
             qkv_BxLx3xNxH = qkv_BxLx3xNxH + jnp.stack(biases).astype(self.dtype)
         q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
         if self.position == "rope":
-            cos_sin = rope_tables(positions_BxL, self.head_dim, self.rope_base)
-            q = apply_rope(q, *cos_sin)
-            k = apply_rope(k, *cos_sin)
+            q = apply_rope(q, *rope_cos_sin)
+            k = apply_rope(k, *rope_cos_sin)
         implementation = resolve_implementation(self.implementation, self.dtype, x_BxLxD.shape[1])
         if implementation == "blocked":
             slopes = alibi_slopes(self.num_heads) if self.position == "alibi" else None

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gfm_jax.errors import UserError
-from gfm_jax.models.attention import IMPLEMENTATIONS, SelfAttention
+from gfm_jax.models.attention import IMPLEMENTATIONS, SelfAttention, rope_tables
 from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
 from gfm_jax.models.matmul import MATMULS
 
@@ -112,7 +112,9 @@ class Block(nn.Module):
     rules: Sequence = ()
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, mask_BxL: jax.Array, positions_BxL: jax.Array):
+    def __call__(
+        self, x_BxLxD: jax.Array, mask_BxL: jax.Array, rope_cos_sin: tuple[jax.Array, ...] | None
+    ):
         c = self.config
         dtype = dtype_of(c.dtype)
         h = Norm(c.norm, c.norm_eps, dtype, name="attn_norm")(x_BxLxD)
@@ -120,7 +122,6 @@ class Block(nn.Module):
             num_heads=c.num_heads,
             head_dim=c.head_dim,
             hidden_size=c.hidden_size,
-            rope_base=c.rope_base,
             position=c.position,
             causal=c.causal,
             use_bias=c.use_bias_attn,
@@ -131,7 +132,7 @@ class Block(nn.Module):
             mesh=self.mesh,
             rules=self.rules,
             name="attn",
-        )(h, mask_BxL, positions_BxL)
+        )(h, mask_BxL, rope_cos_sin)
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
         h = Norm(c.norm, c.norm_eps, dtype, name="mlp_norm")(x_BxLxD)
         h = Mlp(
@@ -155,9 +156,9 @@ class ScannedBlock(nn.Module):
     rules: Sequence = ()
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_BxL, positions_BxL):
+    def __call__(self, x_BxLxD, mask_BxL, rope_cos_sin):
         block = _remat(Block, self.config)(self.config, self.mesh, self.rules, name="block")
-        return block(x_BxLxD, mask_BxL, positions_BxL), None
+        return block(x_BxLxD, mask_BxL, rope_cos_sin), None
 
 
 def _remat(cls: type[nn.Module], c: EncoderConfig) -> type[nn.Module]:
@@ -200,6 +201,9 @@ class Encoder(nn.Module):
             )(positions_BxL)
         x_BxLxD = x_BxLxD.astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
+        rope_cos_sin = None
+        if c.position == "rope":  # the same tables for every layer
+            rope_cos_sin = rope_tables(positions_BxL, c.head_dim, c.rope_base)
         if c.scan_layers:
             stack = nn.scan(
                 ScannedBlock,
@@ -210,12 +214,12 @@ class Encoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x_BxLxD, _ = stack(c, self.mesh, self.rules, name="layers")(
-                x_BxLxD, mask_BxL, positions_BxL
+                x_BxLxD, mask_BxL, rope_cos_sin
             )
         else:
             block_cls = _remat(Block, c)
             for i in range(c.num_layers):
                 x_BxLxD = block_cls(c, self.mesh, self.rules, name=f"layer_{i}")(
-                    x_BxLxD, mask_BxL, positions_BxL
+                    x_BxLxD, mask_BxL, rope_cos_sin
                 )
         return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)
