@@ -24,22 +24,16 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from bench_step import jax_step_rate  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import config as config_lib  # noqa: E402
-from gfm_jax import sharding
 from gfm_jax.data import fasta  # noqa: E402
 from gfm_jax.data.corpus import load_corpus  # noqa: E402
-from gfm_jax.data.masking import MaskingSpec, target_capacity  # noqa: E402
-from gfm_jax.data.pipeline import WindowPipeline, to_global  # noqa: E402
+from gfm_jax.data.pipeline import WindowPipeline  # noqa: E402
 from gfm_jax.data.tokenizers import get_tokenizer  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
-from gfm_jax.models.heads import MaskedLM  # noqa: E402
-from gfm_jax.train import optim  # noqa: E402
-from gfm_jax.train import state as state_lib
-from gfm_jax.train import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MARK = "<!-- bench_data -->"
@@ -73,43 +67,6 @@ def train_step_rate(preset: str, tokenizer: str, tokens: int, batch: int, steps:
     """A function measuring the tokens/s the MLM train step of a preset consumes."""
     model_cfg = EncoderConfig.from_config(presets.get(preset), get_tokenizer(tokenizer).vocab_size)
     return jax_step_rate(model_cfg, tokens, batch, steps)
-
-
-def jax_step_rate(model_cfg: EncoderConfig, tokens: int, batch: int, steps: int):
-    """A function measuring (None, tokens/s) of the compiled MLM train step on random batches."""
-    vocab = model_cfg.vocab_size
-    capacity = target_capacity(tokens, MaskingSpec())
-    mesh = sharding.make_mesh((-1, 1, 1))
-    rules = config_lib.DEFAULT_RULES
-    model = MaskedLM(model_cfg, mesh, rules)
-    tx = optim.make_optimizer(config_lib.optim_defaults(), 1000)
-    init = lambda rng: model.init(rng, np.zeros((1, tokens), np.int32))["params"]  # noqa: E731
-    state, shardings = state_lib.create_sharded_state(init, tx, jax.random.key(0), mesh, rules)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    step = step_lib.compile_train_step(
-        # As the training loop: the MLM head runs at a 6-sigma bound on the masked positions.
-        step_lib.make_train_step(step_lib.mlm_objective(model, -1, 0.0, capacity), tx),
-        shardings,
-        batch_sharding,
-    )
-    rng = np.random.default_rng(0)
-    host = {
-        "inputs": rng.integers(5, vocab, (batch, tokens)).astype(np.int32),
-        "targets": rng.integers(5, vocab, (batch, tokens)).astype(np.int32),
-        "weights": (rng.random((batch, tokens)) < 0.15).astype(np.float32),
-    }
-    data = to_global(host, batch_sharding)
-    holder = {"state": step(state, data)[0]}  # compile and warm up
-    jax.block_until_ready(holder["state"])
-
-    def measure() -> tuple[None, float]:
-        start = time.perf_counter()
-        for _ in range(steps):
-            holder["state"], m = step(holder["state"], data)
-        jax.block_until_ready(m)
-        return None, batch * tokens * steps / (time.perf_counter() - start)
-
-    return measure
 
 
 def python_loop_nt6(sequence: str, vocab: dict[str, int]) -> list[int]:

@@ -1,6 +1,7 @@
 """The encoder family: positions, causal masks, attention paths, layer scan, presets."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -14,8 +15,10 @@ from gfm_jax.models.attention import (
     alibi_bias,
     alibi_slopes,
     attend,
+    attend_by_lengths,
     reference_attention,
     resolve_implementation,
+    right_padded_lengths,
 )
 from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.encoder import EncoderConfig
@@ -38,6 +41,35 @@ def test_attention_path_matches_the_einsum_reference(position, causal):
     got = attend(q, k, v, mask, "xla", bias, causal)
     want = reference_attention(q, k, v, mask, bias, causal)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_lengths_path_equals_the_mask_for_right_padding_and_falls_back_for_holes(holes, causal):
+    """The cuDNN path hands right-padded masks over as key lengths; a mask with holes must take
+    the dense-mask branch. Run here through the xla implementation, which takes both forms."""
+    q, k, v = qkv()
+    mask = jnp.ones((2, 16), bool).at[1, 11:].set(False)
+    if holes:
+        mask = mask.at[0, 3].set(False)
+    lengths, right_padded = right_padded_lengths(mask)
+    np.testing.assert_array_equal(lengths, [15, 11] if holes else [16, 11])
+    assert bool(right_padded) is not holes
+    attention = functools.partial(
+        jax.nn.dot_product_attention, is_causal=causal, implementation="xla"
+    )
+    cotangent = jax.random.normal(jax.random.key(3), q.shape)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v) * cotangent)
+
+    by_lengths = lambda q, k, v: attend_by_lengths(attention, q, k, v, mask)  # noqa: E731
+    reference = lambda q, k, v: reference_attention(q, k, v, mask, None, causal)  # noqa: E731
+    np.testing.assert_allclose(by_lengths(q, k, v), reference(q, k, v), atol=1e-5)
+    got = jax.grad(lambda *a: loss(by_lengths, *a), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 @pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("alibi", True)])

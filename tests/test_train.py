@@ -10,7 +10,7 @@ from conftest import micro_overrides, run_module
 from gfm_jax import config as config_lib
 from gfm_jax import sharding
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.masking import target_capacity
+from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, to_global
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.evaluate import pretrained

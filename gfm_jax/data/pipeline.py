@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from gfm_jax.data import windows
 from gfm_jax.data.corpus import Corpus
-from gfm_jax.data.masking import MaskingSpec, mask_tokens
+from gfm_jax.data.masking import mask_tokens
+from gfm_jax.data.masking_spec import MaskingSpec
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 

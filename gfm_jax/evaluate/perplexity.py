@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from gfm_jax import sharding
 from gfm_jax.data import builtin, fasta, windows
-from gfm_jax.data.masking import MaskingSpec, mask_tokens
+from gfm_jax.data.masking import mask_tokens
+from gfm_jax.data.masking_spec import MaskingSpec
 from gfm_jax.data.pipeline import EVAL_SEED
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained

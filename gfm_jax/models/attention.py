@@ -10,6 +10,7 @@ attention sees no positions then.)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -128,6 +129,33 @@ def resolve_implementation(implementation: str, dtype: Any, length: int) -> str:
     return "xla"
 
 
+def right_padded_lengths(mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each row's count of kept keys, and whether every row keeps exactly that prefix."""
+    lengths_B = jnp.sum(mask_BxL, axis=-1, dtype=jnp.int32)
+    prefix_BxL = jnp.arange(mask_BxL.shape[-1])[None, :] < lengths_B[:, None]
+    return lengths_B, jnp.all(prefix_BxL == mask_BxL)
+
+
+def attend_by_lengths(attention: Any, q, k, v, mask_BxL: jax.Array) -> jax.Array:
+    """`attention` (dot_product_attention with all but q, k, v, mask and lengths bound) given
+    key lengths when the mask is right-padded, as every pipeline here pads, else the mask.
+
+    cuDNN turns a dense mask into a B x 1 x L x L bias that it materialises and reads for every
+    head, forward and backward; key lengths are its native padding mask and cost nothing. The
+    check runs on the device, so a mask with holes still gets the exact (slower) path."""
+    lengths_B, right_padded = right_padded_lengths(mask_BxL)
+    batch, length = mask_BxL.shape  # cuDNN takes a mask only at full size, query x key
+    dense_mask_Bx1xLxL = jnp.broadcast_to(mask_BxL[:, None, None, :], (batch, 1, length, length))
+    return jax.lax.cond(
+        right_padded,
+        lambda q, k, v: attention(q, k, v, key_value_seq_lengths=lengths_B),
+        lambda q, k, v: attention(q, k, v, mask=dense_mask_Bx1xLxL),
+        q,
+        k,
+        v,
+    )
+
+
 def attend(
     q_BxLxNxH: jax.Array,
     k_BxLxNxH: jax.Array,
@@ -144,15 +172,12 @@ def attend(
         raise ValueError(f"unknown attention implementation {implementation!r}")
     if bias is not None:
         bias = bias.astype(q_BxLxNxH.dtype)
-    return jax.nn.dot_product_attention(
-        q_BxLxNxH,
-        k_BxLxNxH,
-        v_BxLxNxH,
-        bias=bias,
-        mask=mask_BxL[:, None, None, :],
-        is_causal=causal,
-        implementation=implementation,
+    attention = functools.partial(
+        jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation=implementation
     )
+    if implementation == "cudnn":
+        return attend_by_lengths(attention, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
+    return attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_BxL[:, None, None, :])
 
 
 def _divides(shape: tuple[int, ...], spec: Any, mesh: Any) -> bool:

@@ -23,7 +23,7 @@ from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.data.bpe import tokenizer_for_run
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.masking import target_capacity
+from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
 from gfm_jax.errors import UserError
 from gfm_jax.models import presets
