@@ -113,7 +113,7 @@ def pretrain_defaults() -> ConfigDict:
     # Gradient accumulation: the global batch is processed in this many slices (same update).
     t.micro_batches = 1
     # MLM head positions per window: 0 = a 6-sigma bound on the masked tokens (see
-    # masking.target_capacity; about 25% of the window at 15% masking), -1 = every position,
+    # masking_spec.target_capacity; about 25% of the window at 15% masking), -1 = every position,
     # N = N positions. Targets beyond it are dropped and logged (never happens at 6 sigma).
     t.target_capacity = 0
     t.num_steps = 1000

@@ -33,7 +33,7 @@ def jax_step_rate(
     puts one padding token inside each row: a mask no key-length form can express."""
     vocab = model_cfg.vocab_size
     capacity = target_capacity(tokens, MaskingSpec())
-    mesh = sharding.make_mesh((-1, 1, 1))
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])  # one device, as torch gets
     rules = config_lib.DEFAULT_RULES
     model = MaskedLM(model_cfg, mesh, rules)
     tx = optim.make_optimizer(config_lib.optim_defaults(), 1000)

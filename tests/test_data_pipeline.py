@@ -5,7 +5,7 @@ import tensorflow as tf
 from gfm_jax import config as config_lib
 from gfm_jax.data import fasta, windows
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.pipeline import WindowPipeline
+from gfm_jax.data.pipeline import WindowPipeline, host_batch_size
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 
@@ -299,3 +299,11 @@ def test_named_held_out_records_and_ranges(corpus):
 def test_bad_held_out_names_are_clear_errors(corpus, records, ranges, message):
     with pytest.raises(UserError, match=message):
         corpus.split("val", 0.1, 0.3, records, ranges)
+
+
+def test_host_batch_size_names_the_config_key_to_change():
+    assert host_batch_size(16, 4) == 4
+    with pytest.raises(UserError, match="train.global_batch_size=10 does not divide over 4"):
+        host_batch_size(10, 4)
+    with pytest.raises(UserError, match="make finetune.batch_size a multiple"):
+        host_batch_size(6, 4, "finetune.batch_size")

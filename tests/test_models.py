@@ -43,33 +43,62 @@ def test_attention_path_matches_the_einsum_reference(position, causal):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("holes", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
-def test_key_lengths_path_equals_the_mask_for_right_padding_and_falls_back_for_holes(holes, causal):
-    """The cuDNN path hands right-padded masks over as key lengths; a mask with holes must take
-    the dense-mask branch. Run here through the xla implementation, which takes both forms."""
-    q, k, v = qkv()
-    mask = jnp.ones((2, 16), bool).at[1, 11:].set(False)
-    if holes:
+@pytest.mark.parametrize(
+    "mask_kind, length, position, causal",
+    [
+        ("right_padded", 16, "rope", False),
+        ("right_padded", 17, "alibi", True),
+        ("holes", 16, "rope", True),
+        ("holes", 17, "alibi", False),
+        ("empty_row", 16, "rope", False),
+    ],
+)
+def test_key_lengths_path_equals_the_mask_and_falls_back_where_lengths_cannot_say_it(
+    mask_kind, length, position, causal
+):
+    """The cuDNN path hands right-padded masks over as key lengths; a mask with holes, or a
+    row that keeps no key, must take the dense-mask branch. Run here with the xla
+    implementation in both branches, which takes both forms."""
+    q, k, v = qkv(length)
+    mask = jnp.ones((2, length), bool).at[1, 11:].set(False)
+    if mask_kind == "holes":
         mask = mask.at[0, 3].set(False)
+    if mask_kind == "empty_row":
+        mask = mask.at[0].set(False)
     lengths, right_padded = right_padded_lengths(mask)
-    np.testing.assert_array_equal(lengths, [15, 11] if holes else [16, 11])
-    assert bool(right_padded) is not holes
+    np.testing.assert_array_equal(lengths, mask.sum(-1))
+    assert bool(right_padded) is (mask_kind == "right_padded")
+    bias = alibi_bias(4, length) if position == "alibi" else None
     attention = functools.partial(
-        jax.nn.dot_product_attention, is_causal=causal, implementation="xla"
+        jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="xla"
     )
     cotangent = jax.random.normal(jax.random.key(3), q.shape)
 
     def loss(fn, q, k, v):
         return jnp.sum(fn(q, k, v) * cotangent)
 
-    by_lengths = lambda q, k, v: attend_by_lengths(attention, q, k, v, mask)  # noqa: E731
-    reference = lambda q, k, v: reference_attention(q, k, v, mask, None, causal)  # noqa: E731
+    by_lengths = lambda q, k, v: attend_by_lengths(attention, attention, q, k, v, mask)  # noqa: E731
+    reference = lambda q, k, v: reference_attention(q, k, v, mask, bias, causal)  # noqa: E731
     np.testing.assert_allclose(by_lengths(q, k, v), reference(q, k, v), atol=1e-5)
     got = jax.grad(lambda *a: loss(by_lengths, *a), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_key_lengths_path_saves_no_score_sized_residual():
+    """Differentiating lax.cond keeps both branches' residuals; the dense-mask branch is
+    rematerialised, so nothing of [B, N, L, L] or [B, 1, L, L] size is held for the backward."""
+    length = 64
+    q, k, v = qkv(length)
+    mask = jnp.ones((2, length), bool).at[1, 40:].set(False)
+    attention = functools.partial(jax.nn.dot_product_attention, implementation="xla")
+    # A fast branch that saves only its inputs, like cuDNN's (q, k, v, output, statistics):
+    # any score-sized residual must then come from the fallback.
+    fast = jax.checkpoint(attention)
+    _, vjp = jax.vjp(lambda q, k, v: attend_by_lengths(fast, attention, q, k, v, mask), q, k, v)
+    sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(vjp)]
+    assert sizes and max(sizes) < 2 * length * length, sizes
 
 
 @pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("alibi", True)])

@@ -49,3 +49,34 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         tfds_datasets.load_eval_windows("builtin_char_999", str(tmp_path))
     with pytest.raises(UserError, match="'splice'"):
         tfds_datasets.load_task("promoters", "test", str(tmp_path))
+
+
+PREPARE_SPLICE = """
+import sys
+from gfm_jax.data import tfds_datasets
+print(sum(1 for _ in tfds_datasets.load_task("splice", "test", sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_processes_preparing_one_dataset_at_once_take_turns(tmp_path):
+    """Two processes of a job (fine-tuning on a TFDS task, say) build the same dataset into the
+    same fresh folder at the same moment: both must get it, neither a half-built one."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE_SPLICE, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    task = tasks.load_task(config_lib.load_config("configs/tasks/splice.py").task)
+    assert [int(out.split()[-1]) for out, _ in outputs] == [len(task.test)] * 2
+    assert not list(tmp_path.rglob("*incomplete*"))  # no temporary build left behind

@@ -142,11 +142,14 @@ class WindowPipeline:
         return ds.prefetch(self.prefetch)
 
 
-def host_batch_size(global_batch: int, process_count: int) -> int:
+def host_batch_size(
+    global_batch: int, process_count: int, key: str = "train.global_batch_size"
+) -> int:
+    """Each process's share of a global batch; `key` is the config key a user would change."""
     if global_batch % process_count:
         raise UserError(
-            f"global batch {global_batch} does not divide over {process_count} processes; "
-            "make train.global_batch_size a multiple of the process count"
+            f"{key}={global_batch} does not divide over {process_count} processes; "
+            f"make {key} a multiple of the process count"
         )
     return global_batch // process_count
 

@@ -213,13 +213,13 @@ def _read_class_dirs(task: ml_collections.ConfigDict) -> tuple[pathlib.Path, _Ra
 def _read_tfds(task: ml_collections.ConfigDict) -> tuple[str, _Raw]:
     import tensorflow_datasets as tfds
 
-    from gfm_jax.data import tfds_datasets  # noqa: F401  (registers gfm_task/*)
+    from gfm_jax.data import tfds_datasets  # registers gfm_task/*
 
     try:
         builder = tfds.builder(task.path, data_dir=task.tfds_data_dir or None)
     except Exception as e:  # TFDS raises several types for unknown names
         raise UserError(f"task.path={task.path!r} is not a TFDS dataset here: {e}") from None
-    builder.download_and_prepare()
+    tfds_datasets.prepare(builder)
     label_feature = builder.info.features[task.label_column]
     names = getattr(label_feature, "names", None)
     raw = _Raw()

@@ -24,10 +24,16 @@ builder produces must raise its VERSION.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
+import pathlib
+import tempfile
 from typing import Any
 
+import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from gfm_jax import config as config_lib
 from gfm_jax.data import tasks
@@ -171,15 +177,40 @@ def _builder(cls: type, name: str, data_dir: str | None) -> tfds.core.DatasetBui
     return cls(config=name, data_dir=data_dir)
 
 
+def prepare(builder: tfds.core.DatasetBuilder) -> None:
+    """`builder.download_and_prepare()`, safe when several processes of a job ask at once.
+
+    TFDS builds into a temporary folder and renames it into place, so two processes building
+    one dataset collide. Processes on one host take turns through a file lock; across hosts,
+    process 0 builds first while the others wait at a barrier, then find the dataset built
+    (shared storage) or build their own copy (local storage), again one at a time per host."""
+    key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:16]
+    lock_path = pathlib.Path(tempfile.gettempdir()) / f"gfm_jax_tfds_{key}.lock"
+
+    def build() -> None:
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            builder.download_and_prepare()
+
+    if jax.process_count() == 1:
+        build()
+        return
+    if jax.process_index() == 0:
+        build()
+    multihost_utils.sync_global_devices(f"tfds prepared {builder.info.full_name}")
+    if jax.process_index() != 0:
+        build()
+
+
 def load_task(name: str, split: str = "test", data_dir: str | None = None) -> tf.data.Dataset:
     """A prepared (built on first use) task split: 'train', 'validation' or 'test'."""
     builder = _builder(GfmTask, name, data_dir)
-    builder.download_and_prepare()
+    prepare(builder)
     return builder.as_dataset(split=split, shuffle_files=False)
 
 
 def load_eval_windows(name: str, data_dir: str | None = None) -> tf.data.Dataset:
     """The prepared held-out windows of a genome set (built on first use)."""
     builder = _builder(GfmEvalWindows, name, data_dir)
-    builder.download_and_prepare()
+    prepare(builder)
     return builder.as_dataset(split="validation", shuffle_files=False)

@@ -45,7 +45,7 @@ def log(message: str) -> None:
 
 def _host_rows(global_rows: np.ndarray) -> np.ndarray:
     """This process's contiguous slice of a global batch's rows."""
-    per_host = host_batch_size(len(global_rows), jax.process_count())
+    per_host = host_batch_size(len(global_rows), jax.process_count(), "finetune.batch_size")
     return global_rows[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
 
 
@@ -98,6 +98,8 @@ def finetune(
         raise UserError(f"--model={model_name!r}: choose one of {MODELS}")
     t0 = time.perf_counter()
     f_cfg = config.finetune
+    # Refused before the task loads and the model compiles, not at the first batch.
+    host_batch_size(f_cfg.batch_size, jax.process_count(), "finetune.batch_size")
     task = tasks.load_task(config.task)
     for note in task.notes:
         log(f"task {task.name}: {note}")

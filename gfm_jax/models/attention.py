@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -130,29 +130,42 @@ def resolve_implementation(implementation: str, dtype: Any, length: int) -> str:
 
 
 def right_padded_lengths(mask_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Each row's count of kept keys, and whether every row keeps exactly that prefix."""
+    """Each row's count of kept keys, and whether every row keeps exactly that prefix and at
+    least one key (what key lengths can express)."""
     lengths_B = jnp.sum(mask_BxL, axis=-1, dtype=jnp.int32)
     prefix_BxL = jnp.arange(mask_BxL.shape[-1])[None, :] < lengths_B[:, None]
-    return lengths_B, jnp.all(prefix_BxL == mask_BxL)
+    return lengths_B, jnp.all(prefix_BxL == mask_BxL) & jnp.all(lengths_B > 0)
 
 
-def attend_by_lengths(attention: Any, q, k, v, mask_BxL: jax.Array) -> jax.Array:
-    """`attention` (dot_product_attention with all but q, k, v, mask and lengths bound) given
-    key lengths when the mask is right-padded, as every pipeline here pads, else the mask.
+def attend_by_lengths(
+    by_lengths: Callable[..., jax.Array],
+    by_mask: Callable[..., jax.Array],
+    q_BxLxNxH: jax.Array,
+    k_BxLxNxH: jax.Array,
+    v_BxLxNxH: jax.Array,
+    mask_BxL: jax.Array,
+) -> jax.Array:
+    """`by_lengths(q, k, v, key_value_seq_lengths=)` when the mask is right-padded, as every
+    pipeline here pads; else `by_mask(q, k, v, mask=)`, recomputed in the backward pass.
 
-    cuDNN turns a dense mask into a B x 1 x L x L bias that it materialises and reads for every
-    head, forward and backward; key lengths are its native padding mask and cost nothing. The
-    check runs on the device, so a mask with holes still gets the exact (slower) path."""
+    For cuDNN: a dense mask becomes a B x 1 x L x L bias that it materialises and reads for
+    every head, forward and backward, while key lengths are its native padding mask. The
+    check runs on the device, so a mask with holes still gets the exact path. That branch is
+    rematerialised: differentiating `lax.cond` keeps the residuals of both branches, and the
+    fast one would otherwise carry zero-filled copies of the slow one's (its mask or scores)
+    through every step. The predicate costs one reduction over the [B, L] mask per layer."""
     lengths_B, right_padded = right_padded_lengths(mask_BxL)
-    batch, length = mask_BxL.shape  # cuDNN takes a mask only at full size, query x key
-    dense_mask_Bx1xLxL = jnp.broadcast_to(mask_BxL[:, None, None, :], (batch, 1, length, length))
+
+    def exact(q, k, v):
+        return by_mask(q, k, v, mask=mask_BxL[:, None, None, :])
+
     return jax.lax.cond(
         right_padded,
-        lambda q, k, v: attention(q, k, v, key_value_seq_lengths=lengths_B),
-        lambda q, k, v: attention(q, k, v, mask=dense_mask_Bx1xLxL),
-        q,
-        k,
-        v,
+        lambda q, k, v: by_lengths(q, k, v, key_value_seq_lengths=lengths_B),
+        jax.checkpoint(exact),
+        q_BxLxNxH,
+        k_BxLxNxH,
+        v_BxLxNxH,
     )
 
 
@@ -172,12 +185,18 @@ def attend(
         raise ValueError(f"unknown attention implementation {implementation!r}")
     if bias is not None:
         bias = bias.astype(q_BxLxNxH.dtype)
-    attention = functools.partial(
-        jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation=implementation
+    xla = functools.partial(
+        jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="xla"
     )
-    if implementation == "cudnn":
-        return attend_by_lengths(attention, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
-    return attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_BxL[:, None, None, :])
+    # cuDNN trains with a bias (ALiBi) only at even lengths; windows are often CLS + 2^n.
+    if implementation == "cudnn" and (bias is None or q_BxLxNxH.shape[1] % 2 == 0):
+        cudnn = functools.partial(
+            jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="cudnn"
+        )
+        # The fallback is XLA's: cuDNN would take a mask only as a full-size bias, which it
+        # refuses at odd lengths, and the fallback is rare and rematerialised anyway.
+        return attend_by_lengths(cudnn, xla, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
+    return xla(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_BxL[:, None, None, :])
 
 
 def _divides(shape: tuple[int, ...], spec: Any, mesh: Any) -> bool:
