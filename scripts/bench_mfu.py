@@ -35,6 +35,7 @@ import jax  # noqa: E402
 from bench_step import jax_step_rate  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
+from gfm_jax import host_memory  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
 from gfm_jax.train import flops  # noqa: E402
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="kernel-time split of variant 1")
     parser.add_argument("--write", default=None, help="Markdown file to put the table in")
     args = parser.parse_args()
+    host_memory.retain_freed_memory()  # as `python -m gfm_jax.train` does, before jax starts
 
     base = dataclasses.replace(
         EncoderConfig.from_config(presets.get(args.preset), args.vocab), dtype=args.dtype
