@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.layers import Dtype, dense, zeros_init
@@ -26,17 +27,18 @@ from gfm_jax.models.matmul import dot_general_for
 IMPLEMENTATIONS = ("auto", "blocked", "xla", "cudnn", "reference")
 
 
-def rope_tables(positions_BxL: jax.Array, head_dim: int, base: float) -> tuple[jax.Array, ...]:
-    """cos and sin [B, L, 1, H] of the rotary angles, computed once per forward pass (the
-    encoder hands them to every layer, for q and k).
+def rope_tables(length: int, head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [1, L, 1, H] of the rotary angles of positions 0 .. L-1 (float32).
 
-    The barrier keeps them materialised: left to itself XLA fuses the cos/sin into each
-    consumer and evaluates them again for every (head, q/k) element, which made RoPE the most
-    expensive elementwise pass of a CPU train step."""
-    inv_freq_H2 = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    angles_BxLxH2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq_H2
-    angles_BxLx1xH = jnp.concatenate([angles_BxLxH2, angles_BxLxH2], axis=-1)[:, :, None, :]
-    return jax.lax.optimization_barrier((jnp.cos(angles_BxLx1xH), jnp.sin(angles_BxLx1xH)))
+    Computed with numpy while tracing: they depend only on the window length, so XLA gets them
+    as constants and evaluates no cos/sin at run time. Computed in the graph, XLA fused the
+    cos/sin into each consumer and evaluated them again for every (head, q/k) element, forward
+    and backward, even behind an optimization barrier (XLA:CPU removes barriers before fusion);
+    the constants made the CPU benchmark's step about 10% faster."""
+    inv_freq_H2 = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    angles_LxH2 = np.arange(length, dtype=np.float32)[:, None] * inv_freq_H2.astype(np.float32)
+    angles_1xLx1xH = np.concatenate([angles_LxH2, angles_LxH2], axis=-1)[None, :, None, :]
+    return jnp.asarray(np.cos(angles_1xLx1xH)), jnp.asarray(np.sin(angles_1xLx1xH))
 
 
 def _rotate_half(x: jax.Array) -> jax.Array:
@@ -65,9 +67,9 @@ def _rope_bwd(residuals, dy):
 _rope_f32.defvjp(_rope_fwd, _rope_bwd)
 
 
-def apply_rope(x_BxLxNxH: jax.Array, cos_BxLx1xH: jax.Array, sin_BxLx1xH: jax.Array) -> jax.Array:
+def apply_rope(x_BxLxNxH: jax.Array, cos_1xLx1xH: jax.Array, sin_1xLx1xH: jax.Array) -> jax.Array:
     """Rotary embedding in the rotate-half layout (as in ESM-2 / Nucleotide Transformer v2)."""
-    out = _rope_f32(x_BxLxNxH.astype(jnp.float32), cos_BxLx1xH, sin_BxLx1xH)
+    out = _rope_f32(x_BxLxNxH.astype(jnp.float32), cos_1xLx1xH, sin_1xLx1xH)
     return out.astype(x_BxLxNxH.dtype)
 
 

@@ -203,7 +203,7 @@ class Encoder(nn.Module):
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
         rope_cos_sin = None
         if c.position == "rope":  # the same tables for every layer
-            rope_cos_sin = rope_tables(positions_BxL, c.head_dim, c.rope_base)
+            rope_cos_sin = rope_tables(length, c.head_dim, c.rope_base)
         if c.scan_layers:
             stack = nn.scan(
                 ScannedBlock,
