@@ -215,11 +215,14 @@ def _read_tfds(task: ml_collections.ConfigDict) -> tuple[str, _Raw]:
 
     from gfm_jax.data import tfds_datasets  # registers gfm_task/*
 
+    def make_builder() -> tfds.core.DatasetBuilder:
+        return tfds.builder(task.path, data_dir=task.tfds_data_dir or None)
+
     try:
-        builder = tfds.builder(task.path, data_dir=task.tfds_data_dir or None)
+        make_builder()
     except Exception as e:  # TFDS raises several types for unknown names
         raise UserError(f"task.path={task.path!r} is not a TFDS dataset here: {e}") from None
-    tfds_datasets.prepare(builder)
+    builder = tfds_datasets.prepared(make_builder)
     label_feature = builder.info.features[task.label_column]
     names = getattr(label_feature, "names", None)
     raw = _Raw()

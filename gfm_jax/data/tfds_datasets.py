@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import pathlib
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -177,40 +178,44 @@ def _builder(cls: type, name: str, data_dir: str | None) -> tfds.core.DatasetBui
     return cls(config=name, data_dir=data_dir)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> None:
-    """`builder.download_and_prepare()`, safe when several processes of a job ask at once.
+def prepared(make_builder: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+    """A builder from `make_builder` whose dataset is built, safe when several processes of a
+    job ask at once.
 
     TFDS builds into a temporary folder and renames it into place, so two processes building
-    one dataset collide. Processes on one host take turns through a file lock; across hosts,
-    process 0 builds first while the others wait at a barrier, then find the dataset built
-    (shared storage) or build their own copy (local storage), again one at a time per host."""
-    key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:16]
-    lock_path = pathlib.Path(tempfile.gettempdir()) / f"gfm_jax_tfds_{key}.lock"
+    one dataset collide, and a builder made before another process finished reads no splits.
+    Processes on one host take turns through a file lock and make their builder inside it;
+    across hosts, process 0 builds first while the others wait at a barrier, then find the
+    dataset built (shared storage) or build their own copy (local storage)."""
+    data_dir = str(make_builder().data_dir)
+    lock_path = pathlib.Path(tempfile.gettempdir()) / (
+        f"gfm_jax_tfds_{hashlib.sha256(data_dir.encode()).hexdigest()[:16]}.lock"
+    )
 
-    def build() -> None:
+    def build() -> tfds.core.DatasetBuilder:
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            builder = make_builder()  # now: it sees what another process finished
             builder.download_and_prepare()
+            return builder
 
     if jax.process_count() == 1:
-        build()
-        return
+        return build()
     if jax.process_index() == 0:
-        build()
-    multihost_utils.sync_global_devices(f"tfds prepared {builder.info.full_name}")
+        builder = build()
+    multihost_utils.sync_global_devices(f"tfds prepared {data_dir}")
     if jax.process_index() != 0:
-        build()
+        builder = build()
+    return builder
 
 
 def load_task(name: str, split: str = "test", data_dir: str | None = None) -> tf.data.Dataset:
     """A prepared (built on first use) task split: 'train', 'validation' or 'test'."""
-    builder = _builder(GfmTask, name, data_dir)
-    prepare(builder)
+    builder = prepared(lambda: _builder(GfmTask, name, data_dir))
     return builder.as_dataset(split=split, shuffle_files=False)
 
 
 def load_eval_windows(name: str, data_dir: str | None = None) -> tf.data.Dataset:
     """The prepared held-out windows of a genome set (built on first use)."""
-    builder = _builder(GfmEvalWindows, name, data_dir)
-    prepare(builder)
+    builder = prepared(lambda: _builder(GfmEvalWindows, name, data_dir))
     return builder.as_dataset(split="validation", shuffle_files=False)
