@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import gc
 import glob
 import gzip
 import json
@@ -32,7 +31,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
-from bench_step import jax_step_rate  # noqa: E402
+from bench_step import jax_step_rate, release_device_memory  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import host_memory  # noqa: E402
@@ -161,8 +160,7 @@ def main() -> None:
                 *(f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top),
             ]
         del measure
-        gc.collect()
-        jax.clear_caches()
+        release_device_memory()
 
     lines = [
         f"## MFU of the train step: {args.preset} (`scripts/bench_mfu.py`)",

@@ -6,6 +6,8 @@ that has jax, flax and optax but no tf.data.
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 from collections.abc import Callable
 
@@ -67,3 +69,12 @@ def jax_step_rate(
         return None, batch * tokens * steps / (time.perf_counter() - start)
 
     return measure
+
+
+def release_device_memory() -> None:
+    """Lets the next model have the memory the last one held (jax, and torch when loaded)."""
+    gc.collect()
+    jax.clear_caches()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import platform
 import statistics
@@ -34,7 +33,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_step import jax_step_rate  # noqa: E402
+from bench_step import jax_step_rate, release_device_memory  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import host_memory  # noqa: E402
@@ -134,19 +133,6 @@ def esm_shape(args: argparse.Namespace, preset: str | None, attention: str) -> E
         scan_layers=args.scan,
         **sizes,
     )
-
-
-def release_device_memory() -> None:
-    """Lets the next shape have the memory the last one's models held (jax and torch)."""
-    gc.collect()
-    jax.clear_caches()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def bench_shape(args: argparse.Namespace, preset: str | None, batch: int) -> list[str]:

@@ -57,9 +57,9 @@ def _rope_fwd(x, cos, sin):
 
 def _rope_bwd(residuals, dy):
     # The rotation is linear in x: dx = R^T dy, and rotate-half is antisymmetric, so
-    # R^T dy = dy cos - rotate_half(dy sin). Written out so XLA does not rebuild the cos/sin
-    # tables from the angles inside the gradient's fusion. The tables are constants of the
-    # positions, so they get no gradient.
+    # R^T dy = dy cos - rotate_half(dy sin): one pass, where autodiff would transpose the
+    # split / concatenate of rotate_half into pads and adds. The tables are constants of the
+    # window length, so they get no gradient.
     cos, sin = residuals
     return dy * cos - _rotate_half(dy * sin), jnp.zeros_like(cos), jnp.zeros_like(sin)
 
@@ -187,17 +187,18 @@ def attend(
         raise ValueError(f"unknown attention implementation {implementation!r}")
     if bias is not None:
         bias = bias.astype(q_BxLxNxH.dtype)
-    xla = functools.partial(
-        jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="xla"
-    )
+
+    def by(name: str) -> Callable[..., jax.Array]:
+        return functools.partial(
+            jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation=name
+        )
+
+    xla = by("xla")
     # cuDNN trains with a bias (ALiBi) only at even lengths; windows are often CLS + 2^n.
     if implementation == "cudnn" and (bias is None or q_BxLxNxH.shape[1] % 2 == 0):
-        cudnn = functools.partial(
-            jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="cudnn"
-        )
         # The fallback is XLA's: cuDNN would take a mask only as a full-size bias, which it
         # refuses at odd lengths, and the fallback is rare and rematerialised anyway.
-        return attend_by_lengths(cudnn, xla, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
+        return attend_by_lengths(by("cudnn"), xla, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
     return xla(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_BxL[:, None, None, :])
 
 
