@@ -27,14 +27,25 @@ NEG_INF = -1e30  # as reference_attention: finite, so fully masked rows stay fin
 def _scores(q_GxQxH, k_GxKxH, keep_GxK, slopes_G, causal: bool) -> jax.Array:
     """Masked (and ALiBi-biased) scores of one block, float32 [G, L, L]; q is pre-scaled."""
     s_GxQxK = jnp.einsum("gqh,gkh->gqk", q_GxQxH, k_GxKxH)
-    length = q_GxQxH.shape[1]
-    pos_q, pos_k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    return _mask_scores(s_GxQxK, keep_GxK[:, None, :], slopes_G, causal, keys_axis=2)
+
+
+def _scores_t(q_GxQxH, k_GxKxH, keep_GxK, slopes_G, causal: bool) -> jax.Array:
+    """The same scores transposed, [G, K, Q], for the backward pass (see _backward_block)."""
+    s_GxKxQ = jnp.einsum("gkh,gqh->gkq", k_GxKxH, q_GxQxH)
+    return _mask_scores(s_GxKxQ, keep_GxK[:, :, None], slopes_G, causal, keys_axis=1)
+
+
+def _mask_scores(s, keep, slopes_G, causal: bool, keys_axis: int) -> jax.Array:
+    length = s.shape[-1]
+    pos = jnp.arange(length)
+    pos_k = pos[None, :] if keys_axis == 2 else pos[:, None]
+    pos_q = pos[:, None] if keys_axis == 2 else pos[None, :]
     if slopes_G is not None:
-        s_GxQxK = s_GxQxK - slopes_G[:, None, None] * jnp.abs(pos_q - pos_k).astype(jnp.float32)
-    keep = keep_GxK[:, None, :]
+        s = s - slopes_G[:, None, None] * jnp.abs(pos_q - pos_k).astype(jnp.float32)
     if causal:
         keep = keep & (pos_k <= pos_q)[None]
-    return jnp.where(keep, s_GxQxK, NEG_INF)
+    return jnp.where(keep, s, NEG_INF)
 
 
 def _forward_block(causal: bool, q, k, v, keep, slopes):
@@ -47,12 +58,21 @@ def _forward_block(causal: bool, q, k, v, keep, slopes):
 
 
 def _backward_block(causal: bool, q, k, v, keep, slopes, lse, delta, d_out):
-    p = jnp.exp(_scores(q, k, keep, slopes, causal) - lse[..., None])
-    d_v = jnp.einsum("gqk,gqh->gkh", p, d_out)
-    d_p = jnp.einsum("gqh,gkh->gqk", d_out, v)
-    d_s = p * (d_p - delta[..., None])
-    d_q = jnp.einsum("gqk,gkh->gqh", d_s, k)
-    d_k = jnp.einsum("gqk,gqh->gkh", d_s, q)
+    # Everything here is laid out so that each matmul contracts the last axis of its left
+    # operand with a non-last axis of its right one, the row-major form XLA:CPU hands to
+    # YNNPACK. The textbook order (P, then dV = P^T dO and dK = dS^T Q) contracts over the
+    # query axis of P, which XLA:CPU runs as much slower Eigen contractions on transposed
+    # operands (about 15% of the CPU benchmark's train step). So the probabilities
+    # are recomputed transposed, P^T [G, K, Q], which makes dV and dK plain products, and
+    # dQ^T = K^T dS^T is one more, with the two small [G, H, L] transposes kept explicit.
+    p_t = jnp.exp(_scores_t(q, k, keep, slopes, causal) - lse[:, None, :])
+    d_v = jnp.einsum("gkq,gqh->gkh", p_t, d_out)
+    d_p_t = jnp.einsum("gkh,gqh->gkq", v, d_out)
+    d_s_t = p_t * (d_p_t - delta[:, None, :])
+    d_k = jnp.einsum("gkq,gqh->gkh", d_s_t, q)
+    k_t = lax.optimization_barrier(jnp.swapaxes(k, 1, 2))
+    d_q_t = jnp.einsum("ghk,gkq->ghq", k_t, d_s_t)
+    d_q = jnp.swapaxes(lax.optimization_barrier(d_q_t), 1, 2)
     return d_q, d_k, d_v
 
 
