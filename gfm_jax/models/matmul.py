@@ -54,7 +54,9 @@ def _matmul_bwd(residuals, dy_MxN: jax.Array):
     if k <= n:
         dw_KxN = jnp.matmul(_materialize(x_MxK.T), dy_MxN)
     else:
-        dw_KxN = jnp.matmul(_materialize(dy_MxN.T), x_MxK).T
+        # The product is materialised too: XLA otherwise folds the final transpose into the
+        # dot by swapping its operands, which contracts the token axis of x again.
+        dw_KxN = _materialize(jnp.matmul(_materialize(dy_MxN.T), x_MxK)).T
     return dx_MxK, dw_KxN.astype(w_KxN.dtype)
 
 
