@@ -1,7 +1,9 @@
 """The CPU dense-layer matmul (gfm_jax/models/matmul.py) and the rotary embedding's hand-written
-gradient agree with plain autodiff."""
+gradient agree with plain autodiff, and the CPU train gradient's matmuls keep the form XLA:CPU
+gives YNNPACK."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +82,48 @@ def test_encoder_loss_and_gradients_agree_between_matmuls():
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
     for g, w in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[0][1]), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def _dots_not_contracting_the_lhs_last_axis(hlo: str) -> list[str]:
+    """Dots of optimized HLO text whose left operand is not contracted over its last axis.
+    XLA:CPU gives YNNPACK only the other kind; these it runs as Eigen contractions, which the
+    CPU train step paid for in about 15% of its time (docs/benchmarks.md)."""
+    ranks = {
+        name: len(dims.split(",")) if dims else 0
+        for name, dims in re.findall(r"%([\w.\-]+) = \w+\[([\d,]*)\]", hlo)
+    }
+    dot = re.compile(
+        r"%[\w.\-]+ = \S+ dot\(%([\w.\-]+), %[\w.\-]+\), "
+        r"(?:lhs_batch_dims=\{[\d,]*\}, )?lhs_contracting_dims=\{([\d,]*)\}"
+    )
+    found = dot.findall(hlo)
+    assert found, "no dot in the HLO: the pattern no longer matches XLA's text"
+    return [lhs for lhs, dims in found if dims != str(ranks[lhs] - 1)]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's matmul lowering")
+def test_cpu_train_gradient_matmuls_all_contract_the_lhs_last_axis():
+    # Both dense-layer cases (widening and narrowing) and the blocked attention's backward.
+    config = EncoderConfig(
+        vocab_size=12,
+        num_layers=1,
+        hidden_size=32,
+        num_heads=4,
+        mlp_dim=64,
+        activation="gelu",
+        attention="blocked",
+        matmul="cpu_gemm",
+    )
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 32)))
+    mask = jnp.ones((2, 32), bool).at[0, 24:].set(False)
+    model = MaskedLM(config)
+    params = model.init(jax.random.key(0), ids)
+
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(model.apply(p, ids, mask))[..., 5])
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert _dots_not_contracting_the_lhs_last_axis(hlo) == []
 
 
 def test_rope_gradient_equals_autodiff_of_the_rotation():
