@@ -58,13 +58,13 @@ def _forward_block(causal: bool, q, k, v, keep, slopes):
 
 
 def _backward_block(causal: bool, q, k, v, keep, slopes, lse, delta, d_out):
-    # Everything here is laid out so that each matmul contracts the last axis of its left
-    # operand with a non-last axis of its right one, the row-major form XLA:CPU hands to
-    # YNNPACK. The textbook order (P, then dV = P^T dO and dK = dS^T Q) contracts over the
-    # query axis of P, which XLA:CPU runs as much slower Eigen contractions on transposed
-    # operands (about 15% of the CPU benchmark's train step). So the probabilities
-    # are recomputed transposed, P^T [G, K, Q], which makes dV and dK plain products, and
-    # dQ^T = K^T dS^T is one more, with the two small [G, H, L] transposes kept explicit.
+    # Every matmul here contracts the last axis of its left operand, the form XLA:CPU hands
+    # to YNNPACK. The textbook order (P, then dV = P^T dO and dK = dS^T Q) contracts over the
+    # query axis of P, which XLA:CPU runs as much slower Eigen contractions (about 15% of the
+    # CPU benchmark's train step). So the probabilities are recomputed transposed, P^T
+    # [G, K, Q], which makes dV and dK plain products, and dQ comes from dQ^T = K^T dS^T.
+    # The barriers keep XLA from folding the two small [G, H, L] transposes back into the
+    # dot (tests/test_matmul.py checks the compiled form).
     p_t = jnp.exp(_scores_t(q, k, keep, slopes, causal) - lse[:, None, :])
     d_v = jnp.einsum("gkq,gqh->gkh", p_t, d_out)
     d_p_t = jnp.einsum("gkh,gqh->gkq", v, d_out)
