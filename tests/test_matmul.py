@@ -58,26 +58,34 @@ def test_auto_matmul_resolves_by_backend_and_bad_names_are_refused():
         ).validate()
 
 
+GELU_ENCODER = EncoderConfig(
+    vocab_size=12,
+    num_layers=2,
+    hidden_size=32,
+    num_heads=4,
+    mlp_dim=64,  # wider than hidden: a widening and a narrowing dense layer
+    activation="gelu",
+    use_bias_mlp=True,
+)
+
+
+def _masked_lm_loss(config: EncoderConfig, length: int):
+    """An MLM-style loss of params over 2 fixed windows (the first one padded), and params."""
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, length)))
+    mask = jnp.ones((2, length), bool).at[0, length * 3 // 4 :].set(False)
+    model = MaskedLM(config)
+
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(model.apply(p, ids, mask))[..., 5])
+
+    return loss, model.init(jax.random.key(0), ids)
+
+
 def test_encoder_loss_and_gradients_agree_between_matmuls():
-    base = EncoderConfig(
-        vocab_size=12,
-        num_layers=2,
-        hidden_size=32,
-        num_heads=4,
-        mlp_dim=64,
-        activation="gelu",
-        use_bias_mlp=True,
-    )
-    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 16)))
-    mask = jnp.ones((2, 16), bool).at[0, 12:].set(False)
-    params = MaskedLM(base).init(jax.random.key(0), ids)
-    results = []
+    results, params = [], None
     for matmul in ("xla", "cpu_gemm"):
-        model = MaskedLM(dataclasses.replace(base, matmul=matmul))
-
-        def loss(p, model=model):
-            return jnp.mean(jax.nn.log_softmax(model.apply(p, ids, mask))[..., 5])
-
+        loss, init = _masked_lm_loss(dataclasses.replace(GELU_ENCODER, matmul=matmul), 16)
+        params = init if params is None else params  # one set of params for both
         results.append(jax.jit(jax.value_and_grad(loss))(params))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
     for g, w in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[0][1]), strict=True):
@@ -104,24 +112,8 @@ def _dots_not_contracting_the_lhs_last_axis(hlo: str) -> list[str]:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's matmul lowering")
 def test_cpu_train_gradient_matmuls_all_contract_the_lhs_last_axis():
     # Both dense-layer cases (widening and narrowing) and the blocked attention's backward.
-    config = EncoderConfig(
-        vocab_size=12,
-        num_layers=1,
-        hidden_size=32,
-        num_heads=4,
-        mlp_dim=64,
-        activation="gelu",
-        attention="blocked",
-        matmul="cpu_gemm",
-    )
-    ids = jnp.asarray(np.random.default_rng(0).integers(5, 12, (2, 32)))
-    mask = jnp.ones((2, 32), bool).at[0, 24:].set(False)
-    model = MaskedLM(config)
-    params = model.init(jax.random.key(0), ids)
-
-    def loss(p):
-        return jnp.mean(jax.nn.log_softmax(model.apply(p, ids, mask))[..., 5])
-
+    config = dataclasses.replace(GELU_ENCODER, attention="blocked", matmul="cpu_gemm")
+    loss, params = _masked_lm_loss(config, 32)
     hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     assert _dots_not_contracting_the_lhs_last_axis(hlo) == []
 
