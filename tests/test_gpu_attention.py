@@ -1,0 +1,80 @@
+"""cuDNN attention on a GPU against the float32 einsum reference: values and gradients.
+
+The CPU suite cannot reach the cuDNN path (`attend(..., "cudnn")` needs a GPU and bf16), and
+a GPU run once found it failing at every step, so these run wherever a GPU is present:
+    python -m pytest tests/test_gpu_attention.py
+On a machine without one they are skipped.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfm_jax.models.attention import alibi_bias, attend, reference_attention
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN attention)"),
+]
+
+HEADS, HEAD_DIM = 4, 64
+
+
+def _inputs(length: int, mask_kind: str):
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (
+        jax.random.normal(key, (2, length, HEADS, HEAD_DIM), jnp.float32).astype(jnp.bfloat16)
+        for key in keys[:3]
+    )
+    cotangent = jax.random.normal(keys[3], q.shape, jnp.float32)
+    mask = jnp.ones((2, length), bool).at[1, length - 37 :].set(False)  # right padding
+    if mask_kind == "holes":
+        mask = mask.at[0, length // 3].set(False)
+    # Only kept query rows enter the loss: what padded rows attend to means nothing (cuDNN and
+    # the reference may differ there), as the model's loss weights them zero.
+    return q, k, v, mask, cotangent * mask[:, :, None, None]
+
+
+def _loss_and_grads(fn, q, k, v, cotangent):
+    def loss(q, k, v):
+        return jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent)
+
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+    return fn(q, k, v).astype(jnp.float32), value, grads
+
+
+@pytest.mark.parametrize(
+    "length, mask_kind, position, causal",
+    [
+        (256, "right_padded", "rope", False),  # key lengths, cuDNN's padding mask
+        (257, "right_padded", "rope", False),  # CLS + 2^n, as real windows
+        (257, "holes", "rope", False),  # the device-side fallback to XLA
+        (256, "holes", "alibi", False),  # the fallback with a bias
+        (256, "right_padded", "alibi", True),
+        (257, "right_padded", "alibi", False),  # ALiBi at an odd length: XLA
+    ],
+)
+def test_cudnn_attention_values_and_gradients_match_the_reference(
+    length, mask_kind, position, causal
+):
+    q, k, v, mask, cotangent = _inputs(length, mask_kind)
+    bias = alibi_bias(HEADS, length) if position == "alibi" else None
+
+    def cudnn(q, k, v):
+        return attend(q, k, v, mask, "cudnn", bias, causal)
+
+    def reference(q, k, v):
+        return reference_attention(q, k, v, mask, bias, causal)
+
+    out, value, grads = jax.jit(lambda *a: _loss_and_grads(cudnn, *a))(q, k, v, cotangent)
+    want_out, want_value, want_grads = _loss_and_grads(reference, q, k, v, cotangent)
+    rows = np.asarray(mask)[:, :, None, None]
+    np.testing.assert_allclose(np.where(rows, out, 0), np.where(rows, want_out, 0), atol=3e-2)
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(value, want_value, rtol=2e-2, atol=1.0)
+    for name, got, want in zip("qkv", grads, want_grads, strict=True):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        scale = np.abs(want).max()
+        err = np.abs(got - want).max()
+        assert err <= 3e-2 * scale, f"d{name}: max error {err:.3g} against max |grad| {scale:.3g}"
