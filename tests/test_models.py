@@ -14,6 +14,7 @@ from gfm_jax.models import presets
 from gfm_jax.models.attention import (
     alibi_bias,
     alibi_slopes,
+    at_even_length,
     attend,
     attend_by_lengths,
     reference_attention,
@@ -82,6 +83,39 @@ def test_key_lengths_path_equals_the_mask_and_falls_back_where_lengths_cannot_sa
     np.testing.assert_allclose(by_lengths(q, k, v), reference(q, k, v), atol=1e-5)
     got = jax.grad(lambda *a: loss(by_lengths, *a), argnums=(0, 1, 2))(q, k, v)
     want = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mask_kind, position, causal",
+    [("right_padded", "rope", False), ("holes", "alibi", False), ("right_padded", "alibi", True)],
+)
+def test_odd_lengths_padded_to_even_give_the_same_values_and_gradients(mask_kind, position, causal):
+    """cuDNN trains only at even lengths, so odd windows (CLS + 2^n) get one masked key and one
+    dropped query; with XLA in its place here, nothing may change, values or gradients."""
+    length = 17
+    q, k, v = qkv(length)
+    mask = jnp.ones((2, length), bool).at[1, 11:].set(False)
+    if mask_kind == "holes":
+        mask = mask.at[0, 3].set(False)
+    bias = alibi_bias(4, length) if position == "alibi" else None
+    seen_lengths = []
+
+    def xla_by_lengths(q, k, v, mask, bias):
+        seen_lengths.append(q.shape[1])
+        by = functools.partial(
+            jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation="xla"
+        )
+        return attend_by_lengths(by, by, q, k, v, mask)
+
+    padded = lambda q, k, v: at_even_length(xla_by_lengths, q, k, v, mask, bias)  # noqa: E731
+    reference = lambda q, k, v: reference_attention(q, k, v, mask, bias, causal)  # noqa: E731
+    np.testing.assert_allclose(padded(q, k, v), reference(q, k, v), atol=1e-5)
+    assert seen_lengths == [length + 1]
+    cotangent = jax.random.normal(jax.random.key(3), q.shape)
+    got = jax.grad(lambda *a: jnp.sum(padded(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, atol=1e-5)
 

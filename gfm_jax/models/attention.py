@@ -187,19 +187,57 @@ def attend(
         raise ValueError(f"unknown attention implementation {implementation!r}")
     if bias is not None:
         bias = bias.astype(q_BxLxNxH.dtype)
+    if implementation == "cudnn":
+        # The fallback for masks with holes is XLA's: cuDNN would take such a mask only as a
+        # full-size bias, and the fallback is rare and rematerialised anyway.
+        def cudnn(q, k, v, mask, bias):
+            by = functools.partial(jax.nn.dot_product_attention, bias=bias, is_causal=causal)
+            return attend_by_lengths(
+                functools.partial(by, implementation="cudnn"),
+                functools.partial(by, implementation="xla"),
+                q,
+                k,
+                v,
+                mask,
+            )
 
-    def by(name: str) -> Callable[..., jax.Array]:
-        return functools.partial(
-            jax.nn.dot_product_attention, bias=bias, is_causal=causal, implementation=name
-        )
+        return at_even_length(cudnn, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, bias)
+    return jax.nn.dot_product_attention(
+        q_BxLxNxH,
+        k_BxLxNxH,
+        v_BxLxNxH,
+        bias=bias,
+        mask=mask_BxL[:, None, None, :],
+        is_causal=causal,
+        implementation="xla",
+    )
 
-    xla = by("xla")
-    # cuDNN trains with a bias (ALiBi) only at even lengths; windows are often CLS + 2^n.
-    if implementation == "cudnn" and (bias is None or q_BxLxNxH.shape[1] % 2 == 0):
-        # The fallback is XLA's: cuDNN would take a mask only as a full-size bias, which it
-        # refuses at odd lengths, and the fallback is rare and rematerialised anyway.
-        return attend_by_lengths(by("cudnn"), xla, q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL)
-    return xla(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_BxL[:, None, None, :])
+
+def at_even_length(
+    attention: Callable[..., jax.Array],
+    q_BxLxNxH: jax.Array,
+    k_BxLxNxH: jax.Array,
+    v_BxLxNxH: jax.Array,
+    mask_BxL: jax.Array,
+    bias: jax.Array | None,
+) -> jax.Array:
+    """`attention(q, k, v, mask, bias)` with one masked key and one dropped query appended
+    when the length is odd.
+
+    cuDNN trains only at even lengths once a bias is present, and JAX hands it a placeholder
+    bias even without one, so it refuses every odd length in training (a GPU run showed it),
+    while real windows are CLS + 2^n tokens. The padded key is masked out (a right-padded mask
+    stays right-padded, so cuDNN still gets key lengths) and comes after every query, so
+    causal attention is unchanged; the padded query's output is dropped."""
+    length = q_BxLxNxH.shape[1]
+    if length % 2 == 0:
+        return attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, bias)
+    pad_length = ((0, 0), (0, 1), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, pad_length) for x in (q_BxLxNxH, k_BxLxNxH, v_BxLxNxH))
+    mask = jnp.pad(mask_BxL, ((0, 0), (0, 1)))  # the new key is masked (False)
+    if bias is not None:
+        bias = jnp.pad(bias, [(0, 0)] * (bias.ndim - 2) + [(0, 1), (0, 1)])
+    return attention(q, k, v, mask, bias)[:, :length]
 
 
 def _divides(shape: tuple[int, ...], spec: Any, mesh: Any) -> bool:
