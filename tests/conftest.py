@@ -52,3 +52,27 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     return ROOT
+
+
+@pytest.fixture
+def cudnn_as_xla(monkeypatch) -> list[dict]:
+    """Lets `attention="cudnn"` run on CPU: `jax.nn.dot_product_attention` computes with XLA
+    (which takes key lengths too) whatever implementation it is asked for. Returns the log of
+    calls, each {"implementation", "key_lengths", "mask"}, to check what cuDNN would get."""
+    import jax
+
+    real = jax.nn.dot_product_attention
+    calls = []
+
+    def as_xla(*args, implementation=None, **kwargs):
+        calls.append(
+            {
+                "implementation": implementation,
+                "key_lengths": kwargs.get("key_value_seq_lengths") is not None,
+                "mask": kwargs.get("mask") is not None,
+            }
+        )
+        return real(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
+    return calls

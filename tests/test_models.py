@@ -120,6 +120,45 @@ def test_odd_lengths_padded_to_even_give_the_same_values_and_gradients(mask_kind
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal, scan_layers", [(False, False), (True, True)])
+def test_encoder_moves_kept_tokens_first_for_cudnn_and_changes_nothing(
+    cudnn_as_xla, causal, scan_layers
+):
+    """On the cuDNN path the encoder reorders each row's tokens (kept first) so attention gets
+    key lengths, never a mask or a per-layer check; outputs at kept tokens and parameter
+    gradients must equal the einsum reference's, for holes, right padding and an empty row."""
+    length = 16
+    cfg = dataclasses.replace(SMALL, causal=causal, scan_layers=scan_layers)
+    ids = jax.random.randint(jax.random.key(2), (3, length), 0, cfg.vocab_size)
+    mask = jnp.ones((3, length), bool).at[0, 3].set(False).at[0, 9].set(False)  # holes
+    mask = mask.at[1, 11:].set(False).at[2].set(False)  # right padding; an empty row
+    cotangent = jax.random.normal(jax.random.key(3), (3, length, cfg.hidden_size))
+    cotangent = cotangent * mask[..., None]  # what padded tokens hold is unused
+
+    def run(attention):
+        from gfm_jax.models.encoder import Encoder
+
+        model = Encoder(dataclasses.replace(cfg, attention=attention))
+        params = model.init(jax.random.key(0), ids, mask)["params"]
+
+        def loss(params):
+            out = model.apply({"params": params}, ids, mask)
+            return jnp.sum(out * cotangent), out
+
+        (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return out * mask[..., None], grads
+
+    got_out, got_grads = run("cudnn")
+    calls = list(cudnn_as_xla)
+    want_out, want_grads = run("reference")
+    assert calls and all(
+        c["implementation"] == "cudnn" and c["key_lengths"] and not c["mask"] for c in calls
+    ), calls
+    np.testing.assert_allclose(got_out, want_out, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)  # summed over 48 tokens
+
+
 def test_key_lengths_path_saves_no_score_sized_residual():
     """Differentiating lax.cond keeps both branches' residuals; the dense-mask branch is
     rematerialised, so nothing of [B, N, L, L] or [B, 1, L, L] size is held for the backward."""

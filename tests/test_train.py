@@ -75,6 +75,23 @@ def test_sharded_meshes_match_one_device(real_batches):
     assert_runs_close(blocked, reference, 1e-5)
 
 
+def test_cudnn_token_order_on_a_sharded_mesh_matches_one_device(real_batches, cudnn_as_xla):
+    """The cuDNN path reorders tokens inside the sharded step (kept first, per row); with
+    padding holes in the batches, 3 steps on a (2, 2, 2) mesh equal XLA attention's on one
+    device, which takes the mask as it is."""
+    holes = []
+    for b in real_batches:
+        b = {k: np.array(v) for k, v in b.items()}
+        b["inputs"][::2, 5::7] = 4  # pad_id of run_steps: holes in every other row
+        b["weights"][::2, 5::7] = 0.0
+        holes.append(b)
+    reference = run_steps(sharding.make_mesh((1, 1, 1), jax.devices()[:1]), holes, attention="xla")
+    cudnn_as_xla.clear()
+    reordered = run_steps(sharding.make_mesh((2, 2, 2)), holes, attention="cudnn")
+    assert cudnn_as_xla and all(c["key_lengths"] and not c["mask"] for c in cudnn_as_xla)
+    assert_runs_close(reordered, reference, 1e-5)
+
+
 @pytest.mark.parametrize("remat", ["full", "save_dots"])
 def test_remat_does_not_change_the_step(real_batches, remat):
     mesh = sharding.make_mesh((-1, 1, 1))

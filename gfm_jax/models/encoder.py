@@ -19,7 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from gfm_jax.errors import UserError
-from gfm_jax.models.attention import IMPLEMENTATIONS, SelfAttention, rope_tables
+from gfm_jax.models.attention import (
+    IMPLEMENTATIONS,
+    SelfAttention,
+    kept_first_order,
+    resolve_implementation,
+    rope_tables,
+)
 from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
 from gfm_jax.models.matmul import MATMULS
 
@@ -104,6 +110,14 @@ REMAT_POLICIES = {
 }
 
 
+def partitions_tokens(c: EncoderConfig, length: int) -> bool:
+    """Whether the encoder moves each row's kept tokens first, so that cuDNN attention takes
+    the padding mask as key lengths with no per-layer check (see `Encoder`). Not for ALiBi,
+    whose bias is a function of the original positions, nor off the cuDNN path."""
+    implementation = resolve_implementation(c.attention, dtype_of(c.dtype), length)
+    return implementation == "cudnn" and c.position != "alibi"
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -131,6 +145,7 @@ class Block(nn.Module):
             dtype=dtype,
             mesh=self.mesh,
             rules=self.rules,
+            keys_right_padded=partitions_tokens(c, x_BxLxD.shape[1]),
             name="attn",
         )(h, mask_BxL, rope_cos_sin)
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
@@ -204,6 +219,18 @@ class Encoder(nn.Module):
         rope_cos_sin = None
         if c.position == "rope":  # the same tables for every layer
             rope_cos_sin = rope_tables(length, c.head_dim, c.rope_base)
+        partition = partitions_tokens(c, length)
+        if partition:
+            # cuDNN's padding mask is key lengths, which cannot express a mask with holes;
+            # checking for holes in every layer (`lax.cond`) cost 13% of a GPU step. Instead
+            # each row's kept tokens move to the front, in order, so every mask is right-padded.
+            # Exact: only attention mixes tokens, it sees the same kept keys (causal order
+            # kept), RoPE takes the tokens' original positions, and the order is undone below.
+            order_BxL = kept_first_order(mask_BxL)
+            x_BxLxD = jnp.take_along_axis(x_BxLxD, order_BxL[..., None], axis=1)
+            mask_BxL = jnp.take_along_axis(mask_BxL, order_BxL, axis=1)
+            if rope_cos_sin is not None:  # [1, L, 1, H] -> [B, L, 1, H] at the new order
+                rope_cos_sin = tuple(table[0][order_BxL] for table in rope_cos_sin)
         if c.scan_layers:
             stack = nn.scan(
                 ScannedBlock,
@@ -222,4 +249,6 @@ class Encoder(nn.Module):
                 x_BxLxD = block_cls(c, self.mesh, self.rules, name=f"layer_{i}")(
                     x_BxLxD, mask_BxL, rope_cos_sin
                 )
+        if partition:
+            x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
         return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)
