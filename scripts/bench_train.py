@@ -13,7 +13,8 @@ median of the per-repeat ratios. `--preset` takes the layer count, widths and he
 (comma-separated, one table each) but keeps ESM's architecture so both do the same work;
 `--native` adds a gfm_jax row with the preset's own architecture (SwiGLU for NT v2), which ESM
 cannot express. `--holes` re-times the first gfm_jax variant on a batch with one padding token
-inside each row, which key lengths cannot express (the fallback path). Model FLOPs per token
+inside each row, which key lengths alone cannot express (with cuDNN the encoder reorders the
+tokens, kept first; with ALiBi each layer falls back to XLA's attention). Model FLOPs per token
 come from gfm_jax/train/flops.py; MFU divides by the peak in its table.
 """
 
@@ -144,7 +145,7 @@ def bench_shape(args: argparse.Namespace, preset: str | None, batch: int) -> lis
     }
     first = next(iter(cfgs))
     if args.holes:
-        hole_name = f"{first}, padding holes (mask fallback)"
+        hole_name = f"{first}, padding holes"
         timers[hole_name] = jax_step_rate(cfgs[first], args.tokens, batch, args.steps, holes=True)
         cfgs[hole_name] = cfgs[first]
     native_name = ""

@@ -38,7 +38,7 @@ def test_bench_mfu_times_each_variant_and_writes_its_section(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_times_both_frameworks_and_the_fallback_batch():
+def test_bench_train_times_both_frameworks_and_the_batch_with_holes():
     result = run_script(
         *("bench_train.py", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64"),
         *("--tokens", "65", "--batch", "2", "--repeats", "1", "--steps", "1"),
@@ -48,7 +48,7 @@ def test_bench_train_times_both_frameworks_and_the_fallback_batch():
     for name in (
         "gfm_jax (attention xla)",
         "gfm_jax (attention blocked)",
-        "padding holes (mask fallback)",
+        "gfm_jax (attention xla), padding holes",
         "transformers ESM (sdpa)",
     ):
         assert name in result.stdout

@@ -75,6 +75,7 @@ def test_sharded_meshes_match_one_device(real_batches):
     assert_runs_close(blocked, reference, 1e-5)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_cudnn_token_order_on_a_sharded_mesh_matches_one_device(real_batches, cudnn_as_xla):
     """The cuDNN path reorders tokens inside the sharded step (kept first, per row); with
     padding holes in the batches, 3 steps on a (2, 2, 2) mesh equal XLA attention's on one

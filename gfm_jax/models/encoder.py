@@ -4,7 +4,9 @@ One backbone for both objectives: bidirectional attention for masked-LM, or caus
 (`causal=True`) for next-token prediction. Positions are rotary, ALiBi, or learned absolute
 embeddings added to the token embeddings. Layers are a Python loop by default, or one
 `nn.scan` over stacked parameters (`scan_layers`: one compiled block, faster compiles for deep
-models); remat policies trade memory for recomputation.
+models); remat policies trade memory for recomputation. On the cuDNN attention path each
+row's kept tokens are moved first for the layers and put back after them (`partitions_tokens`),
+so attention takes the padding mask as key lengths.
 """
 
 from __future__ import annotations
