@@ -58,7 +58,8 @@ def root() -> pathlib.Path:
 def cudnn_as_xla(monkeypatch) -> list[dict]:
     """Lets `attention="cudnn"` run on CPU: `jax.nn.dot_product_attention` computes with XLA
     (which takes key lengths too) whatever implementation it is asked for. Returns the log of
-    calls, each {"implementation", "key_lengths", "mask"}, to check what cuDNN would get."""
+    calls, each {"implementation", "key_lengths", "mask", "length"}, to check what cuDNN would
+    get."""
     import jax
 
     real = jax.nn.dot_product_attention
@@ -70,6 +71,7 @@ def cudnn_as_xla(monkeypatch) -> list[dict]:
                 "implementation": implementation,
                 "key_lengths": kwargs.get("key_value_seq_lengths") is not None,
                 "mask": kwargs.get("mask") is not None,
+                "length": args[0].shape[1],  # query [B, L, N, H]
             }
         )
         return real(*args, implementation="xla", **kwargs)

@@ -31,6 +31,8 @@ def _inputs(length: int, mask_kind: str):
     mask = jnp.ones((2, length), bool).at[1, length - 37 :].set(False)  # right padding
     if mask_kind == "holes":
         mask = mask.at[0, length // 3].set(False)
+    if mask_kind == "empty_row":  # all padding, as a last batch padded with empty rows
+        mask = mask.at[0].set(False)
     # Only kept query rows enter the loss: what padded rows attend to means nothing (cuDNN and
     # the reference may differ there), as the model's loss weights them zero.
     return q, k, v, mask, cotangent * mask[:, :, None, None]
@@ -45,24 +47,29 @@ def _loss_and_grads(fn, q, k, v, cotangent):
 
 
 @pytest.mark.parametrize(
-    "length, mask_kind, position, causal",
+    "length, mask_kind, position, causal, keys_right_padded",
     [
-        (256, "right_padded", "rope", False),  # key lengths, cuDNN's padding mask
-        (257, "right_padded", "rope", False),  # CLS + 2^n, as real windows
-        (257, "holes", "rope", False),  # the device-side fallback to XLA
-        (256, "holes", "alibi", False),  # the fallback with a bias
-        (256, "right_padded", "alibi", True),
-        (257, "right_padded", "alibi", False),  # ALiBi at an odd length: XLA
+        # As the encoder calls it after moving kept tokens first (RoPE, learned positions):
+        # key lengths, no check; odd lengths padded to even; an empty row stays finite.
+        (256, "right_padded", "rope", False, True),
+        (257, "right_padded", "rope", True, True),
+        (256, "empty_row", "rope", False, True),
+        # As ALiBi calls it: each call checks the mask; holes take XLA's attention.
+        (257, "right_padded", "rope", False, False),
+        (257, "holes", "rope", False, False),
+        (256, "holes", "alibi", False, False),
+        (256, "right_padded", "alibi", True, False),
+        (257, "right_padded", "alibi", False, False),  # the bias padded to even, cuDNN
     ],
 )
 def test_cudnn_attention_values_and_gradients_match_the_reference(
-    length, mask_kind, position, causal
+    length, mask_kind, position, causal, keys_right_padded
 ):
     q, k, v, mask, cotangent = _inputs(length, mask_kind)
     bias = alibi_bias(HEADS, length) if position == "alibi" else None
 
     def cudnn(q, k, v):
-        return attend(q, k, v, mask, "cudnn", bias, causal)
+        return attend(q, k, v, mask, "cudnn", bias, causal, keys_right_padded)
 
     def reference(q, k, v):
         return reference_attention(q, k, v, mask, bias, causal)

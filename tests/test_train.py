@@ -75,6 +75,31 @@ def test_sharded_meshes_match_one_device(real_batches):
     assert_runs_close(blocked, reference, 1e-5)
 
 
+def test_causal_objective_predicts_only_from_tokens_and_cudnn_order_changes_nothing(
+    real_batches, cudnn_as_xla
+):
+    """Next-token targets are taken only from positions holding a token: the output at a
+    padding hole is unspecified (on the cuDNN path it comes after, and sees, every kept
+    token). With holes, the causal sums of the cuDNN path equal XLA attention's."""
+    config = micro_config()
+    tokenizer = get_tokenizer("char")
+    (lo, hi), pad_id = tokenizer.maskable, tokenizer.pad_id
+    ids = np.array(real_batches[0]["targets"][:4])
+    ids[:, 5::7] = pad_id  # holes
+    kept = ids != pad_id
+    nucleotide = (ids[:, 1:] >= lo) & (ids[:, 1:] < hi)
+    model_cfg = dataclasses.replace(EncoderConfig.from_config(config.model, 12), causal=True)
+    sums = {}
+    for attention in ("xla", "cudnn"):
+        model = MaskedLM(dataclasses.replace(model_cfg, attention=attention))
+        params = model.init(jax.random.key(0), ids[:1])["params"]
+        objective = step_lib.causal_objective(model, pad_id, (lo, hi))
+        sums[attention] = jax.device_get(objective(params, {"targets": ids}))
+    assert sums["xla"]["weight_sum"] == (nucleotide & kept[:, :-1]).sum() < nucleotide.sum()
+    for key in ("loss_sum", "correct_sum", "weight_sum"):
+        np.testing.assert_allclose(sums["cudnn"][key], sums["xla"][key], rtol=1e-6)
+
+
 @pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_cudnn_token_order_on_a_sharded_mesh_matches_one_device(real_batches, cudnn_as_xla):
     """The cuDNN path reorders tokens inside the sharded step (kept first, per row); with

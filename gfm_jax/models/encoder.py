@@ -121,11 +121,15 @@ def partitions_tokens(c: EncoderConfig, length: int) -> bool:
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    `keys_right_padded`: every mask row keeps a prefix of the tokens (see `attend`); the
+    encoder sets it where it has reordered the tokens, never for a mask that may have holes."""
 
     config: EncoderConfig
     mesh: Any = None
     rules: Sequence = ()
+    keys_right_padded: bool = False
 
     @nn.compact
     def __call__(
@@ -147,7 +151,7 @@ class Block(nn.Module):
             dtype=dtype,
             mesh=self.mesh,
             rules=self.rules,
-            keys_right_padded=partitions_tokens(c, x_BxLxD.shape[1]),
+            keys_right_padded=self.keys_right_padded,
             name="attn",
         )(h, mask_BxL, rope_cos_sin)
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
@@ -171,10 +175,13 @@ class ScannedBlock(nn.Module):
     config: EncoderConfig
     mesh: Any = None
     rules: Sequence = ()
+    keys_right_padded: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_BxL, rope_cos_sin):
-        block = _remat(Block, self.config)(self.config, self.mesh, self.rules, name="block")
+        block = _remat(Block, self.config)(
+            self.config, self.mesh, self.rules, self.keys_right_padded, name="block"
+        )
         return block(x_BxLxD, mask_BxL, rope_cos_sin), None
 
 
@@ -218,20 +225,26 @@ class Encoder(nn.Module):
             )(positions_BxL)
         x_BxLxD = x_BxLxD.astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
-        rope_cos_sin = None
-        if c.position == "rope":  # the same tables for every layer
-            rope_cos_sin = rope_tables(length, c.head_dim, c.rope_base)
         partition = partitions_tokens(c, length)
         if partition:
             # cuDNN's padding mask is key lengths, which cannot express a mask with holes;
-            # checking for holes in every layer (`lax.cond`) cost 13% of a GPU step. Instead
-            # each row's kept tokens move to the front, in order, so every mask is right-padded.
-            # Exact: only attention mixes tokens, it sees the same kept keys (causal order
-            # kept), RoPE takes the tokens' original positions, and the order is undone below.
+            # checking for holes in every layer (`lax.cond`) made a GPU step 13% slower.
+            # Instead each row's kept tokens move to the front, in order, so every mask is
+            # right-padded. Exact at kept tokens: only attention mixes tokens, it sees the same
+            # kept keys (causal order kept), RoPE takes the tokens' original positions, and the
+            # order is undone below. (Outputs at padding are unspecified: a padding token now
+            # comes after every kept one.) An odd length gets one masked token here, once,
+            # since cuDNN trains only at even lengths (see `at_even_length`).
+            extra = length % 2
+            x_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (0, extra), (0, 0)))
+            mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, extra)))  # the new token is masked
             order_BxL = kept_first_order(mask_BxL)
             x_BxLxD = jnp.take_along_axis(x_BxLxD, order_BxL[..., None], axis=1)
             mask_BxL = jnp.take_along_axis(mask_BxL, order_BxL, axis=1)
-            if rope_cos_sin is not None:  # [1, L, 1, H] -> [B, L, 1, H] at the new order
+        rope_cos_sin = None
+        if c.position == "rope":  # the same tables for every layer
+            rope_cos_sin = rope_tables(x_BxLxD.shape[1], c.head_dim, c.rope_base)
+            if partition:  # [1, L, 1, H] -> [B, L, 1, H]: each token's original position
                 rope_cos_sin = tuple(table[0][order_BxL] for table in rope_cos_sin)
         if c.scan_layers:
             stack = nn.scan(
@@ -242,15 +255,16 @@ class Encoder(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, _ = stack(c, self.mesh, self.rules, name="layers")(
+            x_BxLxD, _ = stack(c, self.mesh, self.rules, partition, name="layers")(
                 x_BxLxD, mask_BxL, rope_cos_sin
             )
         else:
             block_cls = _remat(Block, c)
             for i in range(c.num_layers):
-                x_BxLxD = block_cls(c, self.mesh, self.rules, name=f"layer_{i}")(
+                x_BxLxD = block_cls(c, self.mesh, self.rules, partition, name=f"layer_{i}")(
                     x_BxLxD, mask_BxL, rope_cos_sin
                 )
         if partition:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
+            x_BxLxD = x_BxLxD[:, :length]
         return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)

@@ -167,10 +167,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     )
     eval_batches = [{k: b[k] for k in MODEL_KEYS} for b in eval_ds.as_numpy_iterator()]
     eval_targets = np.concatenate([b["targets"] for b in eval_batches])
-    if causal:  # every nucleotide token after the first is a target
+    if causal:  # every nucleotide token after a token that is not padding is a target
         lo, hi = tokenizer.maskable
         next_tokens = eval_targets[:, 1:]
-        baseline = unigram_baseline(next_tokens, (next_tokens >= lo) & (next_tokens < hi))
+        targets = (
+            (next_tokens >= lo) & (next_tokens < hi) & (eval_targets[:, :-1] != tokenizer.pad_id)
+        )
+        baseline = unigram_baseline(next_tokens, targets)
     else:
         baseline = unigram_baseline(
             eval_targets, np.concatenate([b["weights"] for b in eval_batches])

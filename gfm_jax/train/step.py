@@ -69,14 +69,18 @@ def causal_objective(
     """Next-token prediction on the unmasked tokens (`targets`), with a causal encoder.
 
     Position t predicts token t + 1; every nucleotide token (ids in `maskable`) is a target, so
-    the accuracy is over the same kind of tokens as masked-LM's.
+    the accuracy is over the same kind of tokens as masked-LM's. Only from a token that is not
+    padding: the encoder's outputs at padding are unspecified (on the cuDNN path a padding
+    token inside a row is moved after the kept ones and sees all of them, later ones too).
     """
 
     def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
         ids_BxL = batch["targets"]
-        logits_BxLxV = model.apply({"params": params}, ids_BxL, ids_BxL != pad_id)
+        kept_BxL = ids_BxL != pad_id
+        logits_BxLxV = model.apply({"params": params}, ids_BxL, kept_BxL)
         next_BxL = ids_BxL[:, 1:]
-        weights_BxL = ((next_BxL >= maskable[0]) & (next_BxL < maskable[1])).astype(jnp.float32)
+        targets_BxL = (next_BxL >= maskable[0]) & (next_BxL < maskable[1]) & kept_BxL[:, :-1]
+        weights_BxL = targets_BxL.astype(jnp.float32)
         return masked_lm_sums(logits_BxLxV[:, :-1], next_BxL, weights_BxL, z_loss)
 
     return objective
