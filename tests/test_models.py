@@ -139,13 +139,13 @@ def test_encoder_moves_kept_tokens_first_for_cudnn_and_changes_nothing(
         from gfm_jax.models.encoder import Encoder
 
         model = Encoder(dataclasses.replace(cfg, attention=attention))
-        params = model.init(jax.random.key(0), ids, mask)["params"]
+        params = jax.jit(model.init)(jax.random.key(0), ids, mask)["params"]
 
         def loss(params):
             out = model.apply({"params": params}, ids, mask)
             return jnp.sum(out * cotangent), out
 
-        (_, out), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
         return out * mask[..., None], grads
 
     got_out, got_grads = run("cudnn")
