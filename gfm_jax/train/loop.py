@@ -167,13 +167,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     )
     eval_batches = [{k: b[k] for k in MODEL_KEYS} for b in eval_ds.as_numpy_iterator()]
     eval_targets = np.concatenate([b["targets"] for b in eval_batches])
-    if causal:  # every nucleotide token after a token that is not padding is a target
-        lo, hi = tokenizer.maskable
-        next_tokens = eval_targets[:, 1:]
-        targets = (
-            (next_tokens >= lo) & (next_tokens < hi) & (eval_targets[:, :-1] != tokenizer.pad_id)
-        )
-        baseline = unigram_baseline(next_tokens, targets)
+    if causal:  # the objective's next-token targets
+        targets = step_lib.causal_targets(eval_targets, tokenizer.pad_id, tokenizer.maskable)
+        baseline = unigram_baseline(eval_targets[:, 1:], targets)
     else:
         baseline = unigram_baseline(
             eval_targets, np.concatenate([b["weights"] for b in eval_batches])

@@ -63,6 +63,14 @@ def mlm_objective(
     return objective
 
 
+def causal_targets(ids_BxL: Any, pad_id: int, maskable: tuple[int, int]) -> Any:
+    """[B, L - 1] bool: whether position t predicts token t + 1, i.e. that token is a nucleotide
+    (ids in `maskable`) and position t holds a token, not padding. Works on numpy and jax
+    arrays alike, so the held-out baseline (host) counts the objective's (device) targets."""
+    next_BxL = ids_BxL[:, 1:]
+    return (next_BxL >= maskable[0]) & (next_BxL < maskable[1]) & (ids_BxL[:, :-1] != pad_id)
+
+
 def causal_objective(
     model: nn.Module, pad_id: int, maskable: tuple[int, int], z_loss: float = 0.0
 ) -> Objective:
@@ -76,12 +84,9 @@ def causal_objective(
 
     def objective(params: Any, batch: Batch) -> dict[str, jax.Array]:
         ids_BxL = batch["targets"]
-        kept_BxL = ids_BxL != pad_id
-        logits_BxLxV = model.apply({"params": params}, ids_BxL, kept_BxL)
-        next_BxL = ids_BxL[:, 1:]
-        targets_BxL = (next_BxL >= maskable[0]) & (next_BxL < maskable[1]) & kept_BxL[:, :-1]
-        weights_BxL = targets_BxL.astype(jnp.float32)
-        return masked_lm_sums(logits_BxLxV[:, :-1], next_BxL, weights_BxL, z_loss)
+        logits_BxLxV = model.apply({"params": params}, ids_BxL, ids_BxL != pad_id)
+        weights_BxL = causal_targets(ids_BxL, pad_id, maskable).astype(jnp.float32)
+        return masked_lm_sums(logits_BxLxV[:, :-1], ids_BxL[:, 1:], weights_BxL, z_loss)
 
     return objective
 
