@@ -112,12 +112,16 @@ REMAT_POLICIES = {
 }
 
 
+def on_cudnn(c: EncoderConfig, length: int) -> bool:
+    """Whether attention runs on cuDNN (the config's choice, or `auto`'s for this backend)."""
+    return resolve_implementation(c.attention, dtype_of(c.dtype), length) == "cudnn"
+
+
 def partitions_tokens(c: EncoderConfig, length: int) -> bool:
     """Whether the encoder moves each row's kept tokens first, so that cuDNN attention takes
     the padding mask as key lengths with no per-layer check (see `Encoder`). Not for ALiBi,
     whose bias is a function of the original positions, nor off the cuDNN path."""
-    implementation = resolve_implementation(c.attention, dtype_of(c.dtype), length)
-    return implementation == "cudnn" and c.position != "alibi"
+    return on_cudnn(c, length) and c.position != "alibi"
 
 
 class Block(nn.Module):
@@ -225,6 +229,11 @@ class Encoder(nn.Module):
             )(positions_BxL)
         x_BxLxD = x_BxLxD.astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
+        if length % 2 and on_cudnn(c, length):
+            # cuDNN trains only at even lengths (see `at_even_length`): one masked token, here
+            # once, where attention would otherwise pad q, k and v in every layer.
+            x_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (0, 1), (0, 0)))
+            mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, 1)))  # the new token is masked
         partition = partitions_tokens(c, length)
         if partition:
             # cuDNN's padding mask is key lengths, which cannot express a mask with holes;
@@ -233,11 +242,7 @@ class Encoder(nn.Module):
             # right-padded. Exact at kept tokens: only attention mixes tokens, it sees the same
             # kept keys (causal order kept), RoPE takes the tokens' original positions, and the
             # order is undone below. (Outputs at padding are unspecified: a padding token now
-            # comes after every kept one.) An odd length gets one masked token here, once,
-            # since cuDNN trains only at even lengths (see `at_even_length`).
-            extra = length % 2
-            x_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (0, extra), (0, 0)))
-            mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, extra)))  # the new token is masked
+            # comes after every kept one.)
             order_BxL = kept_first_order(mask_BxL)
             x_BxLxD = jnp.take_along_axis(x_BxLxD, order_BxL[..., None], axis=1)
             mask_BxL = jnp.take_along_axis(mask_BxL, order_BxL, axis=1)
@@ -266,5 +271,5 @@ class Encoder(nn.Module):
                 )
         if partition:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
-            x_BxLxD = x_BxLxD[:, :length]
+        x_BxLxD = x_BxLxD[:, :length]  # without the token an odd length got
         return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)
