@@ -6,10 +6,12 @@ that has jax, flax and optax but no tf.data.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,6 +28,46 @@ from gfm_jax.train import step as step_lib
 PAD_ID = 1  # random ids start at 5, so a batch holds padding only where `holes` puts it
 
 
+@dataclasses.dataclass(frozen=True)
+class MlmStep:
+    """The MLM train step as the training loop builds it, not yet run: the jitted step, the
+    parameter initialiser, the optimizer, the state's abstract arrays and the shardings."""
+
+    step: Callable
+    init: Callable
+    tx: Any
+    abstract_state: Any  # ShapeDtypeStructs with their shardings
+    batch_sharding: Any
+
+    def abstract_batch(self, batch: int, tokens: int) -> dict[str, jax.ShapeDtypeStruct]:
+        dtypes = {"inputs": np.int32, "targets": np.int32, "weights": np.float32}
+        return {
+            k: jax.ShapeDtypeStruct((batch, tokens), dt, sharding=self.batch_sharding)
+            for k, dt in dtypes.items()
+        }
+
+
+def mlm_step(model_cfg: EncoderConfig, tokens: int, device: Any) -> MlmStep:
+    """The train step on one device (a (1, 1, 1) mesh), as torch gets one in the comparisons."""
+    mesh = sharding.make_mesh((1, 1, 1), [device])
+    rules = config_lib.DEFAULT_RULES
+    model = MaskedLM(model_cfg, mesh, rules)
+    tx = optim.make_optimizer(config_lib.optim_defaults(), 1000)
+    init = lambda rng: model.init(rng, np.zeros((1, tokens), np.int32))["params"]  # noqa: E731
+    boxed = state_lib.abstract_state(init, tx, jax.random.key(0))
+    shardings = sharding.tree_shardings(boxed, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    capacity = target_capacity(tokens, MaskingSpec())
+    step = step_lib.compile_train_step(
+        # As the training loop: the MLM head runs at a 6-sigma bound on the masked positions.
+        step_lib.make_train_step(step_lib.mlm_objective(model, PAD_ID, 0.0, capacity), tx),
+        shardings,
+        batch_sharding,
+    )
+    abstract = state_lib.abstract_arrays(boxed, shardings)
+    return MlmStep(step, init, tx, abstract, batch_sharding)
+
+
 def jax_step_rate(
     model_cfg: EncoderConfig, tokens: int, batch: int, steps: int, holes: bool = False
 ) -> Callable[[], tuple[None, float]]:
@@ -34,20 +76,12 @@ def jax_step_rate(
     Compiles and runs one step before returning, so the timings hold no compilation. `holes`
     puts one padding token inside each row: a mask no key-length form can express."""
     vocab = model_cfg.vocab_size
-    capacity = target_capacity(tokens, MaskingSpec())
-    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])  # one device, as torch gets
-    rules = config_lib.DEFAULT_RULES
-    model = MaskedLM(model_cfg, mesh, rules)
-    tx = optim.make_optimizer(config_lib.optim_defaults(), 1000)
-    init = lambda rng: model.init(rng, np.zeros((1, tokens), np.int32))["params"]  # noqa: E731
-    state, shardings = state_lib.create_sharded_state(init, tx, jax.random.key(0), mesh, rules)
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    step = step_lib.compile_train_step(
-        # As the training loop: the MLM head runs at a 6-sigma bound on the masked positions.
-        step_lib.make_train_step(step_lib.mlm_objective(model, PAD_ID, 0.0, capacity), tx),
-        shardings,
-        batch_sharding,
+    built = mlm_step(model_cfg, tokens, jax.devices()[0])
+    mesh = built.batch_sharding.mesh
+    state, _ = state_lib.create_sharded_state(
+        built.init, built.tx, jax.random.key(0), mesh, config_lib.DEFAULT_RULES
     )
+    step, batch_sharding = built.step, built.batch_sharding
     rng = np.random.default_rng(0)
     host = {
         "inputs": rng.integers(5, vocab, (batch, tokens)).astype(np.int32),

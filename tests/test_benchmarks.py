@@ -1,10 +1,14 @@
 """The benchmark scripts run end to end on CPU at tiny sizes (their numbers live in
 docs/benchmarks.md, never in tests: nothing here is timed against a target)."""
 
+import importlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from conftest import ROOT
 
 
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -52,3 +56,38 @@ def test_bench_train_times_both_frameworks_and_the_batch_with_holes():
         "transformers ESM (sdpa)",
     ):
         assert name in result.stdout
+
+
+def test_step_traffic_counts_the_bytes_each_kernel_moves(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    step_traffic = importlib.import_module("step_traffic")
+    x_256x128 = jnp.ones((256, 128), jnp.float32)
+    sliced = jax.jit(lambda x: (x * 2 + 1)[:, :64]).lower(x_256x128).compile()
+    (kernel,) = step_traffic.kernels(sliced.as_text())
+    # One fused kernel computes and reads only the half of x the slice keeps.
+    assert (kernel.kind, kernel.bytes_read, kernel.bytes_written) == (
+        "other",
+        256 * 64 * 4,
+        256 * 64 * 4,
+    )
+    w_128x32 = jnp.ones((128, 32), jnp.float32)
+    dense = jax.jit(lambda x, w: jnp.tanh(x @ w)).lower(x_256x128, w_128x32).compile()
+    found = step_traffic.kernels(dense.as_text())
+    matmuls = [k for k in found if k.kind == "matmul"]
+    assert len(matmuls) == 1 and matmuls[0].bytes_read >= (256 * 128 + 128 * 32) * 4
+    assert sum(k.bytes_written for k in found) >= 256 * 32 * 4
+
+
+def test_step_traffic_tables_the_tiny_train_step(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    result = run_script(
+        *("step_traffic.py", "--preset", "tiny", "--target", "local", "--tokens", "64"),
+        *("--dtype", "float32", "--variant", "batch=2", "--write", str(docs)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = docs.read_text()
+    assert text.count("<!-- step_traffic tiny -->") == 2
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"matmul", "other"} <= rows.keys()
+    assert float(rows["matmul"].split("|")[3].replace(",", "")) > 0  # MB
+    assert any(key.startswith("`backward: encoder/layer_N/") for key in rows)

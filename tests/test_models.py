@@ -24,6 +24,7 @@ from gfm_jax.models.attention import (
 from gfm_jax.models.blocked_attention import blocked_attention
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
+from gfm_jax.models.layers import Mlp
 from gfm_jax.train import flops
 
 SMALL = EncoderConfig(vocab_size=12, num_layers=2, hidden_size=32, num_heads=4, mlp_dim=64)
@@ -317,3 +318,25 @@ def test_gelu_is_the_exact_erf_form_as_in_esm_and_nucleotide_transformer():
     xs = np.linspace(-4, 4, 17)
     want = [0.5 * x * (1 + erf(x / sqrt(2))) for x in xs]
     np.testing.assert_allclose(exact_gelu(jnp.asarray(xs)), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation, use_bias", [("swiglu", False), ("geglu", True)])
+def test_glu_gate_and_up_in_one_matmul_equal_two(activation, use_bias):
+    """Off XLA:CPU's GEMM path the GLU runs gate and up as one matmul; its parameters, values
+    and gradients equal the two-matmul path's."""
+    x = jax.random.normal(jax.random.key(1), (2, 8, 16))
+    runs = {}
+    for matmul in ("xla", "cpu_gemm"):
+        mlp = Mlp(16, 32, activation, use_bias, 0.02, jnp.float32, matmul)
+        params = mlp.init(jax.random.key(0), x)
+        loss = lambda p, x, mlp=mlp: jnp.sum(mlp.apply(p, x) ** 2)  # noqa: E731
+        dots = str(jax.make_jaxpr(mlp.apply)(params, x)).count("dot_general")
+        runs[matmul] = (params, mlp.apply(params, x), jax.grad(loss, (0, 1))(params, x), dots)
+    (p1, y1, g1, dots1), (p2, y2, g2, dots2) = runs["xla"], runs["cpu_gemm"]
+    assert (dots1, dots2) == (2, 3)  # gate+up fused, then down; against gate, up, down
+    assert jax.tree.map(jnp.shape, p1) == jax.tree.map(jnp.shape, p2)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same initial values, as checkpoints hold
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfm_jax.models.blocked_attention import blocked_attention
-from gfm_jax.models.layers import Dtype, dense, zeros_init
+from gfm_jax.models.layers import Dtype, ProjectionParams, dense
 from gfm_jax.models.matmul import dot_general_for
 
 IMPLEMENTATIONS = ("auto", "blocked", "xla", "cudnn", "reference")
@@ -298,30 +298,6 @@ def sharded_blocked_attention(
     )(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, slopes_N)
 
 
-class ProjectionParams(nn.Module):
-    """The kernel [D, *features] and bias a `dense` layer of this name would own (same shapes,
-    logical axes and initial values), returned rather than applied, so q/k/v fuse into one dot."""
-
-    in_features: int
-    features: tuple[int, ...]
-    use_bias: bool = True
-    std: float = 0.02
-
-    @nn.compact
-    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
-        def flat_normal(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-            flat = (shape[0], math.prod(shape[1:]))  # as DenseGeneral draws its kernel
-            return nn.initializers.normal(self.std)(rng, flat, dtype).reshape(shape)
-
-        shape = (self.in_features, *self.features)
-        init = nn.with_logical_partitioning(flat_normal, ("embed", "heads", "kv"))
-        kernel = self.param("kernel", init, shape, jnp.float32)
-        bias = None
-        if self.use_bias:
-            bias = self.param("bias", zeros_init(("heads", "kv")), self.features, jnp.float32)
-        return kernel, bias
-
-
 class SelfAttention(nn.Module):
     num_heads: int
     head_dim: int
@@ -349,6 +325,7 @@ class SelfAttention(nn.Module):
                 ProjectionParams(
                     x_BxLxD.shape[-1],
                     (self.num_heads, self.head_dim),
+                    ("embed", "heads", "kv"),
                     self.use_bias,
                     self.std,
                     name=n,

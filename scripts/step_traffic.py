@@ -1,0 +1,291 @@
+"""Memory traffic of the compiled MLM train step, kernel by kernel, without running it.
+
+    python scripts/step_traffic.py --preset nt_v2_500m --target h100 \\
+        --variant "scan_layers=0 batch=16" [--write docs/benchmarks.md]
+
+Compiles the train step that `scripts/bench_mfu.py` times and reads XLA's optimized program:
+each kernel's bytes (the operands it reads and the results it writes; an operand the kernel only
+slices counts as its slices), summed by kind (matmul, attention, the rest) and by the model
+operation the kernel comes from. The bytes are what memory-bound kernels cost: over a GPU's
+datasheet bandwidth they give about the least time everything that is not a matmul or attention
+can take (less only where the L2 cache serves a reread), the part of the step that decides its
+MFU once matmuls and attention run near peak. Not a timing.
+
+`--target h100` or `h200` compiles for that GPU without one (deviceless ahead-of-time
+compilation, from the device descriptions below); it needs jax's CUDA plugin installed, not a
+GPU: `pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"` in a
+separate environment. Without a GPU there is no autotuning: XLA keeps its default matmul
+kernels, so the matmul rows are indicative, and the fusions next to matmuls may differ from a
+GPU run's. `--target local` compiles for this machine's first device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import math
+import re
+
+import jax
+from bench_mfu import parse_variant
+from bench_step import mlm_step
+from benchmarks_md import publish
+
+from gfm_jax.models import presets
+from gfm_jax.models.encoder import EncoderConfig
+
+# Datasheet figures of the SXM cards (132 SMs at 1.98 GHz); what XLA's GPU compiler reads.
+GPU_TARGETS = {
+    "h100": dict(name="NVIDIA H100 80GB HBM3", bandwidth=3.35e12, memory=84_929_347_584),
+    "h200": dict(name="NVIDIA H200", bandwidth=4.8e12, memory=141_000_000_000),
+}
+TARGET_CONFIG = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: {bandwidth:.0f} l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: {memory} shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 }} registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: 12 minor: 8 }}
+device_description_str: "{name}"
+"""
+
+BYTES_PER_ELEMENT = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+    "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
+}  # fmt: skip
+SHAPE = re.compile(r"\b(pred|[su](?:8|16|32|64)|bf16|f(?:16|32|64))\[([\d,]*)\]")
+INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
+# Instructions that move no data of their own.
+FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all"}
+SLICES = {"slice", "dynamic-slice"}
+
+
+def shape_bytes(text: str) -> int:
+    """Bytes of every array shape in `text` (a tuple's elements summed)."""
+    return sum(
+        BYTES_PER_ELEMENT[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+        for dtype, dims in SHAPE.findall(text)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One launched kernel (an instruction of the entry computation) and the bytes it moves."""
+
+    name: str
+    kind: str  # matmul | attention | copy | other
+    bytes_read: int
+    bytes_written: int
+    op_name: str  # the jax operation it comes from (metadata), "" when the program has none
+
+
+def _operands(rest: str) -> list[str]:
+    """Operand names of an instruction: the %names inside its top-level parentheses."""
+    depth = 1
+    for end, char in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return re.findall(r"%([\w.\-]+)", rest[:end])
+    return re.findall(r"%([\w.\-]+)", rest)
+
+
+def _computations(hlo: str) -> dict[str, list[re.Match]]:
+    blocks, current = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%([\w.\-]+) ", line)
+        if header and line.rstrip().endswith("{"):
+            current = blocks.setdefault(header.group(1) + ("#entry" * line.startswith("ENTRY")), [])
+        elif current is not None and (m := INSTRUCTION.match(line)):
+            current.append(m)
+    return blocks
+
+
+def _elements(shape: str) -> int:
+    return sum(math.prod(int(d) for d in dims.split(",") if d) for _, dims in SHAPE.findall(shape))
+
+
+def _param_reads(body: list[re.Match]) -> dict[int, float]:
+    """The share of each parameter of a fused computation that the kernel reads: a kernel that
+    slices its result, or an operand, computes and reads only what the slice keeps.
+
+    Walks from the outputs to the parameters (HLO lists operands before their users): an
+    instruction as large as its operand (elementwise, convert, transpose, bitcast) needs the
+    same share of it, a slice its share times the slice's size; anything else (reductions,
+    broadcasts, concatenations) all of it."""
+    whole: dict[str, float] = {body[-1].group(1): 1.0} if body else {}
+    sliced: dict[str, float] = collections.defaultdict(float)  # different slices add up
+
+    def need(name: str) -> float:
+        return min(1.0, max(whole.get(name, 0.0), sliced[name]))
+
+    by_name = {m.group(1): m for m in body}
+    for m in reversed(body):
+        name, shape, op, rest = m.groups()
+        share = need(name)
+        for operand in _operands(rest):
+            source = by_name.get(operand)
+            if source is None:
+                continue
+            ratio = _elements(shape) / max(_elements(source.group(2)), 1)
+            if op in SLICES:
+                sliced[operand] += share * ratio
+            else:
+                wanted = share if ratio == 1.0 and op != "tuple" else float(share > 0)
+                whole[operand] = max(whole.get(operand, 0.0), wanted)
+    return {
+        int(re.match(r"(\d+)", m.group(4)).group(1)): need(m.group(1))
+        for m in body
+        if m.group(3) == "parameter"
+    }
+
+
+def _kind(name: str, op: str, rest: str, body: list[re.Match]) -> str:
+    target = re.search(r'custom_call_target="([^"]+)"', rest)
+    target = target.group(1).lower() if target else ""
+    backend = re.search(r'"fusion_backend_config":\{"kind":"([^"]+)"', rest)
+    if "fmha" in target or "attention" in target:
+        return "attention"
+    if (
+        op in ("dot", "convolution")
+        or any(m.group(3) in ("dot", "convolution") for m in body)  # a fused matmul
+        or name.startswith(("gemm_fusion", "cublas"))
+        or "gemm" in target
+        or "matmul" in target
+        or (backend and "gemm" in backend.group(1))
+    ):
+        return "matmul"
+    if op in ("copy", "copy-start", "copy-done"):
+        return "copy"
+    return "other"
+
+
+def kernels(hlo: str) -> list[Kernel]:
+    """The kernels of an optimized HLO module's entry computation with their memory traffic."""
+    blocks = _computations(hlo)
+    (entry,) = (v for k, v in blocks.items() if k.endswith("#entry"))
+    sizes: dict[str, int] = {}
+    found = []
+    for m in entry:
+        name, shape, op, rest = m.groups()
+        sizes[name] = shape_bytes(shape)
+        if op in FREE:
+            continue
+        operands = _operands(rest)
+        calls = re.search(r"calls=%([\w.\-]+)", rest)
+        body = blocks[calls.group(1)] if op == "fusion" and calls else []
+        share = _param_reads(body)
+        read = round(sum(sizes.get(o, 0) * share.get(i, 1.0) for i, o in enumerate(operands)))
+        op_name = re.search(r'op_name="([^"]+)"', rest)
+        found.append(
+            Kernel(
+                name,
+                _kind(name, op, rest, body),
+                read,
+                sizes[name],
+                op_name.group(1) if op_name else "",
+            )
+        )
+    return found
+
+
+def operation(op_name: str) -> str:
+    """'jit(train_step)/transpose(jvp(MaskedLM))/encoder/layer_7/mlp/mul' ->
+    'backward: encoder/layer_N/mlp/mul': the same operation of every layer in one row."""
+    path = re.sub(r"layer_\d+", "layer_N", op_name.split("/", 1)[-1])
+    direction = "backward: " if path.startswith("transpose(") else "forward: "
+    path = re.sub(r"^(transpose\()?jvp\([^)]*\)\)?/", "", path)
+    if "MaskedLM" not in op_name:
+        return "outside the model (loss, optimizer): " + path.rsplit("/", 1)[-1]
+    return direction + path
+
+
+def compile_step(cfg: EncoderConfig, tokens: int, batch: int, target: str) -> jax.stages.Compiled:
+    """The MLM train step compiled for `target` (local, or a GPU of GPU_TARGETS)."""
+    if target == "local":
+        device = jax.devices()[0]
+    else:
+        from jax.experimental import topologies
+
+        spec = GPU_TARGETS[target]
+        topology = topologies.get_topology_desc(
+            platform="cuda", target_config=TARGET_CONFIG.format(**spec), topology="1x1x1"
+        )
+        device = topology.devices[0]
+    built = mlm_step(cfg, tokens, device)
+    return built.step.lower(built.abstract_state, built.abstract_batch(batch, tokens)).compile()
+
+
+def report(found: list[Kernel], bandwidth: float | None, top: int = 15) -> list[str]:
+    by_kind = collections.defaultdict(lambda: [0, 0])
+    by_op = collections.defaultdict(lambda: [0, 0])
+    for k in found:
+        by_kind[k.kind][0] += 1
+        by_kind[k.kind][1] += k.bytes_read + k.bytes_written
+        if k.kind == "other":
+            by_op[operation(k.op_name)][0] += 1
+            by_op[operation(k.op_name)][1] += k.bytes_read + k.bytes_written
+
+    def ms(nbytes: int) -> str:
+        return f"{nbytes / bandwidth * 1e3:.1f}" if bandwidth else "n/a"
+
+    lines = [
+        "| kernels | count | MB | ms at the datasheet bandwidth |",
+        "| --- | --- | --- | --- |",
+    ]
+    for kind, (count, nbytes) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {kind} | {count} | {nbytes / 1e6:,.1f} | {ms(nbytes)} |")
+    lines += ["", "| operation (not matmul, not attention) | kernels | MB | ms |"]
+    lines.append("| --- | --- | --- | --- |")
+    for op, (count, nbytes) in sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]:
+        lines.append(f"| `{op[:80]}` | {count} | {nbytes / 1e6:,.1f} | {ms(nbytes)} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="nt_v2_500m")
+    parser.add_argument("--vocab", type=int, default=4107)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=16, help="unless a variant sets batch=")
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    parser.add_argument("--target", default="h100", choices=("local", *GPU_TARGETS))
+    parser.add_argument("--variant", action="append", default=[], help="'key=value ...'")
+    parser.add_argument("--write", default=None, help="Markdown file to put the tables in")
+    args = parser.parse_args()
+    if args.target != "local":
+        jax.config.update("jax_platforms", "cpu")  # the GPU is a compile target only
+    base = dataclasses.replace(
+        EncoderConfig.from_config(presets.get(args.preset), args.vocab), dtype=args.dtype
+    )
+    if args.target != "local":  # what "auto" picks on a GPU, which this machine may not have
+        base = dataclasses.replace(base, attention="cudnn", matmul="xla")
+    bandwidth = GPU_TARGETS[args.target]["bandwidth"] if args.target != "local" else None
+    device = (
+        f"{GPU_TARGETS[args.target]['name']} (deviceless: no GPU needed)"
+        if args.target != "local"
+        else f"this machine's {jax.devices()[0].device_kind}"
+    )
+    sections = [
+        f"## Memory traffic of the train step: {args.preset} (`scripts/step_traffic.py`)",
+        "",
+        f"Compiled for {device}, jax "
+        f"{jax.__version__}, {args.preset} as published, {args.dtype}, {args.tokens} tokens, "
+        "MLM head at the 6-sigma bound. Bytes each kernel reads and writes in the optimized "
+        "program; times are bytes over the datasheet bandwidth, a lower bound, not a timing.",
+    ]
+    for text in args.variant or [""]:
+        cfg, batch = parse_variant(text, base, args.batch)
+        found = kernels(compile_step(cfg, args.tokens, batch, args.target).as_text())
+        sections += ["", f"### `{text or 'preset defaults'}`, batch {batch}", ""]
+        sections += report(found, bandwidth)
+    publish("\n".join(sections), args.write, f"<!-- step_traffic {args.preset} -->")
+
+
+if __name__ == "__main__":
+    main()
