@@ -78,6 +78,7 @@ def test_step_traffic_counts_the_bytes_each_kernel_moves(monkeypatch):
     assert sum(k.bytes_written for k in found) >= 256 * 32 * 4
 
 
+@pytest.mark.slow
 def test_step_traffic_tables_the_tiny_train_step(tmp_path):
     docs = tmp_path / "benchmarks.md"
     result = run_script(
