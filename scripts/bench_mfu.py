@@ -30,8 +30,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import hlo_bytes  # noqa: E402
 import jax  # noqa: E402
-from bench_step import jax_step_rate, release_device_memory  # noqa: E402
+from bench_step import StepTimer, jax_step_rate, release_device_memory  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
 from gfm_jax import host_memory  # noqa: E402
@@ -104,6 +105,20 @@ def kernel_time_split(measure, steps: int) -> tuple[dict[str, float], list[tuple
     return dict(split), per_kernel.most_common(12)
 
 
+def rest_bandwidth(measure: StepTimer, split: dict[str, float]) -> str:
+    """What the kernels that are neither matmuls nor attention move per step (bytes from the
+    compiled program) and the bandwidth they achieve over their device time: the figure that
+    turns `scripts/step_traffic.py`'s bytes into a time estimate for another program."""
+    moved = hlo_bytes.bytes_by_kind(hlo_bytes.kernels(measure.compiled_text()))
+    nbytes = moved.get("other", 0) + moved.get("copy", 0)
+    ms = split.get("other", 0.0) + split.get("copies", 0.0)
+    line = (
+        f"Kernels other than matmuls and attention move {nbytes / 1e9:.1f} GB per step "
+        "(scripts/hlo_bytes.py)"
+    )
+    return line + (f": {nbytes / ms / 1e9:.2f} TB/s over their {ms:.1f} ms." if ms else ".")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="nt_v2_500m")
@@ -155,6 +170,8 @@ def main() -> None:
                     ", ".join(f"{c} {ms:.1f} ms" for c, ms in sorted(split.items()))
                     or "none recorded (on CPU the trace has host threads only)"
                 ),
+                "",
+                rest_bandwidth(measure, split),
                 "",
                 *(["| kernel | ms per step |", "| --- | --- |"] if top else []),
                 *(f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top),

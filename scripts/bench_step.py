@@ -68,20 +68,42 @@ def mlm_step(model_cfg: EncoderConfig, tokens: int, device: Any) -> MlmStep:
     return MlmStep(step, init, tx, abstract, batch_sharding)
 
 
+@dataclasses.dataclass
+class StepTimer:
+    """Calling it times `steps` compiled train steps on one fixed batch: (None, tokens/s)."""
+
+    built: MlmStep
+    state: Any
+    data: dict[str, jax.Array]
+    steps: int
+
+    def __call__(self) -> tuple[None, float]:
+        start = time.perf_counter()
+        for _ in range(self.steps):
+            self.state, metrics = self.built.step(self.state, self.data)
+        jax.block_until_ready(metrics)
+        batch, tokens = self.data["inputs"].shape
+        return None, batch * tokens * self.steps / (time.perf_counter() - start)
+
+    def compiled_text(self) -> str:
+        """The optimized HLO of the step it times (jit's cache holds it: nothing recompiles)."""
+        batch, tokens = self.data["inputs"].shape
+        abstract_batch = self.built.abstract_batch(batch, tokens)
+        return self.built.step.lower(self.built.abstract_state, abstract_batch).compile().as_text()
+
+
 def jax_step_rate(
     model_cfg: EncoderConfig, tokens: int, batch: int, steps: int, holes: bool = False
-) -> Callable[[], tuple[None, float]]:
-    """A function measuring (None, tokens/s) of the compiled MLM train step on random batches.
+) -> StepTimer:
+    """A timer of the compiled MLM train step on a random batch.
 
     Compiles and runs one step before returning, so the timings hold no compilation. `holes`
     puts one padding token inside each row: a mask no key-length form can express."""
     vocab = model_cfg.vocab_size
     built = mlm_step(model_cfg, tokens, jax.devices()[0])
-    mesh = built.batch_sharding.mesh
     state, _ = state_lib.create_sharded_state(
-        built.init, built.tx, jax.random.key(0), mesh, config_lib.DEFAULT_RULES
+        built.init, built.tx, jax.random.key(0), built.batch_sharding.mesh, config_lib.DEFAULT_RULES
     )
-    step, batch_sharding = built.step, built.batch_sharding
     rng = np.random.default_rng(0)
     host = {
         "inputs": rng.integers(5, vocab, (batch, tokens)).astype(np.int32),
@@ -91,18 +113,10 @@ def jax_step_rate(
     if holes:
         host["inputs"][:, tokens // 2] = PAD_ID
         host["weights"][:, tokens // 2] = 0.0
-    data = jax.device_put(host, batch_sharding)
-    holder = {"state": step(state, data)[0]}  # compile and warm up
-    jax.block_until_ready(holder["state"])
-
-    def measure() -> tuple[None, float]:
-        start = time.perf_counter()
-        for _ in range(steps):
-            holder["state"], m = step(holder["state"], data)
-        jax.block_until_ready(m)
-        return None, batch * tokens * steps / (time.perf_counter() - start)
-
-    return measure
+    data = jax.device_put(host, built.batch_sharding)
+    state = built.step(state, data)[0]  # compile and warm up
+    jax.block_until_ready(state)
+    return StepTimer(built, state, data, steps)
 
 
 def release_device_memory() -> None:

@@ -58,12 +58,12 @@ def test_bench_train_times_both_frameworks_and_the_batch_with_holes():
         assert name in result.stdout
 
 
-def test_step_traffic_counts_the_bytes_each_kernel_moves(monkeypatch):
+def test_hlo_bytes_counts_what_each_kernel_reads_and_writes(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    step_traffic = importlib.import_module("step_traffic")
+    hlo_bytes = importlib.import_module("hlo_bytes")
     x_256x128 = jnp.ones((256, 128), jnp.float32)
     sliced = jax.jit(lambda x: (x * 2 + 1)[:, :64]).lower(x_256x128).compile()
-    (kernel,) = step_traffic.kernels(sliced.as_text())
+    (kernel,) = hlo_bytes.kernels(sliced.as_text())
     # One fused kernel computes and reads only the half of x the slice keeps.
     assert (kernel.kind, kernel.bytes_read, kernel.bytes_written) == (
         "other",
@@ -72,7 +72,7 @@ def test_step_traffic_counts_the_bytes_each_kernel_moves(monkeypatch):
     )
     w_128x32 = jnp.ones((128, 32), jnp.float32)
     dense = jax.jit(lambda x, w: jnp.tanh(x @ w)).lower(x_256x128, w_128x32).compile()
-    found = step_traffic.kernels(dense.as_text())
+    found = hlo_bytes.kernels(dense.as_text())
     matmuls = [k for k in found if k.kind == "matmul"]
     assert len(matmuls) == 1 and matmuls[0].bytes_read >= (256 * 128 + 128 * 32) * 4
     assert sum(k.bytes_written for k in found) >= 256 * 32 * 4
