@@ -1,8 +1,10 @@
 """Memory traffic of a compiled XLA program, kernel by kernel, from its optimized HLO text.
 
 Each instruction of the entry computation is one kernel launch (a fusion, a library call, a
-copy). Its bytes are the operands it reads and the results it writes, where a fused kernel that
-only slices an operand reads just the slices. Used by `scripts/step_traffic.py` (bytes of the
+copy), and each of a while loop's body (a scan over layers) one per trip. A kernel's bytes are
+the operands it reads and the results it writes; a fused kernel that only slices an operand
+reads just the slices, and one that updates a slice of a buffer in place (a scan stacking its
+per-layer values) writes just the update. Used by `scripts/step_traffic.py` (bytes of the
 train step, also for a GPU target without a GPU) and `scripts/bench_mfu.py --profile` (the
 achieved bandwidth of the kernels that are neither matmuls nor attention).
 """
@@ -23,6 +25,7 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
 # Instructions that move no data of their own.
 FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all"}
 SLICES = {"slice", "dynamic-slice"}
+UPDATE_SLICE = "dynamic-update-slice"
 
 
 def shape_bytes(text: str) -> int:
@@ -35,13 +38,15 @@ def shape_bytes(text: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """One launched kernel (an instruction of the entry computation) and the bytes it moves."""
+    """One kernel of the program (an instruction of the entry computation or of a loop body)
+    and the bytes it moves over all its launches."""
 
     name: str
     kind: str  # matmul | attention | copy | other
     bytes_read: int
     bytes_written: int
     op_name: str  # the jax operation it comes from (metadata), "" when the program has none
+    launches: int = 1  # a kernel inside a while loop runs once per trip; bytes count them all
 
 
 def _operands(rest: str) -> list[str]:
@@ -65,6 +70,11 @@ def _computations(hlo: str) -> dict[str, list[re.Match]]:
     return blocks
 
 
+def _root(body: list[re.Match]) -> re.Match:
+    """The instruction marked ROOT (XLA prints it last, but nothing promises that)."""
+    return next((m for m in body if m.group(0).lstrip().startswith("ROOT ")), body[-1])
+
+
 def _elements(shape: str) -> int:
     return sum(math.prod(int(d) for d in dims.split(",") if d) for _, dims in SHAPE.findall(shape))
 
@@ -77,7 +87,7 @@ def _param_reads(body: list[re.Match]) -> dict[int, float]:
     instruction as large as its operand (elementwise, convert, transpose, bitcast) needs the
     same share of it, a slice its share times the slice's size; anything else (reductions,
     broadcasts, concatenations) all of it."""
-    whole: dict[str, float] = {body[-1].group(1): 1.0} if body else {}
+    whole: dict[str, float] = {_root(body).group(1): 1.0} if body else {}
     sliced: dict[str, float] = collections.defaultdict(float)  # different slices add up
 
     def need(name: str) -> float:
@@ -94,6 +104,8 @@ def _param_reads(body: list[re.Match]) -> dict[int, float]:
             ratio = _elements(shape) / max(_elements(source.group(2)), 1)
             if op in SLICES:
                 sliced[operand] += share * ratio
+            elif op == UPDATE_SLICE and operand == _operands(rest)[0]:
+                continue  # the buffer is updated in place: only the update is read
             else:
                 wanted = share if ratio == 1.0 and op != "tuple" else float(share > 0)
                 whole[operand] = max(whole.get(operand, 0.0), wanted)
@@ -124,32 +136,86 @@ def _kind(name: str, op: str, rest: str, body: list[re.Match]) -> str:
     return "other"
 
 
-def kernels(hlo: str) -> list[Kernel]:
-    """The kernels of an optimized HLO module's entry computation with their memory traffic."""
-    blocks = _computations(hlo)
-    (entry,) = (v for k, v in blocks.items() if k.endswith("#entry"))
+def _written(body: list[re.Match], result_bytes: int) -> int:
+    """Bytes a fused kernel writes: an output made by a dynamic-update-slice (a scan stacking
+    its per-layer values) writes only its update, in place."""
+    if not body:
+        return result_bytes
+    by_name = {m.group(1): m for m in body}
+    root = _root(body)
+    outputs = [by_name[o] for o in _operands(root.group(4))] if root.group(3) == "tuple" else [root]
+    total = 0
+    for out in outputs:
+        if out.group(3) == UPDATE_SLICE:
+            update = by_name.get(_operands(out.group(4))[1])
+            total += shape_bytes(update.group(2)) if update else 0
+        else:
+            total += shape_bytes(out.group(2))
+    return total
+
+
+def _walk(blocks: dict, computation: str, launches: int, found: list[Kernel]) -> None:
     sizes: dict[str, int] = {}
-    found = []
-    for m in entry:
+    for m in blocks[computation]:
         name, shape, op, rest = m.groups()
         sizes[name] = shape_bytes(shape)
         if op in FREE:
             continue
         operands = _operands(rest)
+        if op == "while":  # a scan over layers: its body runs once per trip
+            body = re.search(r"body=%([\w.\-]+)", rest).group(1)
+            trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
+            _walk(blocks, body, launches * (int(trips.group(1)) if trips else 1), found)
+            continue
+        if op == "call":
+            _walk(blocks, re.search(r"to_apply=%([\w.\-]+)", rest).group(1), launches, found)
+            continue
+        if op == "conditional":  # one branch runs: count the one that moves the most
+            branches = re.search(r"branch_computations=\{([^}]*)\}", rest)
+            names = (
+                re.findall(r"%([\w.\-]+)", branches.group(1))
+                if branches
+                else re.findall(r"(?:true|false)_computation=%([\w.\-]+)", rest)
+            )
+            taken: list[list[Kernel]] = []
+            for branch in names:
+                taken.append([])
+                _walk(blocks, branch, launches, taken[-1])
+            found.extend(max(taken, key=lambda ks: sum(k.bytes_read + k.bytes_written for k in ks)))
+            continue
+        if op.endswith("-done") or op.endswith("-update"):  # the -start half counts the work
+            continue
         calls = re.search(r"calls=%([\w.\-]+)", rest)
-        body = blocks[calls.group(1)] if op == "fusion" and calls else []
+        body = blocks[calls.group(1)] if op.startswith("fusion") and calls else []
         share = _param_reads(body)
-        read = round(sum(sizes.get(o, 0) * share.get(i, 1.0) for i, o in enumerate(operands)))
+        read = sum(sizes.get(o, 0) * share.get(i, 1.0) for i, o in enumerate(operands))
+        written = _written(body, sizes[name])
+        if op == "custom-call":  # a library call's byte-typed result is its scratch space
+            written = shape_bytes(re.sub(r"\b[su]8\[[\d,]*\]", "", shape))
+        if op in SLICES:
+            read = sizes[name]
+        elif op == UPDATE_SLICE:
+            read = written = sizes.get(operands[1], 0)
         op_name = re.search(r'op_name="([^"]+)"', rest)
         found.append(
             Kernel(
                 name,
                 _kind(name, op, rest, body),
-                read,
-                sizes[name],
+                round(read) * launches,
+                written * launches,
                 op_name.group(1) if op_name else "",
+                launches,
             )
         )
+
+
+def kernels(hlo: str) -> list[Kernel]:
+    """The kernels an optimized HLO module launches, with their memory traffic: those of its
+    entry computation, and those of while-loop bodies (scans) times the trip count."""
+    blocks = _computations(hlo)
+    (entry,) = (k for k in blocks if k.endswith("#entry"))
+    found: list[Kernel] = []
+    _walk(blocks, entry, 1, found)
     return found
 
 

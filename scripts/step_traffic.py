@@ -13,10 +13,11 @@ of the step that decides its MFU once matmuls and attention run near peak. Not a
 
 `--target h100` or `h200` compiles for that GPU without one (deviceless ahead-of-time
 compilation, from the device descriptions below); it needs jax's CUDA plugin installed, not a
-GPU: `pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"` in a
-separate environment. Without a GPU there is no autotuning: XLA keeps its default matmul
-kernels, so the matmul rows are indicative, and the fusions next to matmuls may differ from a
-GPU run's. `--target local` compiles for this machine's first device.
+GPU. Checked with `pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"`
+in a separate environment (the project's `gpu` extra installs the cuda13 one). Without a GPU
+there is no autotuning: XLA keeps its default matmul kernels, so the matmul rows are
+indicative, and the fusions next to matmuls may differ from a GPU run's. `--target local`
+compiles for this machine's first device.
 """
 
 from __future__ import annotations
@@ -75,22 +76,22 @@ def report(found: list[Kernel], bandwidth: float | None, top: int = 15) -> list[
     by_kind = collections.defaultdict(lambda: [0, 0])
     by_op = collections.defaultdict(lambda: [0, 0])
     for k in found:
-        by_kind[k.kind][0] += 1
+        by_kind[k.kind][0] += k.launches
         by_kind[k.kind][1] += k.bytes_read + k.bytes_written
         if k.kind == "other":
-            by_op[operation(k.op_name)][0] += 1
+            by_op[operation(k.op_name)][0] += k.launches
             by_op[operation(k.op_name)][1] += k.bytes_read + k.bytes_written
 
     def ms(nbytes: int) -> str:
         return f"{nbytes / bandwidth * 1e3:.1f}" if bandwidth else "n/a"
 
     lines = [
-        "| kernels | count | MB | ms at the datasheet bandwidth |",
+        "| kernels | launches | MB | ms at the datasheet bandwidth |",
         "| --- | --- | --- | --- |",
     ]
     for kind, (count, nbytes) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"| {kind} | {count} | {nbytes / 1e6:,.1f} | {ms(nbytes)} |")
-    lines += ["", "| operation (not matmul, not attention) | kernels | MB | ms |"]
+    lines += ["", "| operation (not matmul, not attention) | launches | MB | ms |"]
     lines.append("| --- | --- | --- | --- |")
     for op, (count, nbytes) in sorted(by_op.items(), key=lambda kv: -kv[1][1])[:top]:
         lines.append(f"| `{op[:80]}` | {count} | {nbytes / 1e6:,.1f} | {ms(nbytes)} |")

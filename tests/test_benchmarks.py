@@ -76,6 +76,12 @@ def test_hlo_bytes_counts_what_each_kernel_reads_and_writes(monkeypatch):
     matmuls = [k for k in found if k.kind == "matmul"]
     assert len(matmuls) == 1 and matmuls[0].bytes_read >= (256 * 128 + 128 * 32) * 4
     assert sum(k.bytes_written for k in found) >= 256 * 32 * 4
+    w_128x128 = jnp.ones((128, 128), jnp.float32)
+    loop = lambda x, w: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ w), x)  # noqa: E731
+    looped = hlo_bytes.kernels(jax.jit(loop).lower(x_256x128, w_128x128).compile().as_text())
+    matmuls = [k for k in looped if k.kind == "matmul"]
+    assert sum(k.launches for k in matmuls) == 5  # a while loop's body counts once per trip
+    assert sum(k.bytes_read for k in matmuls) >= 5 * (256 * 128 + 128 * 128) * 4
 
 
 @pytest.mark.slow
@@ -83,12 +89,14 @@ def test_step_traffic_tables_the_tiny_train_step(tmp_path):
     docs = tmp_path / "benchmarks.md"
     result = run_script(
         *("step_traffic.py", "--preset", "tiny", "--target", "local", "--tokens", "64"),
-        *("--dtype", "float32", "--variant", "batch=2", "--write", str(docs)),
+        *("--dtype", "float32", "--write", str(docs)),
+        *("--variant", "scan_layers=0 batch=2", "--variant", "scan_layers=1 batch=2"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = docs.read_text()
     assert text.count("<!-- step_traffic tiny -->") == 2
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert {"matmul", "other"} <= rows.keys()
-    assert float(rows["matmul"].split("|")[3].replace(",", "")) > 0  # MB
-    assert any(key.startswith("`backward: encoder/layer_N/") for key in rows)
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")]
+    matmul = [(int(r[2]), float(r[3].replace(",", ""))) for r in rows if r[1].strip() == "matmul"]
+    # The same matmuls whether the layers are unrolled or a scan (a while loop, counted per trip).
+    assert len(matmul) == 2 and matmul[0] == matmul[1] and matmul[0][1] > 0
+    assert any(r[1].strip().startswith("`backward: encoder/layer_N/") for r in rows)

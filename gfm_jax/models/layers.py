@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gfm_jax.models.matmul import dot_general_for, resolve_matmul
+from gfm_jax.models.matmul import dot_general_for
 
 Dtype = Any
 LogicalNames = tuple[str | None, ...]
@@ -137,15 +137,12 @@ class Mlp(nn.Module):
     dtype: Dtype = jnp.float32
     matmul: str = "auto"
 
-    def gate_and_up(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The GLU's two projections of x. One matmul for both (as for q/k/v) except on
-        XLA:CPU's GEMM path: on a GPU the backward pass then makes both gradients in one
-        elementwise pass and runs one input-gradient matmul, and the H100 program of
-        nt_v2_500m moves 10% fewer bytes outside its matmuls (scripts/step_traffic.py); on the
-        CPU the fused matmul made a train step of nt_v2_50m's shape 8% slower (2 layers,
-        float32, batch 4 x 256, 2 rounds). Either way the parameters are two DenseGeneral-style
-        kernels, gate and up, as checkpoints name them."""
-        separate = resolve_matmul(self.matmul) == "cpu_gemm"
+    def _gate_and_up(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The GLU's two projections of x, as one matmul (as q/k/v): on a GPU the backward pass
+        then makes both gradients in one elementwise pass and runs one input-gradient matmul,
+        and the H100 program of nt_v2_500m moves 10% fewer bytes outside its matmuls
+        (scripts/step_traffic.py); on the CPU it is as fast as two (alternating A/B). The
+        parameters stay two DenseGeneral kernels, gate and up, as checkpoints name them."""
         params = [
             ProjectionParams(
                 x_BxLxD.shape[-1],
@@ -157,18 +154,14 @@ class Mlp(nn.Module):
             )()
             for name in ("gate", "up")
         ]
-        x_BxLxD = x_BxLxD.astype(self.dtype)
+        kernel_Dx2xF = jnp.stack([k for k, _ in params], axis=1).astype(self.dtype)
         contract_d = (((2,), (0,)), ((), ()))
-        dot = dot_general_for(self.matmul)
-        if separate:
-            outputs = [dot(x_BxLxD, k.astype(self.dtype), contract_d) for k, _ in params]
-        else:
-            kernel_Dx2xF = jnp.stack([k for k, _ in params], axis=1).astype(self.dtype)
-            gate_up_BxLx2xF = dot(x_BxLxD, kernel_Dx2xF, contract_d)
-            outputs = [gate_up_BxLx2xF[:, :, 0], gate_up_BxLx2xF[:, :, 1]]
+        gate_up_BxLx2xF = dot_general_for(self.matmul)(
+            x_BxLxD.astype(self.dtype), kernel_Dx2xF, contract_d
+        )
         if self.use_bias:
-            outputs = [y + b.astype(self.dtype) for y, (_, b) in zip(outputs, params, strict=True)]
-        return outputs[0], outputs[1]
+            gate_up_BxLx2xF = gate_up_BxLx2xF + jnp.stack([b for _, b in params]).astype(self.dtype)
+        return gate_up_BxLx2xF[:, :, 0], gate_up_BxLx2xF[:, :, 1]
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -184,7 +177,7 @@ class Mlp(nn.Module):
             )
 
         if self.activation in ("swiglu", "geglu"):
-            gate_BxLxF, up_BxLxF = self.gate_and_up(x_BxLxD)
+            gate_BxLxF, up_BxLxF = self._gate_and_up(x_BxLxD)
             act = nn.silu if self.activation == "swiglu" else exact_gelu
             h_BxLxF = act(gate_BxLxF) * up_BxLxF
         elif self.activation == "gelu":
