@@ -82,6 +82,13 @@ def test_hlo_bytes_counts_what_each_kernel_reads_and_writes(monkeypatch):
     matmuls = [k for k in looped if k.kind == "matmul"]
     assert sum(k.launches for k in matmuls) == 5  # a while loop's body counts once per trip
     assert sum(k.bytes_read for k in matmuls) >= 5 * (256 * 128 + 128 * 128) * 4
+    # Of a conditional's branches one runs: the costlier one counts, once.
+    cond = lambda p, x, w: jax.lax.cond(p, lambda x: jnp.tanh(x @ w) @ w, lambda x: x * 2, x)  # noqa: E731
+    branched = hlo_bytes.kernels(
+        jax.jit(cond).lower(True, x_256x128, w_128x128).compile().as_text()
+    )
+    assert sum(k.kind == "matmul" for k in branched) == 2
+    assert all("branch_0" not in k.op_name for k in branched)
 
 
 @pytest.mark.slow
