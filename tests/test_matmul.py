@@ -81,6 +81,7 @@ def _masked_lm_loss(config: EncoderConfig, length: int):
     return loss, model.init(jax.random.key(0), ids)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_encoder_loss_and_gradients_agree_between_matmuls():
     results, params = [], None
     for matmul in ("xla", "cpu_gemm"):
