@@ -119,14 +119,25 @@ def rest_bandwidth(measure: StepTimer, split: dict[str, float]) -> str:
     return line + (f": {nbytes / ms / 1e9:.2f} TB/s over their {ms:.1f} ms." if ms else ".")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
+    """The preset, its shape and `--variant`s, as this script and step_traffic.py take them."""
     parser.add_argument("--preset", default="nt_v2_500m")
     parser.add_argument("--vocab", type=int, default=4107)
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=16, help="unless a variant sets batch=")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--variant", action="append", default=[], help="'key=value ...'")
+
+
+def base_config(args: argparse.Namespace) -> EncoderConfig:
+    """The preset as published, in `--dtype`: what each variant overrides."""
+    preset = EncoderConfig.from_config(presets.get(args.preset), args.vocab)
+    return dataclasses.replace(preset, dtype=args.dtype)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_variant_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="kernel-time split of variant 1")
@@ -134,9 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     host_memory.retain_freed_memory()  # as `python -m gfm_jax.train` does, before jax starts
 
-    base = dataclasses.replace(
-        EncoderConfig.from_config(presets.get(args.preset), args.vocab), dtype=args.dtype
-    )
+    base = base_config(args)
     variants = [parse_variant(v, base, args.batch) for v in args.variant or [""]]
     peak = flops.peak_flops(args.dtype)
     peak = peak / jax.device_count() if peak else None  # the step runs on one device

@@ -39,12 +39,14 @@ class MlmStep:
     abstract_state: Any  # ShapeDtypeStructs with their shardings
     batch_sharding: Any
 
-    def abstract_batch(self, batch: int, tokens: int) -> dict[str, jax.ShapeDtypeStruct]:
+    def compile(self, batch: int, tokens: int) -> jax.stages.Compiled:
+        """The step compiled ahead of time for batches of [batch, tokens]."""
         dtypes = {"inputs": np.int32, "targets": np.int32, "weights": np.float32}
-        return {
+        abstract_batch = {
             k: jax.ShapeDtypeStruct((batch, tokens), dt, sharding=self.batch_sharding)
             for k, dt in dtypes.items()
         }
+        return self.step.lower(self.abstract_state, abstract_batch).compile()
 
 
 def mlm_step(model_cfg: EncoderConfig, tokens: int, device: Any) -> MlmStep:
@@ -112,7 +114,7 @@ def jax_step_rate(
         host["inputs"][:, tokens // 2] = PAD_ID
         host["weights"][:, tokens // 2] = 0.0
     data = jax.device_put(host, built.batch_sharding)
-    compiled = built.step.lower(built.abstract_state, built.abstract_batch(batch, tokens)).compile()
+    compiled = built.compile(batch, tokens)
     state = compiled(state, data)[0]  # warm up
     jax.block_until_ready(state)
     return StepTimer(compiled, state, data, steps)

@@ -27,12 +27,11 @@ import collections
 import dataclasses
 
 import jax
-from bench_mfu import parse_variant
+from bench_mfu import add_variant_arguments, base_config, parse_variant
 from bench_step import mlm_step
 from benchmarks_md import publish
 from hlo_bytes import Kernel, kernels, operation
 
-from gfm_jax.models import presets
 from gfm_jax.models.encoder import EncoderConfig
 
 # Datasheet figures of the SXM cards (132 SMs at 1.98 GHz); what XLA's GPU compiler reads.
@@ -68,8 +67,7 @@ def compile_step(cfg: EncoderConfig, tokens: int, batch: int, target: str) -> ja
             platform="cuda", target_config=TARGET_CONFIG.format(**spec), topology="1x1x1"
         )
         device = topology.devices[0]
-    built = mlm_step(cfg, tokens, device)
-    return built.step.lower(built.abstract_state, built.abstract_batch(batch, tokens)).compile()
+    return mlm_step(cfg, tokens, device).compile(batch, tokens)
 
 
 def report(found: list[Kernel], bandwidth: float | None, top: int = 15) -> list[str]:
@@ -100,26 +98,19 @@ def report(found: list[Kernel], bandwidth: float | None, top: int = 15) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="nt_v2_500m")
-    parser.add_argument("--vocab", type=int, default=4107)
-    parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16, help="unless a variant sets batch=")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    add_variant_arguments(parser)
     parser.add_argument("--target", default="h100", choices=("local", *GPU_TARGETS))
-    parser.add_argument("--variant", action="append", default=[], help="'key=value ...'")
     parser.add_argument("--write", default=None, help="Markdown file to put the tables in")
     args = parser.parse_args()
-    if args.target != "local":
+    base, gpu = base_config(args), GPU_TARGETS.get(args.target)
+    if gpu:
         jax.config.update("jax_platforms", "cpu")  # the GPU is a compile target only
-    base = dataclasses.replace(
-        EncoderConfig.from_config(presets.get(args.preset), args.vocab), dtype=args.dtype
-    )
-    if args.target != "local":  # what "auto" picks on a GPU, which this machine may not have
+        # What "auto" picks on a GPU, which this machine may not have.
         base = dataclasses.replace(base, attention="cudnn", matmul="xla")
-    bandwidth = GPU_TARGETS[args.target]["bandwidth"] if args.target != "local" else None
+    bandwidth = gpu["bandwidth"] if gpu else None
     device = (
-        f"{GPU_TARGETS[args.target]['name']} (deviceless: no GPU needed)"
-        if args.target != "local"
+        f"{gpu['name']} (deviceless: no GPU needed)"
+        if gpu
         else f"this machine's {jax.devices()[0].device_kind}"
     )
     sections = [
