@@ -160,6 +160,7 @@ def test_a_checkpoint_written_on_8_devices_restores_on_fewer(tmp_path, devices):
     assert_same_params(jax.device_get(opt_state), saved.opt_state)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_params_only_restore_in_a_fresh_process_never_reads_the_optimizer_state(tmp_path):
     r = run_module("gfm_jax.train", *train_args(str(tmp_path), **{"train.num_steps": 4}))
     assert r.returncode == 0, r.stderr
