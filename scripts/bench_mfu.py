@@ -119,6 +119,31 @@ def rest_bandwidth(measure: StepTimer, split: dict[str, float]) -> str:
     return line + (f": {nbytes / ms / 1e9:.2f} TB/s over their {ms:.1f} ms." if ms else ".")
 
 
+def profile(measure: StepTimer, text: str, step_ms: float, steps: int) -> list[str]:
+    """The kernel-time lines of the table for one variant. A failure here (a trace or program
+    text this jax writes differently) is printed and costs only these lines, not the timings
+    above them, which took minutes of device time to compile."""
+    try:
+        split, top = kernel_time_split(measure, steps)
+        bandwidth = rest_bandwidth(measure, split)
+    except Exception as e:  # noqa: BLE001 -- see the docstring
+        print(f"profile failed: {e!r}", flush=True)
+        return ["", f"Profile of `{text}` failed: {type(e).__name__}."]
+    return [
+        "",
+        f"Device time per step of `{text}` by kernel category (step {step_ms:.1f} ms): "
+        + (
+            ", ".join(f"{c} {ms:.1f} ms" for c, ms in sorted(split.items()))
+            or "none recorded (on CPU the trace has host threads only)"
+        ),
+        "",
+        bandwidth,
+        "",
+        *(["| kernel | ms per step |", "| --- | --- |"] if top else []),
+        *(f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top),
+    ]
+
+
 def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
     """The preset, its shape and `--variant`s, as this script and step_traffic.py take them."""
     parser.add_argument("--preset", default="nt_v2_500m")
@@ -150,6 +175,24 @@ def main() -> None:
     peak = flops.peak_flops(args.dtype)
     peak = peak / jax.device_count() if peak else None  # the step runs on one device
     rows, profile_lines = [], []
+
+    def write() -> None:  # after every variant: a command killed at its limit keeps the rows
+        lines = [
+            f"## MFU of the train step: {args.preset} (`scripts/bench_mfu.py`)",
+            "",
+            f"Device: {jax.devices()[0].device_kind}, Python {platform.python_version()}, jax "
+            f"{jax.__version__}. {args.preset} as published, {args.dtype}, {args.tokens} tokens, "
+            f"MLM head at the 6-sigma bound; medians of {args.repeats} timings of {args.steps} "
+            "steps, variants one after another. Peak memory is the process's so far (it only "
+            "grows).",
+            "",
+            "| variant | tokens/s | step time (ms) | MFU | compile + warm-up (s) | peak GiB |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *rows,
+            *profile_lines,
+        ]
+        publish("\n".join(lines), args.write, f"<!-- bench_mfu {args.preset} -->")
+
     for text, (cfg, batch) in zip(args.variant or ["preset defaults"], variants, strict=True):
         start = time.perf_counter()
         try:
@@ -158,6 +201,7 @@ def main() -> None:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             rows.append(f"| {text} | out of memory | | | | |")
+            write()
             continue
         compile_s = time.perf_counter() - start
         rate = statistics.median(measure()[1] for _ in range(args.repeats))
@@ -170,38 +214,10 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
         if args.profile and not profile_lines:
-            split, top = kernel_time_split(measure, args.steps)
-            step_ms = batch * args.tokens / rate * 1e3
-            profile_lines = [
-                "",
-                f"Device time per step of `{text}` by kernel category (step {step_ms:.1f} ms): "
-                + (
-                    ", ".join(f"{c} {ms:.1f} ms" for c, ms in sorted(split.items()))
-                    or "none recorded (on CPU the trace has host threads only)"
-                ),
-                "",
-                rest_bandwidth(measure, split),
-                "",
-                *(["| kernel | ms per step |", "| --- | --- |"] if top else []),
-                *(f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top),
-            ]
+            profile_lines = profile(measure, text, batch * args.tokens / rate * 1e3, args.steps)
         del measure
         release_device_memory()
-
-    lines = [
-        f"## MFU of the train step: {args.preset} (`scripts/bench_mfu.py`)",
-        "",
-        f"Device: {jax.devices()[0].device_kind}, Python {platform.python_version()}, jax "
-        f"{jax.__version__}. {args.preset} as published, {args.dtype}, {args.tokens} tokens, MLM "
-        f"head at the 6-sigma bound; medians of {args.repeats} timings of {args.steps} steps, "
-        "variants one after another. Peak memory is the process's so far (it only grows).",
-        "",
-        "| variant | tokens/s | step time (ms) | MFU | compile + warm-up (s) | peak GiB |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *rows,
-        *profile_lines,
-    ]
-    publish("\n".join(lines), args.write, f"<!-- bench_mfu {args.preset} -->")
+        write()
 
 
 if __name__ == "__main__":

@@ -114,7 +114,11 @@ def jax_step_rate(
         host["inputs"][:, tokens // 2] = PAD_ID
         host["weights"][:, tokens // 2] = 0.0
     data = jax.device_put(host, built.batch_sharding)
+    start = time.perf_counter()
     compiled = built.compile(batch, tokens)
+    # Printed apart from the warm-up: on a GPU the 500M compile (autotuning included) is what
+    # decides how many variants fit one device session.
+    print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
     state = compiled(state, data)[0]  # warm up
     jax.block_until_ready(state)
     return StepTimer(compiled, state, data, steps)
