@@ -5,13 +5,15 @@
 # DOCS_FILE defaults to docs/benchmarks.md; STEPS to "checks mfu nt_v2_500m nt_v2_50m":
 #   checks      the cuDNN attention test, then a small odd-length shape with holes through both
 #               attention paths (fails in seconds on a broken environment)
-#   mfu         MFU of nt_v2_500m as published, batch 16, layers unrolled (with the kernel
-#               profile: the issue's MFU target) and scanned (scripts/bench_mfu.py)
+#   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32 (with the kernel
+#               profile), against the same with the norms' written-out backward pass
+#               (norm_grad=saved_stats), in one process (scripts/bench_mfu.py)
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
 #   nt_v2_50m   the same at nt_v2_50m, with XLA attention, the published model and holes
-# One unrolled nt_v2_500m compile took 284 s on an H200 (with warm-up; 42 s scanned), so where
-# a command may run 10 minutes, give each 500M step its own: "checks mfu", then "nt_v2_500m",
-# then "nt_v2_50m". Each step replaces its own section, so a failure keeps the others' tables.
+# On an H100 one unrolled nt_v2_500m compile took about 105 s (the first in a process 194 s
+# with its warm-up; the checks about 110 s), so "checks mfu" fits a 10-minute command; then
+# "nt_v2_500m", then "nt_v2_50m". Each step replaces its own section, and bench_mfu.py writes
+# its table after every variant, so a failure or a timeout keeps what was measured.
 set -uo pipefail
 docs=$(realpath "${1:-docs/benchmarks.md}")
 steps=${2:-checks mfu nt_v2_500m nt_v2_50m}
@@ -31,9 +33,10 @@ if has checks; then
 fi
 cd scripts || exit 1
 failed=0
-if has mfu; then  # the profile is of the first variant; the scanned one compiles in ~40 s
-    timeout 480 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
-        --variant "scan_layers=0 batch=16" --variant "scan_layers=1 batch=16" --repeats 3 \
+if has mfu; then  # the profile is of the first variant
+    timeout 420 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
+        --variant "scan_layers=0 batch=32" \
+        --variant "scan_layers=0 batch=32 norm_grad=saved_stats" --repeats 3 \
         --steps 10 --profile --write "$docs" || failed=1
 fi
 if has nt_v2_500m; then

@@ -365,3 +365,52 @@ def test_glu_runs_gate_and_up_as_one_matmul_with_checkpoint_parameters(
     got, want = (jax.jit(jax.grad(f, (0, 1)))(params, x) for f in (fused, plain))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_norm_with_saved_statistics_matches_jax_differentiation(kind):
+    """`norm_grad="saved_stats"` (models/norm_vjp.py) writes the backward pass out and keeps
+    the forward statistics behind a barrier: values and gradients (input, scale, bias) must be
+    JAX's own, in float32 and bfloat16, on rows with a mean far from zero; and a whole encoder
+    built with it must train as the default one does."""
+    from gfm_jax.models.layers import Norm
+
+    x = jax.random.normal(jax.random.key(0), (3, 5, 64)) * 3 + 2
+    cotangent = jax.random.normal(jax.random.key(1), x.shape)
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+        got_want = []
+        for grad in ("saved_stats", "xla"):
+            norm = Norm(kind, 1e-5, dtype, grad)
+            params = norm.init(jax.random.key(2), x.astype(dtype))
+            params = jax.tree.map(
+                lambda p: p + jax.random.normal(jax.random.key(3), p.shape), params
+            )
+
+            def loss(p, x, norm=norm):
+                return jnp.sum(norm.apply(p, x).astype(jnp.float32) * cotangent)
+
+            y = norm.apply(params, x.astype(dtype))
+            got_want.append((y, jax.jit(jax.grad(loss, (0, 1)))(params, x.astype(dtype))))
+            assert y.dtype == dtype
+        (y, grads), (want_y, want_grads) = got_want
+        np.testing.assert_allclose(
+            np.asarray(y, np.float32), np.asarray(want_y, np.float32), atol=tol
+        )
+        for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+            g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+            np.testing.assert_allclose(g, w, atol=tol * float(np.abs(w).max()))
+    norm = Norm(kind, 1e-5, jnp.float32, "saved_stats")
+    params = norm.init(jax.random.key(2), x)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(norm.apply(p, x))))(params))
+    assert jaxpr.count("optimization_barrier") == 1, "the statistics must stay a kernel output"
+
+    ids = jax.random.randint(jax.random.key(4), (2, 16), 0, SMALL.vocab_size)
+    cfg = dataclasses.replace(SMALL, norm=kind)
+    outs = []
+    for grad in ("saved_stats", "xla"):
+        model = MaskedLM(dataclasses.replace(cfg, norm_grad=grad))
+        params = model.init(jax.random.key(0), ids)
+        outs.append(jax.value_and_grad(lambda p, m=model: jnp.sum(m.apply(p, ids) ** 2))(params))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5)
+    for g, w in zip(*(jax.tree.leaves(o[1]) for o in outs), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))

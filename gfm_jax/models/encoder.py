@@ -28,7 +28,7 @@ from gfm_jax.models.attention import (
     resolve_implementation,
     rope_tables,
 )
-from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
+from gfm_jax.models.layers import NORM_GRADS, Mlp, Norm, constrain, dtype_of, normal_init
 from gfm_jax.models.matmul import MATMULS
 
 
@@ -46,6 +46,7 @@ class EncoderConfig:
     use_bias_mlp: bool = False
     norm: str = "layernorm"
     norm_eps: float = 1e-5
+    norm_grad: str = "xla"  # xla | saved_stats: the norms' backward pass (see layers.Norm)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -98,6 +99,10 @@ class EncoderConfig:
             ),
             (self.dtype in ("float32", "bfloat16", "float16"), "model.dtype: float32 / bfloat16"),
             (self.matmul in MATMULS, f"model.matmul must be one of {', '.join(MATMULS)}"),
+            (
+                self.norm_grad in NORM_GRADS,
+                f"model.norm_grad must be one of {', '.join(NORM_GRADS)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,7 +146,7 @@ class Block(nn.Module):
     ):
         c = self.config
         dtype = dtype_of(c.dtype)
-        h = Norm(c.norm, c.norm_eps, dtype, name="attn_norm")(x_BxLxD)
+        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")(x_BxLxD)
         h = SelfAttention(
             num_heads=c.num_heads,
             head_dim=c.head_dim,
@@ -159,7 +164,7 @@ class Block(nn.Module):
             name="attn",
         )(h, mask_BxL, rope_cos_sin)
         x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
-        h = Norm(c.norm, c.norm_eps, dtype, name="mlp_norm")(x_BxLxD)
+        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="mlp_norm")(x_BxLxD)
         h = Mlp(
             c.hidden_size,
             c.mlp_dim,
@@ -272,4 +277,4 @@ class Encoder(nn.Module):
         if partition:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
         x_BxLxD = x_BxLxD[:, :length]  # without the token an odd length got
-        return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)
+        return Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="final_norm")(x_BxLxD)

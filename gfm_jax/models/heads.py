@@ -33,7 +33,7 @@ class MlmHead(nn.Module):
         h = dense(c.hidden_size, ("embed", "mlp"), name="dense", std=c.init_std, dtype=dtype)(
             h_BxLxD
         )
-        h = Norm(c.norm, c.norm_eps, dtype, name="norm")(exact_gelu(h))
+        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="norm")(exact_gelu(h))
         if embedding_VxD is None:
             decoder = dense(
                 c.vocab_size, ("embed", "vocab"), name="decoder", std=c.init_std, dtype=dtype

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax.models.matmul import dot_general_for
+from gfm_jax.models.norm_vjp import norm_saved_stats
 
 Dtype = Any
 LogicalNames = tuple[str | None, ...]
@@ -40,28 +41,40 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Any, rules: Sequence) -> 
     return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
 
 
+NORM_GRADS = ("xla", "saved_stats")
+
+
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm over the last axis, computed in float32, output in `dtype`."""
+    """LayerNorm or RMSNorm over the last axis, computed in float32, output in `dtype`.
+
+    `grad`: "xla" differentiates it with JAX (XLA decides what the backward pass recomputes);
+    "saved_stats" takes the written-out backward pass of gfm_jax/models/norm_vjp.py, which
+    reuses the forward pass's statistics (same values; fewer bytes on a GPU)."""
 
     kind: str = "layernorm"
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    grad: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
         scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
         scale = self.param("scale", scale_init, (features,), jnp.float32)
-        x = x.astype(jnp.float32)
+        if self.kind not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"unknown norm {self.kind!r}")
+        bias = None
         if self.kind == "layernorm":
             bias = self.param("bias", zeros_init(("norm",)), (features,), jnp.float32)
+        if self.grad == "saved_stats":
+            return norm_saved_stats(x, scale, bias, self.kind, self.eps, self.dtype)
+        x = x.astype(jnp.float32)
+        if self.kind == "layernorm":
             x = x - jnp.mean(x, axis=-1, keepdims=True)
             y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
             y = y * scale + bias
-        elif self.kind == "rmsnorm":
-            y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale
         else:
-            raise ValueError(f"unknown norm {self.kind!r}")
+            y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale
         return y.astype(self.dtype)
 
 
