@@ -73,10 +73,10 @@ def test_sharded_meshes_match_one_device(real_batches):
     # Blocked attention runs per (batch, head) shard under shard_map: same numbers.
     blocked = run_steps(sharding.make_mesh((2, 2, 2)), real_batches, attention="blocked")
     assert_runs_close(blocked, reference, 1e-5)
-    # The norms' written-out backward pass (norm_grad="saved_stats"), sharded and remat'd.
+    # The norms' written-out backward pass (norm_grad="written"), sharded and remat'd.
     for remat in ("none", "full"):
         saved = run_steps(
-            sharding.make_mesh((2, 2, 2)), real_batches, norm_grad="saved_stats", remat=remat
+            sharding.make_mesh((2, 2, 2)), real_batches, norm_grad="written", remat=remat
         )
         assert_runs_close(saved, reference, 1e-5)
 

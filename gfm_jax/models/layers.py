@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax.models.matmul import dot_general_for
-from gfm_jax.models.norm_vjp import norm_saved_stats
+from gfm_jax.models.norm_vjp import norm_written_grad, normalize
 
 Dtype = Any
 LogicalNames = tuple[str | None, ...]
@@ -41,15 +41,14 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Any, rules: Sequence) -> 
     return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
 
 
-NORM_GRADS = ("xla", "saved_stats")
+NORM_GRADS = ("xla", "written")
 
 
 class Norm(nn.Module):
     """LayerNorm or RMSNorm over the last axis, computed in float32, output in `dtype`.
 
-    `grad`: "xla" differentiates it with JAX (XLA decides what the backward pass recomputes);
-    "saved_stats" takes the written-out backward pass of gfm_jax/models/norm_vjp.py, which
-    reuses the forward pass's statistics (same values; fewer bytes on a GPU)."""
+    `grad`: "xla" differentiates it with JAX; "written" takes the written-out backward pass of
+    gfm_jax/models/norm_vjp.py (the same values; fewer bytes moved on a GPU)."""
 
     kind: str = "layernorm"
     eps: float = 1e-5
@@ -66,16 +65,8 @@ class Norm(nn.Module):
         bias = None
         if self.kind == "layernorm":
             bias = self.param("bias", zeros_init(("norm",)), (features,), jnp.float32)
-        if self.grad == "saved_stats":
-            return norm_saved_stats(x, scale, bias, self.kind, self.eps, self.dtype)
-        x = x.astype(jnp.float32)
-        if self.kind == "layernorm":
-            x = x - jnp.mean(x, axis=-1, keepdims=True)
-            y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-            y = y * scale + bias
-        else:
-            y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * scale
-        return y.astype(self.dtype)
+        fn = norm_written_grad if self.grad == "written" else normalize
+        return fn(x, scale, bias, self.kind, self.eps, self.dtype)
 
 
 def dense(
