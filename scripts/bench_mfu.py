@@ -208,13 +208,14 @@ def main() -> None:
         achieved = rate * flops.train_flops_per_token(cfg, args.tokens)
         mfu = f"{achieved / peak:.1%}" if peak else "n/a"
         memory = peak_memory_gib()
+        step_ms = batch * args.tokens / rate * 1e3
         rows.append(
-            f"| {text} | {rate:,.0f} | {batch * args.tokens / rate * 1e3:,.1f} | {mfu} | "
+            f"| {text} | {rate:,.0f} | {step_ms:,.1f} | {mfu} | "
             f"{compile_s:.0f} | {'n/a' if memory is None else f'{memory:.1f}'} |"
         )
         print(rows[-1], flush=True)
         if args.profile and not profile_lines:
-            profile_lines = profile(measure, text, batch * args.tokens / rate * 1e3, args.steps)
+            profile_lines = profile(measure, text, step_ms, args.steps)
         del measure
         release_device_memory()
         write()

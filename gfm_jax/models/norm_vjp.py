@@ -55,28 +55,28 @@ def _backward(kind, eps, dtype, residuals, dy):
     # first element), whose mean is small next to its spread (no element lies more than
     # sqrt(features - 1) standard deviations from the row mean), so E[d^2] - E[d]^2 does not
     # cancel as E[x^2] - E[x]^2 does for rows whose mean is far larger than their spread.
-    shift = x_f32[..., :1] if kind == "layernorm" else jnp.zeros_like(x_f32[..., :1])
-    d = x_f32 - shift
-    mean_d = jnp.mean(d, axis=-1, keepdims=True)
-    mean_dd = jnp.mean(d * d, axis=-1, keepdims=True)
+    # RMSNorm's are sums of x itself: it has no mean to take out.
+    centered = kind == "layernorm"
+    d = x_f32 - x_f32[..., :1] if centered else x_f32
+    var = jnp.mean(d * d, axis=-1, keepdims=True)
     mean_g = jnp.mean(g, axis=-1, keepdims=True)
-    mean_gd = jnp.mean(g * d, axis=-1, keepdims=True)
-    if kind == "layernorm":
-        var = jnp.maximum(mean_dd - mean_d * mean_d, 0.0)
-        mean_g_xhat_times_std = mean_gd - mean_d * mean_g  # E[g (x - mean)]
-    else:
-        var, mean_d, mean_g_xhat_times_std = mean_dd, jnp.zeros_like(mean_dd), mean_gd
+    e_g_centered = jnp.mean(g * d, axis=-1, keepdims=True)  # E[g (x - mean)]
+    if centered:
+        mean_d = jnp.mean(d, axis=-1, keepdims=True)
+        var = jnp.maximum(var - mean_d * mean_d, 0.0)
+        e_g_centered = e_g_centered - mean_d * mean_g
+        d = d - mean_d
     rstd = jax.lax.rsqrt(var + eps)
-    xhat = (d - mean_d) * rstd
+    xhat = d * rstd
     # d/dx of (x - mean) * rstd: the projection out of xhat's own direction, and (LayerNorm)
     # out of the row mean.
-    dx = g - xhat * (mean_g_xhat_times_std * rstd)
-    if kind == "layernorm":
+    dx = g - xhat * (e_g_centered * rstd)
+    if centered:
         dx = dx - mean_g
     dx = (dx * rstd).astype(x.dtype)
     rows = tuple(range(x.ndim - 1))
     dscale = jnp.sum(dy_f32 * xhat, axis=rows).astype(scale.dtype)
-    dbias = jnp.sum(dy_f32, axis=rows).astype(scale.dtype) if kind == "layernorm" else None
+    dbias = jnp.sum(dy_f32, axis=rows).astype(scale.dtype) if centered else None
     return dx, dscale, dbias
 
 
