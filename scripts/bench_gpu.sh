@@ -5,10 +5,10 @@
 # DOCS_FILE defaults to docs/benchmarks.md; STEPS to "checks mfu nt_v2_500m nt_v2_50m":
 #   checks      the cuDNN attention test, then a small odd-length shape with holes through both
 #               attention paths (fails in seconds on a broken environment)
-#   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32: with the norms'
-#               written-out backward pass (norm_grad=written, with the kernel profile), then
-#               the default, in one process (scripts/bench_mfu.py; two 500M states do not
-#               fit one H100 together, so the variants run one after the other)
+#   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32: the default (on a
+#               GPU the norms' written-out backward pass, with the kernel profile), then JAX's
+#               own norm backward pass (norm_grad=xla), in one process (scripts/bench_mfu.py;
+#               two 500M states do not fit one H100 together, so they run one after the other)
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
 #   nt_v2_50m   the same at nt_v2_50m, with XLA attention, the published model and holes
 # On an H100 one unrolled nt_v2_500m compile took about 105 s (the first in a process 194 s
@@ -34,10 +34,10 @@ if has checks; then
 fi
 cd scripts || exit 1
 failed=0
-if has mfu; then  # the profile is of the first variant; the default was measured before
+if has mfu; then  # the profile is of the first variant, the default
     timeout 420 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
-        --variant "scan_layers=0 batch=32 norm_grad=written" \
-        --variant "scan_layers=0 batch=32" --repeats 3 \
+        --variant "scan_layers=0 batch=32" \
+        --variant "scan_layers=0 batch=32 norm_grad=xla" --repeats 3 \
         --steps 10 --profile --write "$docs" || failed=1
 fi
 if has nt_v2_500m; then

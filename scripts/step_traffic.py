@@ -33,6 +33,7 @@ from benchmarks_md import publish
 from hlo_bytes import Kernel, kernels, operation
 
 from gfm_jax.models.encoder import EncoderConfig
+from gfm_jax.models.layers import resolve_norm_grad
 
 # Datasheet figures of the SXM cards (132 SMs at 1.98 GHz); what XLA's GPU compiler reads.
 GPU_TARGETS = {
@@ -106,7 +107,12 @@ def main() -> None:
     if gpu:
         jax.config.update("jax_platforms", "cpu")  # the GPU is a compile target only
         # What "auto" picks on a GPU, which this machine may not have.
-        base = dataclasses.replace(base, attention="cudnn", matmul="xla")
+        base = dataclasses.replace(
+            base,
+            attention="cudnn",
+            matmul="xla",
+            norm_grad=resolve_norm_grad(base.norm_grad, backend="gpu"),
+        )
     bandwidth = gpu["bandwidth"] if gpu else None
     device = (
         f"{gpu['name']} (deviceless: no GPU needed)"

@@ -411,3 +411,21 @@ def test_norm_with_written_backward_pass_matches_jax_differentiation(kind):
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-6)
     for g, w in zip(*(jax.tree.leaves(o[1]) for o in outs), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+
+
+def test_norm_grad_auto_picks_the_written_backward_pass_on_gpus_only():
+    """`norm_grad="auto"` (the default) is the written backward pass where it was timed faster
+    (an H100) and JAX's own elsewhere; explicit choices pass through; an unknown one is a
+    config error naming the key."""
+    from gfm_jax.models.layers import resolve_norm_grad
+
+    assert resolve_norm_grad("auto", backend="gpu") == "written"
+    assert resolve_norm_grad("auto", backend="cpu") == "xla"
+    assert resolve_norm_grad("auto", backend="tpu") == "xla"
+    assert resolve_norm_grad("xla", backend="gpu") == "xla"
+    assert resolve_norm_grad("written", backend="cpu") == "written"
+    expected = "written" if jax.default_backend() == "gpu" else "xla"
+    assert resolve_norm_grad("auto") == expected
+    assert EncoderConfig.from_config(presets.get("tiny"), 16).norm_grad == "auto"
+    with pytest.raises(UserError, match="model.norm_grad must be one of auto, xla, written"):
+        dataclasses.replace(SMALL, norm_grad="fused").validate()

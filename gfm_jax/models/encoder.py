@@ -46,7 +46,7 @@ class EncoderConfig:
     use_bias_mlp: bool = False
     norm: str = "layernorm"
     norm_eps: float = 1e-5
-    norm_grad: str = "xla"  # xla | written: the norms' backward pass (see layers.Norm)
+    norm_grad: str = "auto"  # auto | xla | written: the norms' backward pass (see layers.Norm)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0

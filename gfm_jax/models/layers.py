@@ -41,19 +41,29 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Any, rules: Sequence) -> 
     return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
 
 
-NORM_GRADS = ("xla", "written")
+NORM_GRADS = ("auto", "xla", "written")
+
+
+def resolve_norm_grad(grad: str, backend: str | None = None) -> str:
+    """`auto` -> `written` on a GPU, where an H100 timed it faster (docs/benchmarks.md), else
+    `xla` (the CPU timing showed no clear difference; TPUs are not timed). `backend` defaults
+    to JAX's default backend."""
+    if grad != "auto":
+        return grad
+    return "written" if (backend or jax.default_backend()) in ("gpu", "cuda", "rocm") else "xla"
 
 
 class Norm(nn.Module):
     """LayerNorm or RMSNorm over the last axis, computed in float32, output in `dtype`.
 
     `grad`: "xla" differentiates it with JAX; "written" takes the written-out backward pass of
-    gfm_jax/models/norm_vjp.py (the same values; fewer bytes moved on a GPU)."""
+    gfm_jax/models/norm_vjp.py (the same values; fewer bytes moved on a GPU); "auto" picks by
+    backend (`resolve_norm_grad`)."""
 
     kind: str = "layernorm"
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
-    grad: str = "xla"
+    grad: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -65,7 +75,7 @@ class Norm(nn.Module):
         bias = None
         if self.kind == "layernorm":
             bias = self.param("bias", zeros_init(("norm",)), (features,), jnp.float32)
-        fn = norm_written_grad if self.grad == "written" else normalize
+        fn = norm_written_grad if resolve_norm_grad(self.grad) == "written" else normalize
         return fn(x, scale, bias, self.kind, self.eps, self.dtype)
 
 

@@ -23,7 +23,7 @@ def _base() -> dict:
         use_bias_mlp=False,
         norm="layernorm",  # layernorm | rmsnorm
         norm_eps=1e-5,
-        norm_grad="xla",  # xla | written: the norms' backward pass (models/norm_vjp.py)
+        norm_grad="auto",  # auto (written on GPU, else xla) | xla | written: norms' backward
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
