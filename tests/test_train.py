@@ -75,10 +75,10 @@ def test_sharded_meshes_match_one_device(real_batches):
     assert_runs_close(blocked, reference, 1e-5)
     # The norms' written-out backward pass (norm_grad="written"), sharded and remat'd.
     for remat in ("none", "full"):
-        saved = run_steps(
+        written = run_steps(
             sharding.make_mesh((2, 2, 2)), real_batches, norm_grad="written", remat=remat
         )
-        assert_runs_close(saved, reference, 1e-5)
+        assert_runs_close(written, reference, 1e-5)
 
 
 def test_causal_objective_predicts_only_from_tokens_and_cudnn_order_changes_nothing(
