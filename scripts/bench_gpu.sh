@@ -3,12 +3,13 @@
 # flax, optax, ml-collections, pytest, torch and transformers. From the repository root:
 #     bash scripts/bench_gpu.sh [DOCS_FILE] [STEPS]
 # DOCS_FILE defaults to docs/benchmarks.md; STEPS to "checks mfu nt_v2_500m nt_v2_50m":
-#   checks      the cuDNN attention test, then a small odd-length shape with holes through both
+#   checks      the GPU tests (cuDNN attention, the Pallas norm kernels), then a small odd-length shape with holes through both
 #               attention paths (fails in seconds on a broken environment)
-#   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32: the default (on a
-#               GPU the norms' written-out backward pass, with the kernel profile), then JAX's
-#               own norm backward pass (norm_grad=xla), in one process (scripts/bench_mfu.py;
-#               two 500M states do not fit one H100 together, so they run one after the other)
+#   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32: the norms and the
+#               residual stream through the Pallas kernels (norm_grad=pallas, with the kernel
+#               profile), then the default (on a GPU the norms' written-out backward pass), in
+#               one process (scripts/bench_mfu.py; two 500M states do not fit one H100
+#               together, so they run one after the other; a variant that fails is a row)
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
 #   nt_v2_50m   the same at nt_v2_50m, with XLA attention, the published model and holes
 # On an H100 one unrolled nt_v2_500m compile took about 105 s (the first in a process 194 s
@@ -26,7 +27,8 @@ done
 has() { [[ " $steps " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 if has checks; then
-    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py || exit 1
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py \
+        tests/test_gpu_norm.py || exit 1
     # Odd length (CLS + 256, as real windows) and holes: both attention paths compile and run.
     (cd scripts && timeout 120 python3 bench_train.py --repeats 1 --steps 2 --layers 2 \
         --hidden 128 --heads 2 --ffn 256 --tokens 257 --batch 2 --dtype bfloat16 \
@@ -36,8 +38,8 @@ cd scripts || exit 1
 failed=0
 if has mfu; then  # the profile is of the first variant, the default
     timeout 420 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
-        --variant "scan_layers=0 batch=32" \
-        --variant "scan_layers=0 batch=32 norm_grad=xla" --repeats 3 \
+        --variant "scan_layers=0 batch=32 norm_grad=pallas" \
+        --variant "scan_layers=0 batch=32" --repeats 3 \
         --steps 10 --profile --write "$docs" || failed=1
 fi
 if has nt_v2_500m; then

@@ -27,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -200,10 +201,12 @@ def main() -> None:
         start = time.perf_counter()
         try:
             measure = jax_step_rate(cfg, args.tokens, batch, args.steps)
-        except jax.errors.JaxRuntimeError as e:
-            if "RESOURCE_EXHAUSTED" not in str(e):
-                raise
-            rows.append(f"| {text} | out of memory | | | | |")
+        except Exception as e:  # noqa: BLE001 - one failed variant must not lose the others
+            if "RESOURCE_EXHAUSTED" in str(e):
+                rows.append(f"| {text} | out of memory | | | | |")
+            else:
+                traceback.print_exc()
+                rows.append(f"| {text} | failed: {type(e).__name__} (see the log) | | | | |")
             write()
             continue
         compile_s = time.perf_counter() - start

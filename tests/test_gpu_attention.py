@@ -88,7 +88,8 @@ def test_cudnn_attention_values_and_gradients_match_the_reference(
 
 
 @pytest.mark.parametrize(
-    "length, causal, norm_grad", [(257, False, "xla"), (256, True, "xla"), (257, False, "written")]
+    "length, causal, norm_grad",
+    [(257, False, "xla"), (256, True, "xla"), (257, False, "written"), (256, False, "pallas")],
 )
 def test_encoder_on_cudnn_matches_the_reference_with_holes(length, causal, norm_grad):
     """The whole encoder on real cuDNN (kept tokens moved first, key lengths, an odd length
@@ -96,7 +97,8 @@ def test_encoder_on_cudnn_matches_the_reference_with_holes(length, causal, norm_
     parameter gradients, for holes, right padding and an empty row. The CPU suite checks the
     reordering with cuDNN's call stood in by XLA's; this is the kernel itself. The reference
     differentiates the norms with JAX, so the `written` case checks that backward pass as the
-    GPU compiler fuses it."""
+    GPU compiler fuses it, and the `pallas` case the Pallas kernels compiled by Triton (3 x 256
+    tokens of 128 features: whole tiles)."""
     import dataclasses
 
     from gfm_jax.models.encoder import Encoder, EncoderConfig

@@ -427,5 +427,96 @@ def test_norm_grad_auto_picks_the_written_backward_pass_on_gpus_only():
     expected = "written" if jax.default_backend() == "gpu" else "xla"
     assert resolve_norm_grad("auto") == expected
     assert EncoderConfig.from_config(presets.get("tiny"), 16).norm_grad == "auto"
-    with pytest.raises(UserError, match="model.norm_grad must be one of auto, xla, written"):
+    with pytest.raises(UserError, match="model.norm_grad must be one of auto, xla, written, pal"):
         dataclasses.replace(SMALL, norm_grad="fused").validate()
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype):
+    """The Pallas kernels of models/norm_pallas.py (run by Pallas's interpreter here; the GPU
+    suite runs them compiled): (s, norm(s)) for s = x + h + h_bias, and (x, norm(x)), with the
+    gradients of every input (the residual's gradient added in the kernel, the column sums
+    for scale, bias and h_bias) against JAX differentiating the same function, on rows whose
+    mean is 30 times their spread."""
+    from gfm_jax.models import norm_pallas
+    from gfm_jax.models.norm_vjp import normalize
+
+    assert norm_pallas.supported(1024, 128) and norm_pallas.supported(32768, 1024)
+    assert not norm_pallas.supported(1024, 96)  # features not a power of two
+    assert not norm_pallas.supported(1000, 128)  # rows not whole tiles
+    keys = jax.random.split(jax.random.key(0), 7)
+    shape = (4, 256, 128)
+    x = (jax.random.normal(keys[0], shape) * 3).at[0, 0].add(90.0).astype(dtype)
+    h = jax.random.normal(keys[1], shape).astype(dtype)
+    h_bias, scale, bias = (1 + 0.3 * jax.random.normal(k, (128,)) for k in keys[2:5])
+    bias = bias if kind == "layernorm" else None
+    w_s, w_y = (jax.random.normal(k, shape) for k in keys[5:])
+
+    def loss(s, y):
+        return jnp.sum(s.astype(jnp.float32) * w_s) + jnp.sum(jnp.sin(y.astype(jnp.float32)) * w_y)
+
+    def plain_add_norm(x, h, h_bias, scale, bias):
+        s = (x.astype(jnp.float32) + h.astype(jnp.float32) + h_bias).astype(dtype)
+        return loss(s, normalize(s, scale, bias, kind, 1e-5, dtype))
+
+    def pallas_add_norm(x, h, h_bias, scale, bias):
+        return loss(*norm_pallas.add_norm(x, h, h_bias, scale, bias, kind, 1e-5, dtype, True))
+
+    def plain_norm(x, scale, bias):
+        return loss(x, normalize(x, scale, bias, kind, 1e-5, dtype))
+
+    def pallas_norm(x, scale, bias):
+        args = (kind, 1e-5, dtype, True)
+        return loss(*norm_pallas.norm_with_residual(x, scale, bias, normalize, *args))
+
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for got_fn, want_fn, args in (
+        (pallas_add_norm, plain_add_norm, (x, h, h_bias, scale, bias)),
+        (pallas_norm, plain_norm, (x, scale, bias)),
+    ):
+        argnums = tuple(i for i, a in enumerate(args) if a is not None)
+        got, got_grads = jax.value_and_grad(got_fn, argnums)(*args)
+        want, want_grads = jax.value_and_grad(want_fn, argnums)(*args)
+        np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == jnp.float32 else 1e-2)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            assert g.dtype == w.dtype
+            g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+            np.testing.assert_allclose(g, w, atol=tol * float(np.abs(w).max()))
+
+
+def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
+    """`norm_grad="pallas"`: the blocks take the residual stream through the Pallas kernels
+    (interpreted here), with the attention output's bias added in the kernel; the encoder's
+    outputs and every parameter gradient equal the written pass's to float32 rounding. A
+    hidden size the kernels do not take, or a mesh of several devices, keeps the written pass."""
+    from gfm_jax.models import norm_pallas
+
+    monkeypatch.setattr(norm_pallas, "INTERPRET", True)
+    ids = jax.random.randint(jax.random.key(4), (4, 64), 0, SMALL.vocab_size)
+    mask = jnp.ones(ids.shape, bool).at[1, 40:].set(False)
+
+    def run(cfg):
+        model = MaskedLM(cfg)
+        params = model.init(jax.random.key(0), ids, mask)
+        leaves, tree = jax.tree.flatten(params)  # norms' scales and biases away from 1 and 0
+        keys = jax.random.split(jax.random.key(5), len(leaves))
+        leaves = [
+            p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)
+        ]
+        params = jax.tree.unflatten(tree, leaves)
+
+        def loss(p):
+            return jnp.sum(jnp.sin(model.apply(p, ids, mask)) * mask[..., None])
+
+        kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
+        return jax.value_and_grad(loss)(params), kernels
+
+    for hidden, expected_kernels in ((128, 3 * SMALL.num_layers), (96, 0)):
+        cfg = dataclasses.replace(SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True)
+        (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
+        (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas"))
+        assert (none, kernels) == (0, expected_kernels)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))

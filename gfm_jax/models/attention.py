@@ -312,11 +312,14 @@ class SelfAttention(nn.Module):
     mesh: Any = None
     rules: Sequence = ()
     keys_right_padded: bool = False  # see `attend`
+    # Return (output without the output projection's bias, that bias), for the caller to add
+    # with the residual (layers.Norm's `residual`).
+    defer_out_bias: bool = False
 
     @nn.compact
     def __call__(
         self, x_BxLxD: jax.Array, mask_BxL: jax.Array, rope_cos_sin: tuple[jax.Array, ...] | None
-    ) -> jax.Array:
+    ) -> jax.Array | tuple[jax.Array, jax.Array | None]:
         """`rope_cos_sin`: `rope_tables` of the positions when `position == "rope"`."""
         # One matmul for q, k and v (a 3x wider one runs faster than three on CPU and GPU);
         # the parameters stay three DenseGeneral-style kernels, as checkpoints name them.
@@ -358,13 +361,29 @@ class SelfAttention(nn.Module):
             out_BxLxNxH = attend(
                 q, k, v, mask_BxL, implementation, bias, self.causal, self.keys_right_padded
             )
-        return dense(
-            self.hidden_size,
+        if not self.defer_out_bias:
+            return dense(
+                self.hidden_size,
+                ("heads", "kv", "embed"),
+                name="out",
+                axis=(-2, -1),
+                use_bias=self.use_bias,
+                std=self.std,
+                dtype=self.dtype,
+                matmul=self.matmul,
+            )(out_BxLxNxH)
+        # The same parameters as the `dense` above (ProjectionParams draws them alike).
+        kernel_NxHxD, bias_D = ProjectionParams(
+            (self.num_heads, self.head_dim),
+            (self.hidden_size,),
             ("heads", "kv", "embed"),
+            self.use_bias,
+            self.std,
             name="out",
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            std=self.std,
-            dtype=self.dtype,
-            matmul=self.matmul,
-        )(out_BxLxNxH)
+        )()
+        y_BxLxD = dot_general_for(self.matmul)(
+            out_BxLxNxH.astype(self.dtype),
+            kernel_NxHxD.astype(self.dtype),
+            (((2, 3), (0, 1)), ((), ())),
+        )
+        return y_BxLxD, bias_D

@@ -28,7 +28,15 @@ from gfm_jax.models.attention import (
     resolve_implementation,
     rope_tables,
 )
-from gfm_jax.models.layers import NORM_GRADS, Mlp, Norm, constrain, dtype_of, normal_init
+from gfm_jax.models.layers import (
+    NORM_GRADS,
+    Mlp,
+    Norm,
+    constrain,
+    dtype_of,
+    normal_init,
+    resolve_norm_grad,
+)
 from gfm_jax.models.matmul import MATMULS
 
 
@@ -46,7 +54,7 @@ class EncoderConfig:
     use_bias_mlp: bool = False
     norm: str = "layernorm"
     norm_eps: float = 1e-5
-    norm_grad: str = "auto"  # auto | xla | written: the norms' backward pass (see layers.Norm)
+    norm_grad: str = "auto"  # auto | xla | written | pallas: the norms' kernels (layers.Norm)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -146,7 +154,16 @@ class Block(nn.Module):
     ):
         c = self.config
         dtype = dtype_of(c.dtype)
-        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")(x_BxLxD)
+        # The Pallas kernels are single-device calls that XLA cannot partition (a shard_map
+        # would be needed), so a mesh of several devices keeps the written backward pass.
+        one_device = self.mesh is None or self.mesh.size == 1
+        fused = resolve_norm_grad(c.norm_grad) == "pallas" and one_device
+        names = ("batch", "length", "embed")
+        attn_norm = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")
+        if fused:  # the residual passes through the norm's kernels (layers.Norm)
+            x_BxLxD, h = attn_norm(x_BxLxD, residual=True)
+        else:
+            h = attn_norm(x_BxLxD)
         h = SelfAttention(
             num_heads=c.num_heads,
             head_dim=c.head_dim,
@@ -161,10 +178,17 @@ class Block(nn.Module):
             mesh=self.mesh,
             rules=self.rules,
             keys_right_padded=self.keys_right_padded,
+            defer_out_bias=fused,
             name="attn",
         )(h, mask_BxL, rope_cos_sin)
-        x_BxLxD = constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
-        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="mlp_norm")(x_BxLxD)
+        mlp_norm = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="mlp_norm")
+        if fused:
+            h, out_bias = h
+            x_BxLxD, h = mlp_norm(x_BxLxD, h, out_bias, residual=True)
+            x_BxLxD = constrain(x_BxLxD, names, self.mesh, self.rules)
+        else:
+            x_BxLxD = constrain(x_BxLxD + h, names, self.mesh, self.rules)
+            h = mlp_norm(x_BxLxD)
         h = Mlp(
             c.hidden_size,
             c.mlp_dim,
@@ -175,7 +199,7 @@ class Block(nn.Module):
             c.matmul,
             name="mlp",
         )(h)
-        return constrain(x_BxLxD + h, ("batch", "length", "embed"), self.mesh, self.rules)
+        return constrain(x_BxLxD + h, names, self.mesh, self.rules)
 
 
 class ScannedBlock(nn.Module):

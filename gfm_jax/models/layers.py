@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gfm_jax.models import norm_pallas
 from gfm_jax.models.matmul import dot_general_for
 from gfm_jax.models.norm_vjp import norm_written_grad, normalize
 
@@ -41,7 +42,7 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Any, rules: Sequence) -> 
     return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
 
 
-NORM_GRADS = ("auto", "xla", "written")
+NORM_GRADS = ("auto", "xla", "written", "pallas")
 
 
 def resolve_norm_grad(grad: str, backend: str | None = None) -> str:
@@ -57,8 +58,11 @@ class Norm(nn.Module):
     """LayerNorm or RMSNorm over the last axis, computed in float32, output in `dtype`.
 
     `grad`: "xla" differentiates it with JAX; "written" takes the written-out backward pass of
-    gfm_jax/models/norm_vjp.py (the same values; fewer bytes moved on a GPU); "auto" picks by
-    backend (`resolve_norm_grad`)."""
+    gfm_jax/models/norm_vjp.py (the same values; fewer bytes moved on a GPU); "pallas" (GPU
+    only, one device) also takes the residual stream through the Pallas kernels of
+    gfm_jax/models/norm_pallas.py where the block calls it with `residual` (elsewhere, and for
+    shapes the kernels do not take, it is "written"); "auto" picks by backend
+    (`resolve_norm_grad`)."""
 
     kind: str = "layernorm"
     eps: float = 1e-5
@@ -66,7 +70,16 @@ class Norm(nn.Module):
     grad: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        h: jax.Array | None = None,
+        h_bias: jax.Array | None = None,
+        *,
+        residual: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """norm(x); with `residual`, (s, norm(s)) for the residual stream s = x (+ h +
+        h_bias), which `grad="pallas"` computes with its norm in one kernel each way."""
         features = x.shape[-1]
         scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",))
         scale = self.param("scale", scale_init, (features,), jnp.float32)
@@ -75,8 +88,17 @@ class Norm(nn.Module):
         bias = None
         if self.kind == "layernorm":
             bias = self.param("bias", zeros_init(("norm",)), (features,), jnp.float32)
-        fn = norm_written_grad if resolve_norm_grad(self.grad) == "written" else normalize
-        return fn(x, scale, bias, self.kind, self.eps, self.dtype)
+        grad = resolve_norm_grad(self.grad)
+        if residual and grad == "pallas" and norm_pallas.supported(x.size // features, features):
+            args = (self.kind, self.eps, self.dtype, norm_pallas.INTERPRET)
+            if h is None:
+                return norm_pallas.norm_with_residual(x, scale, bias, normalize, *args)
+            return norm_pallas.add_norm(x, h, h_bias, scale, bias, *args)
+        if residual and h is not None:
+            x = x + (h if h_bias is None else h + h_bias.astype(h.dtype))
+        fn = normalize if grad == "xla" else norm_written_grad
+        y = fn(x, scale, bias, self.kind, self.eps, self.dtype)
+        return (x, y) if residual else y
 
 
 def dense(
@@ -111,7 +133,7 @@ class ProjectionParams(nn.Module):
     projections of one input fuse into one dot (q/k/v; gate/up) while checkpoints keep them
     apart."""
 
-    in_features: int
+    in_features: int | tuple[int, ...]
     features: tuple[int, ...]
     names: LogicalNames
     use_bias: bool = True
@@ -119,17 +141,21 @@ class ProjectionParams(nn.Module):
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        inputs = (self.in_features,) if isinstance(self.in_features, int) else self.in_features
+
         def flat_normal(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-            flat = (shape[0], math.prod(shape[1:]))  # as DenseGeneral draws its kernel
+            # As DenseGeneral draws its kernel: input axes flattened x output axes flattened.
+            flat = (math.prod(shape[: len(inputs)]), math.prod(shape[len(inputs) :]))
             return nn.initializers.normal(self.std)(rng, flat, dtype).reshape(shape)
 
-        shape = (self.in_features, *self.features)
+        shape = (*inputs, *self.features)
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(flat_normal, self.names), shape, jnp.float32
         )
         bias = None
         if self.use_bias:
-            bias = self.param("bias", zeros_init(self.names[1:]), self.features, jnp.float32)
+            names = self.names[len(inputs) :]
+            bias = self.param("bias", zeros_init(names), self.features, jnp.float32)
         return kernel, bias
 
 
