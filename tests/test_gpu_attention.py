@@ -97,8 +97,8 @@ def test_encoder_on_cudnn_matches_the_reference_with_holes(length, causal, norm_
     parameter gradients, for holes, right padding and an empty row. The CPU suite checks the
     reordering with cuDNN's call stood in by XLA's; this is the kernel itself. The reference
     differentiates the norms with JAX, so the `written` case checks that backward pass as the
-    GPU compiler fuses it, and the `pallas` case the Pallas kernels compiled by Triton (3 x 256
-    tokens of 128 features: whole tiles)."""
+    GPU compiler fuses it, and the `pallas` case the Pallas kernels (norms and SwiGLU's
+    backward pass) compiled by Triton (3 x 256 tokens of 128 features: whole tiles)."""
     import dataclasses
 
     from gfm_jax.models.encoder import Encoder, EncoderConfig
@@ -106,14 +106,17 @@ def test_encoder_on_cudnn_matches_the_reference_with_holes(length, causal, norm_
     cfg = EncoderConfig(
         vocab_size=64, num_layers=2, hidden_size=128, num_heads=2, mlp_dim=256,
         dtype="bfloat16", causal=causal, norm_grad=norm_grad,
+        glu_grad="pallas" if norm_grad == "pallas" else "xla",
     )  # fmt: skip
     ids = jax.random.randint(jax.random.key(2), (3, length), 0, cfg.vocab_size)
     mask = jnp.ones((3, length), bool).at[0, 3].set(False).at[0, length // 2].set(False)
     mask = mask.at[1, length - 40 :].set(False).at[2].set(False)  # right padding; an empty row
     cotangent = jax.random.normal(jax.random.key(3), (3, length, cfg.hidden_size)) * mask[..., None]
 
-    def run(attention, norm_grad=norm_grad):
-        model = Encoder(dataclasses.replace(cfg, attention=attention, norm_grad=norm_grad))
+    def run(attention, norm_grad=norm_grad, glu_grad=cfg.glu_grad):
+        model = Encoder(
+            dataclasses.replace(cfg, attention=attention, norm_grad=norm_grad, glu_grad=glu_grad)
+        )
         params = jax.jit(model.init)(jax.random.key(0), ids, mask)["params"]
 
         def loss(params):
@@ -124,7 +127,7 @@ def test_encoder_on_cudnn_matches_the_reference_with_holes(length, causal, norm_
         return np.asarray(out * mask[..., None]), grads
 
     got_out, got_grads = run("cudnn")
-    want_out, want_grads = run("reference", "xla")
+    want_out, want_grads = run("reference", "xla", "xla")
     assert np.isfinite(got_out).all()
     np.testing.assert_allclose(got_out, want_out, atol=0.1)  # unit-scale normed outputs, bf16
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(want_grads)]

@@ -520,3 +520,46 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-5)
         for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_swiglu_backward_matches_jax_differentiation(dtype, monkeypatch):
+    """`glu_grad="pallas"`: SwiGLU's backward pass as the kernel of models/glu_pallas.py
+    (interpreted here; the GPU suite compiles it) gives JAX's gradients of gate and up, and
+    the MLP's values and parameter gradients equal JAX's path; a width the kernel does not
+    take (96) stays JAX's."""
+    from gfm_jax.models import glu_pallas
+    from gfm_jax.models.layers import Mlp
+
+    assert glu_pallas.supported(32768, 4096) and not glu_pallas.supported(32768, 3072)
+    gate_up = (jax.random.normal(jax.random.key(0), (2, 128, 2, 128)) * 3).astype(dtype)
+    cotangent = jax.random.normal(jax.random.key(1), (2, 128, 128))
+
+    def loss(fn, gate_up):
+        return jnp.sum(fn(gate_up).astype(jnp.float32) * cotangent)
+
+    plain = lambda gu: jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1]  # noqa: E731
+    kernel = lambda gu: glu_pallas.swiglu(gu, True)  # noqa: E731
+    np.testing.assert_array_equal(kernel(gate_up), plain(gate_up))  # the same forward pass
+    got, want = (jax.grad(functools.partial(loss, f))(gate_up) for f in (kernel, plain))
+    assert got.dtype == want.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(got, want, atol=tol * float(np.abs(want).max()))
+
+    monkeypatch.setattr(glu_pallas, "INTERPRET", True)
+    x = jax.random.normal(jax.random.key(2), (2, 64, 32))
+    for mlp_dim, kernels in ((128, 1), (96, 0)):
+        grads = []
+        for glu_grad in ("pallas", "xla"):
+            mlp = Mlp(32, mlp_dim, "swiglu", False, 0.02, jnp.float32, "xla", glu_grad)
+            params = mlp.init(jax.random.key(3), x)
+
+            def mlp_loss(p, x, mlp=mlp):
+                return jnp.sum(jnp.sin(mlp.apply(p, x)))
+
+            jaxpr = str(jax.make_jaxpr(jax.grad(mlp_loss, (0, 1)))(params, x))
+            assert jaxpr.count("pallas_call") == (kernels if glu_grad == "pallas" else 0)
+            grads.append(jax.grad(mlp_loss, (0, 1))(params, x))
+        for g, w in zip(*(jax.tree.leaves(g) for g in grads), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))

@@ -55,6 +55,7 @@ class EncoderConfig:
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_grad: str = "auto"  # auto | xla | written | pallas: the norms' kernels (layers.Norm)
+    glu_grad: str = "xla"  # xla | pallas: SwiGLU's backward pass (layers.Mlp)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -111,6 +112,7 @@ class EncoderConfig:
                 self.norm_grad in NORM_GRADS,
                 f"model.norm_grad must be one of {', '.join(NORM_GRADS)}",
             ),
+            (self.glu_grad in ("xla", "pallas"), "model.glu_grad must be xla or pallas"),
         ]
         for ok, message in checks:
             if not ok:
@@ -197,6 +199,7 @@ class Block(nn.Module):
             c.init_std,
             dtype,
             c.matmul,
+            c.glu_grad if one_device else "xla",
             name="mlp",
         )(h)
         return constrain(x_BxLxD + h, names, self.mesh, self.rules)

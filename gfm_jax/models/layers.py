@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gfm_jax.models import norm_pallas
+from gfm_jax.models import glu_pallas, norm_pallas
 from gfm_jax.models.matmul import dot_general_for
 from gfm_jax.models.norm_vjp import norm_written_grad, normalize
 
@@ -176,8 +176,11 @@ class Mlp(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     matmul: str = "auto"
+    # "pallas": SwiGLU's backward pass as the kernel of models/glu_pallas.py (GPU only, one
+    # device; other activations and shapes it does not take stay JAX's); else JAX's.
+    glu_grad: str = "xla"
 
-    def _gate_and_up(self, x_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _gate_and_up(self, x_BxLxD: jax.Array) -> jax.Array:
         """The GLU's two projections of x, as one matmul (as q/k/v): on a GPU the backward pass
         then makes both gradients in one elementwise pass and runs one input-gradient matmul,
         and the H100 program of nt_v2_500m moves 10% fewer bytes outside its matmuls
@@ -201,7 +204,7 @@ class Mlp(nn.Module):
         )
         if self.use_bias:
             gate_up_BxLx2xF = gate_up_BxLx2xF + jnp.stack([b for _, b in params]).astype(self.dtype)
-        return gate_up_BxLx2xF[:, :, 0], gate_up_BxLx2xF[:, :, 1]
+        return gate_up_BxLx2xF
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -216,10 +219,17 @@ class Mlp(nn.Module):
                 matmul=self.matmul,
             )
 
-        if self.activation in ("swiglu", "geglu"):
-            gate_BxLxF, up_BxLxF = self._gate_and_up(x_BxLxD)
+        rows = x_BxLxD.size // x_BxLxD.shape[-1]
+        if (
+            self.activation == "swiglu"
+            and self.glu_grad == "pallas"
+            and glu_pallas.supported(rows, self.mlp_dim)
+        ):
+            h_BxLxF = glu_pallas.swiglu(self._gate_and_up(x_BxLxD), glu_pallas.INTERPRET)
+        elif self.activation in ("swiglu", "geglu"):
+            gate_up_BxLx2xF = self._gate_and_up(x_BxLxD)
             act = nn.silu if self.activation == "swiglu" else exact_gelu
-            h_BxLxF = act(gate_BxLxF) * up_BxLxF
+            h_BxLxF = act(gate_up_BxLx2xF[:, :, 0]) * gate_up_BxLx2xF[:, :, 1]
         elif self.activation == "gelu":
             h_BxLxF = exact_gelu(proj(self.mlp_dim, ("embed", "mlp"), "up")(x_BxLxD))
         else:

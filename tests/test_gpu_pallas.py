@@ -1,9 +1,10 @@
-"""The Pallas norm kernels (gfm_jax/models/norm_pallas.py) compiled for a GPU, against JAX
-differentiating the same functions: values and every gradient, at nt_v2_500m's width.
+"""The Pallas kernels (gfm_jax/models/norm_pallas.py, glu_pallas.py) compiled for a GPU,
+against JAX differentiating the same functions: values and every gradient, at nt_v2_500m's
+widths.
 
 The CPU suite runs the kernels through Pallas's interpreter; only a GPU compiles them with
 Triton. Skipped without a GPU:
-    python -m pytest tests/test_gpu_norm.py
+    python -m pytest tests/test_gpu_pallas.py
 """
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfm_jax.models import norm_pallas
+from gfm_jax.models import glu_pallas, norm_pallas
 from gfm_jax.models.norm_vjp import normalize
 
 pytestmark = [
@@ -55,3 +56,24 @@ def test_pallas_norm_kernels_on_the_gpu_match_jax(kind):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, w, atol=2e-2 * float(np.abs(w).max()))
+
+
+def test_pallas_swiglu_backward_on_the_gpu_matches_jax():
+    gate_up = (jax.random.normal(jax.random.key(0), (4, 1024, 2, 4096)) * 3).astype(jnp.bfloat16)
+    cotangent = jax.random.normal(jax.random.key(1), (4, 1024, 4096))
+    assert glu_pallas.supported(4 * 1024, 4096)
+
+    def loss(fn, gate_up):
+        return jnp.sum(fn(gate_up).astype(jnp.float32) * cotangent)
+
+    def plain(gate_up):
+        return jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+
+    kernel = glu_pallas.swiglu
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda g: loss(kernel, g)))(gate_up))
+    assert jaxpr.count("pallas_call") == 1
+    got = jax.jit(jax.grad(lambda g: loss(kernel, g)))(gate_up)
+    want = jax.jit(jax.grad(lambda g: loss(plain, g)))(gate_up)
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-2 * float(np.abs(want).max()))
