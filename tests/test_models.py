@@ -487,11 +487,20 @@ def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype):
 
 def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
     """`norm_grad="pallas"`: the blocks take the residual stream through the Pallas kernels
-    (interpreted here), with the attention output's bias added in the kernel; the encoder's
-    outputs and every parameter gradient equal the written pass's to float32 rounding. A
-    hidden size the kernels do not take, or a mesh of several devices, keeps the written pass."""
+    (interpreted here): the attention output and its bias, and the previous block's MLP
+    output, are added in the norms' kernels. The encoder's outputs and every parameter
+    gradient equal the written pass's to float32 rounding, unrolled and scanned. A hidden
+    size the kernels do not take keeps the written pass, and so does a mesh of several
+    devices (XLA cannot partition the kernels' calls)."""
+    from gfm_jax import sharding
     from gfm_jax.models import norm_pallas
+    from gfm_jax.models.encoder import fuses_residual
 
+    pallas = dataclasses.replace(SMALL, norm_grad="pallas")
+    one = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    assert fuses_residual(pallas, None) and fuses_residual(pallas, one)
+    assert not fuses_residual(pallas, sharding.make_mesh((2, 2, 2)))
+    assert not fuses_residual(dataclasses.replace(SMALL, norm_grad="written"), None)
     monkeypatch.setattr(norm_pallas, "INTERPRET", True)
     ids = jax.random.randint(jax.random.key(4), (4, 64), 0, SMALL.vocab_size)
     mask = jnp.ones(ids.shape, bool).at[1, 40:].set(False)
@@ -512,11 +521,20 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
         kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
         return jax.value_and_grad(loss)(params), kernels
 
-    for hidden, expected_kernels in ((128, 3 * SMALL.num_layers), (96, 0)):
-        cfg = dataclasses.replace(SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True)
+    # Unrolled: one forward kernel per norm but the first (it has no add), one backward
+    # kernel per norm; scanned: the loop body's; a width the kernels do not take: none.
+    for hidden, scan, expected_kernels in (
+        (128, False, 4 * SMALL.num_layers - 1),
+        (128, True, None),
+        (96, False, 0),
+    ):
+        cfg = dataclasses.replace(
+            SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, scan_layers=scan
+        )
         (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
         (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas"))
-        assert (none, kernels) == (0, expected_kernels)
+        assert none == 0
+        assert kernels > 0 if expected_kernels is None else kernels == expected_kernels
         np.testing.assert_allclose(got, want, rtol=1e-5)
         for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))

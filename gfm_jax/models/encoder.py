@@ -152,18 +152,24 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxLxD: jax.Array, mask_BxL: jax.Array, rope_cos_sin: tuple[jax.Array, ...] | None
-    ):
+        self,
+        x_BxLxD: jax.Array,
+        mask_BxL: jax.Array,
+        rope_cos_sin: tuple[jax.Array, ...] | None,
+        pending_BxLxD: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """The block's output; where the norms take the residual stream (`fuses_residual`),
+        (x, the MLP's output) instead, for the next block's first norm to add with x in its
+        kernel (`pending_BxLxD`: the previous block's MLP output, None for the first)."""
         c = self.config
         dtype = dtype_of(c.dtype)
-        # The Pallas kernels are single-device calls that XLA cannot partition (a shard_map
-        # would be needed), so a mesh of several devices keeps the written backward pass.
+        fused = fuses_residual(c, self.mesh)
         one_device = self.mesh is None or self.mesh.size == 1
-        fused = resolve_norm_grad(c.norm_grad) == "pallas" and one_device
         names = ("batch", "length", "embed")
         attn_norm = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")
         if fused:  # the residual passes through the norm's kernels (layers.Norm)
-            x_BxLxD, h = attn_norm(x_BxLxD, residual=True)
+            x_BxLxD, h = attn_norm(x_BxLxD, pending_BxLxD, residual=True)
+            x_BxLxD = constrain(x_BxLxD, names, self.mesh, self.rules)
         else:
             h = attn_norm(x_BxLxD)
         h = SelfAttention(
@@ -202,7 +208,18 @@ class Block(nn.Module):
             c.glu_grad if one_device else "xla",
             name="mlp",
         )(h)
+        if fused:
+            return x_BxLxD, h
         return constrain(x_BxLxD + h, names, self.mesh, self.rules)
+
+
+def fuses_residual(c: EncoderConfig, mesh: Any) -> bool:
+    """Whether the blocks take the residual stream through the norms' Pallas kernels
+    (`norm_grad="pallas"`). Those kernels are single-device calls that XLA cannot partition
+    (that would take a shard_map), so on a mesh of several devices the norms keep the
+    written backward pass."""
+    one_device = mesh is None or mesh.size == 1
+    return resolve_norm_grad(c.norm_grad) == "pallas" and one_device
 
 
 class ScannedBlock(nn.Module):
@@ -214,11 +231,14 @@ class ScannedBlock(nn.Module):
     keys_right_padded: bool = False
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_BxL, rope_cos_sin):
+    def __call__(self, carry, mask_BxL, rope_cos_sin):
+        """`carry`: x, or (x, the previous MLP output) where the block returns both."""
         block = _remat(Block, self.config)(
             self.config, self.mesh, self.rules, self.keys_right_padded, name="block"
         )
-        return block(x_BxLxD, mask_BxL, rope_cos_sin), None
+        if isinstance(carry, tuple):
+            return block(carry[0], mask_BxL, rope_cos_sin, carry[1]), None
+        return block(carry, mask_BxL, rope_cos_sin), None
 
 
 def _remat(cls: type[nn.Module], c: EncoderConfig) -> type[nn.Module]:
@@ -267,6 +287,7 @@ class Encoder(nn.Module):
             x_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (0, 1), (0, 0)))
             mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, 1)))  # the new token is masked
         partition = partitions_tokens(c, length)
+        fused = fuses_residual(c, self.mesh)
         if partition:
             # cuDNN's padding mask is key lengths, which cannot express a mask with holes;
             # checking for holes in every layer (`lax.cond`) made a GPU step 13.5% slower.
@@ -292,15 +313,25 @@ class Encoder(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
+            # Where each block hands its MLP output on (`Block`), the carry is (x, that
+            # output), and the first block adds a zero one: a scan's carry keeps its structure.
+            carry = (x_BxLxD, jnp.zeros_like(x_BxLxD)) if fused else x_BxLxD
             x_BxLxD, _ = stack(c, self.mesh, self.rules, partition, name="layers")(
-                x_BxLxD, mask_BxL, rope_cos_sin
+                carry, mask_BxL, rope_cos_sin
             )
         else:
             block_cls = _remat(Block, c)
+            pending = None  # the previous block's MLP output, where blocks hand it on
             for i in range(c.num_layers):
-                x_BxLxD = block_cls(c, self.mesh, self.rules, partition, name=f"layer_{i}")(
-                    x_BxLxD, mask_BxL, rope_cos_sin
-                )
+                block = block_cls(c, self.mesh, self.rules, partition, name=f"layer_{i}")
+                if fused:
+                    x_BxLxD, pending = block(x_BxLxD, mask_BxL, rope_cos_sin, pending)
+                else:
+                    x_BxLxD = block(x_BxLxD, mask_BxL, rope_cos_sin)
+            if fused:
+                x_BxLxD = (x_BxLxD, pending)
+        if fused:  # the last block's MLP output, added by XLA before the final norm
+            x_BxLxD = x_BxLxD[0] + x_BxLxD[1]
         if partition:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
         x_BxLxD = x_BxLxD[:, :length]  # without the token an odd length got
