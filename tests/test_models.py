@@ -486,14 +486,15 @@ def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype):
 
 
 def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
-    """`norm_grad="pallas"`: the blocks take the residual stream through the Pallas kernels
-    (interpreted here): the attention output and its bias, and the previous block's MLP
-    output, are added in the norms' kernels. The encoder's outputs and every parameter
-    gradient equal the written pass's to float32 rounding, unrolled and scanned. A hidden
-    size the kernels do not take keeps the written pass, and so does a mesh of several
+    """`norm_grad="pallas"` (with `glu_grad="pallas"`): the blocks take the residual stream
+    through the Pallas kernels (interpreted here): the attention output and its bias, and
+    the previous block's MLP output, are added in the norms' kernels. The encoder's outputs
+    and every parameter gradient equal the written pass's to float32 rounding, unrolled and
+    scanned, and so does the same config lowered for the CPU, which takes XLA's path. A
+    hidden size the kernels do not take keeps the written pass, and so does a mesh of several
     devices (XLA cannot partition the kernels' calls)."""
     from gfm_jax import sharding
-    from gfm_jax.models import norm_pallas
+    from gfm_jax.models import pallas_gpu
     from gfm_jax.models.encoder import fuses_residual
 
     pallas = dataclasses.replace(SMALL, norm_grad="pallas")
@@ -501,7 +502,6 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
     assert fuses_residual(pallas, None) and fuses_residual(pallas, one)
     assert not fuses_residual(pallas, sharding.make_mesh((2, 2, 2)))
     assert not fuses_residual(dataclasses.replace(SMALL, norm_grad="written"), None)
-    monkeypatch.setattr(norm_pallas, "INTERPRET", True)
     ids = jax.random.randint(jax.random.key(4), (4, 64), 0, SMALL.vocab_size)
     mask = jnp.ones(ids.shape, bool).at[1, 40:].set(False)
 
@@ -521,23 +521,38 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
         kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
         return jax.value_and_grad(loss)(params), kernels
 
-    # Unrolled: one forward kernel per norm but the first (it has no add), one backward
-    # kernel per norm; scanned: the loop body's; a width the kernels do not take: none.
+    def check(got, got_grads, want, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+
+    # Not interpreted, on a CPU: the kernels are staged out, but lowering for the CPU takes
+    # XLA's path (pallas_gpu.on_gpu), so such a model still runs and evaluates here.
+    cfg = dataclasses.replace(SMALL, hidden_size=128, num_heads=4, use_bias_attn=True)
+    kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")
+    (got, got_grads), staged = run(kernels_config)
+    (want, want_grads), _ = run(dataclasses.replace(cfg, norm_grad="written"))
+    assert staged > 0
+    check(got, got_grads, want, want_grads)
+
+    # Interpreted: unrolled, one forward kernel per norm but the first (it has no add), one
+    # backward kernel per norm and SwiGLU's; scanned: the loop body's; a width the norms'
+    # kernels do not take: SwiGLU's alone.
+    monkeypatch.setattr(pallas_gpu, "INTERPRET", True)
     for hidden, scan, expected_kernels in (
-        (128, False, 4 * SMALL.num_layers - 1),
+        (128, False, 5 * SMALL.num_layers - 1),
         (128, True, None),
-        (96, False, 0),
+        (96, False, SMALL.num_layers),
     ):
         cfg = dataclasses.replace(
             SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, scan_layers=scan
         )
         (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
-        (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas"))
+        kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")
+        (got, got_grads), kernels = run(kernels_config)
         assert none == 0
         assert kernels > 0 if expected_kernels is None else kernels == expected_kernels
-        np.testing.assert_allclose(got, want, rtol=1e-5)
-        for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+        check(got, got_grads, want, want_grads)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -546,7 +561,7 @@ def test_pallas_swiglu_backward_matches_jax_differentiation(dtype, monkeypatch):
     (interpreted here; the GPU suite compiles it) gives JAX's gradients of gate and up, and
     the MLP's values and parameter gradients equal JAX's path; a width the kernel does not
     take (96) stays JAX's."""
-    from gfm_jax.models import glu_pallas
+    from gfm_jax.models import glu_pallas, pallas_gpu
     from gfm_jax.models.layers import Mlp
 
     assert glu_pallas.supported(32768, 4096) and not glu_pallas.supported(32768, 3072)
@@ -565,7 +580,7 @@ def test_pallas_swiglu_backward_matches_jax_differentiation(dtype, monkeypatch):
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     np.testing.assert_allclose(got, want, atol=tol * float(np.abs(want).max()))
 
-    monkeypatch.setattr(glu_pallas, "INTERPRET", True)
+    monkeypatch.setattr(pallas_gpu, "INTERPRET", True)
     x = jax.random.normal(jax.random.key(2), (2, 64, 32))
     for mlp_dim, kernels in ((128, 1), (96, 0)):
         grads = []

@@ -24,9 +24,6 @@ from jax.experimental.pallas import triton as plgpu
 _TILE_ELEMENTS = 16384  # elements of one [rows, F] tile per tensor
 _NUM_WARPS = 8
 
-# Run the kernel through Pallas's interpreter: tests set it to run the model's path on a CPU.
-INTERPRET = False
-
 
 def _tile_rows(features: int) -> int:
     return max(1, _TILE_ELEMENTS // features)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gfm_jax.models import glu_pallas, norm_pallas
+from gfm_jax.models import glu_pallas, norm_pallas, pallas_gpu
 from gfm_jax.models.matmul import dot_general_for
 from gfm_jax.models.norm_vjp import norm_written_grad, normalize
 
@@ -89,16 +89,25 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             bias = self.param("bias", zeros_init(("norm",)), (features,), jnp.float32)
         grad = resolve_norm_grad(self.grad)
-        if residual and grad == "pallas" and norm_pallas.supported(x.size // features, features):
-            args = (self.kind, self.eps, self.dtype, norm_pallas.INTERPRET)
+        fn = normalize if grad == "xla" else norm_written_grad  # "pallas" off its kernels
+        style = (self.kind, self.eps, self.dtype)
+        if not residual:
+            return fn(x, scale, bias, *style)
+
+        def xla(x, h, h_bias, scale, bias):
+            if h is not None:
+                x = x + (h if h_bias is None else h + h_bias.astype(h.dtype))
+            return x, fn(x, scale, bias, *style)
+
+        if grad != "pallas" or not norm_pallas.supported(x.size // features, features):
+            return xla(x, h, h_bias, scale, bias)
+
+        def kernels(x, h, h_bias, scale, bias, interpret):
             if h is None:
-                return norm_pallas.norm_with_residual(x, scale, bias, normalize, *args)
-            return norm_pallas.add_norm(x, h, h_bias, scale, bias, *args)
-        if residual and h is not None:
-            x = x + (h if h_bias is None else h + h_bias.astype(h.dtype))
-        fn = normalize if grad == "xla" else norm_written_grad
-        y = fn(x, scale, bias, self.kind, self.eps, self.dtype)
-        return (x, y) if residual else y
+                return norm_pallas.norm_with_residual(x, scale, bias, normalize, *style, interpret)
+            return norm_pallas.add_norm(x, h, h_bias, scale, bias, *style, interpret)
+
+        return pallas_gpu.on_gpu(kernels, xla, x, h, h_bias, scale, bias)
 
 
 def dense(
@@ -225,7 +234,9 @@ class Mlp(nn.Module):
             and self.glu_grad == "pallas"
             and glu_pallas.supported(rows, self.mlp_dim)
         ):
-            h_BxLxF = glu_pallas.swiglu(self._gate_and_up(x_BxLxD), glu_pallas.INTERPRET)
+            kernel = lambda gate_up, interpret: glu_pallas.swiglu(gate_up, interpret)  # noqa: E731
+            plain = lambda gate_up: nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # noqa: E731
+            h_BxLxF = pallas_gpu.on_gpu(kernel, plain, self._gate_and_up(x_BxLxD))
         elif self.activation in ("swiglu", "geglu"):
             gate_up_BxLx2xF = self._gate_and_up(x_BxLxD)
             act = nn.silu if self.activation == "swiglu" else exact_gelu

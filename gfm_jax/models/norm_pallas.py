@@ -37,9 +37,6 @@ _TILE_ELEMENTS = 16384
 _NUM_WARPS = 8
 _MAX_ROWS_PER_PROGRAM = 64  # backward: rows one program walks, keeping its column sums
 
-# Run the kernels through Pallas's interpreter: tests set it to run the model's path on a CPU.
-INTERPRET = False
-
 
 def _tile_rows(features: int) -> int:
     return max(1, _TILE_ELEMENTS // features)
