@@ -31,21 +31,25 @@ from jax.experimental.pallas import triton as plgpu
 
 Dtype = Any
 
-# Elements of one tensor a kernel holds in registers per step, and its warps: a 16 x 1024
-# tile on 8 warps, as XLA's Triton norm kernels of nt_v2_500m use.
-_TILE_ELEMENTS = 16384
+# Elements of one tensor a kernel holds per step, on 8 warps: 32 per thread forward (x, h, s
+# and y live at once) and 16 backward (s, dy, the residual gradient and five temporaries),
+# so that float32 registers do not spill; XLA's Triton kernel for nt_v2_500m's LayerNorm,
+# which holds only x, took 16 x 1,024. Untuned: no GPU has timed them yet.
+_FORWARD_TILE_ELEMENTS = 8192
+_BACKWARD_TILE_ELEMENTS = 4096
 _NUM_WARPS = 8
 _MAX_ROWS_PER_PROGRAM = 64  # backward: rows one program walks, keeping its column sums
 
 
-def _tile_rows(features: int) -> int:
-    return max(1, _TILE_ELEMENTS // features)
+def _tile_rows(features: int, elements: int) -> int:
+    return max(1, elements // features)
 
 
 def supported(rows: int, features: int) -> bool:
     """Whether [rows, features] fits the kernels' power-of-two blocks."""
     power_of_two = features & (features - 1) == 0
-    return power_of_two and features >= 16 and rows % _tile_rows(features) == 0
+    tile = _tile_rows(features, _FORWARD_TILE_ELEMENTS)  # the larger: a multiple of the other
+    return power_of_two and features >= 16 and rows % tile == 0
 
 
 def _stats(s, centered: bool, eps: float):
@@ -111,7 +115,7 @@ def _params() -> plgpu.CompilerParams:
 
 def _forward(x, h, h_bias, scale, bias, centered, eps, dtype, interpret):
     rows, features = x.shape
-    tile = _tile_rows(features)
+    tile = _tile_rows(features, _FORWARD_TILE_ELEMENTS)
     block = pl.BlockSpec((tile, features), lambda i: (i, 0))
     vector = pl.BlockSpec((features,), lambda i: (0,))
     out = (
@@ -132,7 +136,7 @@ def _forward(x, h, h_bias, scale, bias, centered, eps, dtype, interpret):
 
 def _backward(s, dy, dres, scale, centered, eps, interpret):
     rows, features = s.shape
-    tile = _tile_rows(features)
+    tile = _tile_rows(features, _BACKWARD_TILE_ELEMENTS)
     per_program = tile
     while per_program * 2 <= _MAX_ROWS_PER_PROGRAM and rows % (per_program * 2) == 0:
         per_program *= 2
