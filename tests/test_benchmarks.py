@@ -28,12 +28,16 @@ def test_bench_mfu_times_each_variant_and_writes_its_section(tmp_path):
     docs = tmp_path / "benchmarks.md"
     result = run_script(
         *("bench_mfu.py", "--preset", "tiny", "--tokens", "64", "--dtype", "float32"),
-        *("--variant", "scan_layers=1 batch=2", "--variant", "remat=full batch=4"),
+        *("--variant", "scan_layers=1 batch=2", "--variant", "attention=cudnn batch=2"),
+        *("--variant", "remat=full batch=4"),
         *("--repeats", "1", "--steps", "1", "--profile", "--write", str(docs)),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = docs.read_text()
     assert text.count("<!-- bench_mfu tiny -->") == 2
+    # cuDNN attention cannot run on a CPU: that variant is a row saying so, and the variant
+    # after it is still timed.
+    assert "| attention=cudnn batch=2 | failed: " in text
     rows = [line for line in text.splitlines() if line.startswith(("| scan_layers", "| remat"))]
     assert len(rows) == 2
     for row in rows:  # tokens/s and step time are positive numbers
