@@ -431,9 +431,18 @@ def test_norm_grad_auto_picks_the_written_backward_pass_on_gpus_only():
         dataclasses.replace(SMALL, norm_grad="fused").validate()
 
 
-@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype):
+@pytest.mark.parametrize(
+    "kind, dtype, features",
+    [
+        ("layernorm", jnp.float32, 128),  # 64-row forward tiles, 2 backward steps a program
+        ("rmsnorm", jnp.float32, 128),
+        ("layernorm", jnp.bfloat16, 128),
+        ("rmsnorm", jnp.bfloat16, 128),
+        ("layernorm", jnp.float32, 32),  # one backward step of more rows than a program's cap
+        ("layernorm", jnp.float32, 8192),  # one-row backward tiles
+    ],
+)
+def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype, features):
     """The Pallas kernels of models/norm_pallas.py (run by Pallas's interpreter here; the GPU
     suite runs them compiled): (s, norm(s)) for s = x + h + h_bias, and (x, norm(x)), with the
     gradients of every input (the residual's gradient added in the kernel, the column sums
@@ -446,10 +455,10 @@ def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype):
     assert not norm_pallas.supported(1024, 96)  # features not a power of two
     assert not norm_pallas.supported(1000, 128)  # rows not whole tiles
     keys = jax.random.split(jax.random.key(0), 7)
-    shape = (4, 256, 128)
+    shape = (4, 131072 // features // 4, features)
     x = (jax.random.normal(keys[0], shape) * 3).at[0, 0].add(90.0).astype(dtype)
     h = jax.random.normal(keys[1], shape).astype(dtype)
-    h_bias, scale, bias = (1 + 0.3 * jax.random.normal(k, (128,)) for k in keys[2:5])
+    h_bias, scale, bias = (1 + 0.3 * jax.random.normal(k, (features,)) for k in keys[2:5])
     bias = bias if kind == "layernorm" else None
     w_s, w_y = (jax.random.normal(k, shape) for k in keys[5:])
 
@@ -495,13 +504,17 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
     devices (XLA cannot partition the kernels' calls)."""
     from gfm_jax import sharding
     from gfm_jax.models import pallas_gpu
-    from gfm_jax.models.encoder import fuses_residual
+    from gfm_jax.models.encoder import fuses_residual, hands_on_mlp_output
 
     pallas = dataclasses.replace(SMALL, norm_grad="pallas")
     one = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
     assert fuses_residual(pallas, None) and fuses_residual(pallas, one)
     assert not fuses_residual(pallas, sharding.make_mesh((2, 2, 2)))
     assert not fuses_residual(dataclasses.replace(SMALL, norm_grad="written"), None)
+    # Under remat or a scan, blocks add their MLP output themselves (`hands_on_mlp_output`).
+    assert hands_on_mlp_output(pallas, None)
+    for other in (dict(remat="full"), dict(scan_layers=True)):
+        assert not hands_on_mlp_output(dataclasses.replace(pallas, **other), None)
     ids = jax.random.randint(jax.random.key(4), (4, 64), 0, SMALL.vocab_size)
     mask = jnp.ones(ids.shape, bool).at[1, 40:].set(False)
 
@@ -519,15 +532,15 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
             return jnp.sum(jnp.sin(model.apply(p, ids, mask)) * mask[..., None])
 
         kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
-        return jax.value_and_grad(loss)(params), kernels
+        return jax.jit(jax.value_and_grad(loss))(params), kernels
 
     def check(got, got_grads, want, want_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5)
         for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
 
-    # Not interpreted, on a CPU: the kernels are staged out, but lowering for the CPU takes
-    # XLA's path (pallas_gpu.on_gpu), so such a model still runs and evaluates here.
+    # Not interpreted, on a CPU: the kernels are staged out, but lowering (jit) for the CPU
+    # takes XLA's path (pallas_gpu.on_gpu), so such a model still runs and evaluates here.
     cfg = dataclasses.replace(SMALL, hidden_size=128, num_heads=4, use_bias_attn=True)
     kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")
     (got, got_grads), staged = run(kernels_config)
@@ -536,16 +549,19 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
     check(got, got_grads, want, want_grads)
 
     # Interpreted: unrolled, one forward kernel per norm but the first (it has no add), one
-    # backward kernel per norm and SwiGLU's; scanned: the loop body's; a width the norms'
-    # kernels do not take: SwiGLU's alone.
+    # backward kernel per norm and SwiGLU's; with remat, the first norm of every block has no
+    # add either, and its forward pass runs again; scanned: the loop body's; a width the
+    # norms' kernels do not take: SwiGLU's alone.
     monkeypatch.setattr(pallas_gpu, "INTERPRET", True)
-    for hidden, scan, expected_kernels in (
-        (128, False, 5 * SMALL.num_layers - 1),
-        (128, True, None),
-        (96, False, SMALL.num_layers),
+    layers = SMALL.num_layers
+    for hidden, other, expected_kernels in (
+        (128, {}, 5 * layers - 1),
+        (128, dict(remat="full"), 5 * layers),
+        (128, dict(scan_layers=True), None),
+        (96, {}, layers),
     ):
         cfg = dataclasses.replace(
-            SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, scan_layers=scan
+            SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, **other
         )
         (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
         kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")

@@ -158,12 +158,13 @@ class Block(nn.Module):
         rope_cos_sin: tuple[jax.Array, ...] | None,
         pending_BxLxD: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """The block's output; where the norms take the residual stream (`fuses_residual`),
+        """The block's output; where blocks hand their MLP output on (`hands_on_mlp_output`),
         (x, the MLP's output) instead, for the next block's first norm to add with x in its
         kernel (`pending_BxLxD`: the previous block's MLP output, None for the first)."""
         c = self.config
         dtype = dtype_of(c.dtype)
         fused = fuses_residual(c, self.mesh)
+        hand_on = hands_on_mlp_output(c, self.mesh)
         one_device = self.mesh is None or self.mesh.size == 1
         names = ("batch", "length", "embed")
         attn_norm = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")
@@ -208,7 +209,7 @@ class Block(nn.Module):
             c.glu_grad if one_device else "xla",
             name="mlp",
         )(h)
-        if fused:
+        if hand_on:
             return x_BxLxD, h
         return constrain(x_BxLxD + h, names, self.mesh, self.rules)
 
@@ -222,6 +223,14 @@ def fuses_residual(c: EncoderConfig, mesh: Any) -> bool:
     return resolve_norm_grad(c.norm_grad) == "pallas" and one_device
 
 
+def hands_on_mlp_output(c: EncoderConfig, mesh: Any) -> bool:
+    """Whether each block hands its MLP output to the next block's first norm, which adds it
+    in its kernel, rather than adding it itself. Not under remat or a scan: there a block's
+    input is what the backward pass keeps (or the scan carries), and the pair (x, MLP output)
+    would keep one more activation per layer than their sum."""
+    return fuses_residual(c, mesh) and c.remat == "none" and not c.scan_layers
+
+
 class ScannedBlock(nn.Module):
     """A Block with the (carry, output) signature `nn.scan` needs."""
 
@@ -231,14 +240,11 @@ class ScannedBlock(nn.Module):
     keys_right_padded: bool = False
 
     @nn.compact
-    def __call__(self, carry, mask_BxL, rope_cos_sin):
-        """`carry`: x, or (x, the previous MLP output) where the block returns both."""
+    def __call__(self, x_BxLxD, mask_BxL, rope_cos_sin):
         block = _remat(Block, self.config)(
             self.config, self.mesh, self.rules, self.keys_right_padded, name="block"
         )
-        if isinstance(carry, tuple):
-            return block(carry[0], mask_BxL, rope_cos_sin, carry[1]), None
-        return block(carry, mask_BxL, rope_cos_sin), None
+        return block(x_BxLxD, mask_BxL, rope_cos_sin), None
 
 
 def _remat(cls: type[nn.Module], c: EncoderConfig) -> type[nn.Module]:
@@ -287,7 +293,7 @@ class Encoder(nn.Module):
             x_BxLxD = jnp.pad(x_BxLxD, ((0, 0), (0, 1), (0, 0)))
             mask_BxL = jnp.pad(mask_BxL, ((0, 0), (0, 1)))  # the new token is masked
         partition = partitions_tokens(c, length)
-        fused = fuses_residual(c, self.mesh)
+        hand_on = hands_on_mlp_output(c, self.mesh)
         if partition:
             # cuDNN's padding mask is key lengths, which cannot express a mask with holes;
             # checking for holes in every layer (`lax.cond`) made a GPU step 13.5% slower.
@@ -313,25 +319,20 @@ class Encoder(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            # Where each block hands its MLP output on (`Block`), the carry is (x, that
-            # output), and the first block adds a zero one: a scan's carry keeps its structure.
-            carry = (x_BxLxD, jnp.zeros_like(x_BxLxD)) if fused else x_BxLxD
             x_BxLxD, _ = stack(c, self.mesh, self.rules, partition, name="layers")(
-                carry, mask_BxL, rope_cos_sin
+                x_BxLxD, mask_BxL, rope_cos_sin
             )
         else:
             block_cls = _remat(Block, c)
             pending = None  # the previous block's MLP output, where blocks hand it on
             for i in range(c.num_layers):
                 block = block_cls(c, self.mesh, self.rules, partition, name=f"layer_{i}")
-                if fused:
+                if hand_on:
                     x_BxLxD, pending = block(x_BxLxD, mask_BxL, rope_cos_sin, pending)
                 else:
                     x_BxLxD = block(x_BxLxD, mask_BxL, rope_cos_sin)
-            if fused:
-                x_BxLxD = (x_BxLxD, pending)
-        if fused:  # the last block's MLP output, added by XLA before the final norm
-            x_BxLxD = x_BxLxD[0] + x_BxLxD[1]
+            if pending is not None:  # the last block's, added by XLA before the final norm
+                x_BxLxD = x_BxLxD + pending
         if partition:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, jnp.argsort(order_BxL)[..., None], axis=1)
         x_BxLxD = x_BxLxD[:, :length]  # without the token an odd length got

@@ -16,6 +16,10 @@ backward pass from the stored s (two-pass, in float32 registers), not saved. The
 the rows in blocks of power-of-two shape; `supported` says whether an array fits them, and the
 caller (layers.Norm) falls back to XLA's kernels where it does not. `interpret=True` runs them
 through Pallas's interpreter (CPU tests).
+
+In bfloat16, s here is x + h + h_bias summed in float32 and rounded once, where XLA's path
+(the fallback, and the other `norm_grad` settings) rounds h + h_bias, then the sum: the same
+checkpoint gives values that differ by bfloat16 rounding between the two.
 """
 
 from __future__ import annotations
