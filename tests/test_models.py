@@ -435,11 +435,12 @@ def test_norm_grad_auto_picks_the_written_backward_pass_on_gpus_only():
     "kind, dtype, features",
     [
         ("layernorm", jnp.float32, 128),  # 64-row forward tiles, 2 backward steps a program
-        ("rmsnorm", jnp.float32, 128),
-        ("layernorm", jnp.bfloat16, 128),
         ("rmsnorm", jnp.bfloat16, 128),
-        ("layernorm", jnp.float32, 32),  # one backward step of more rows than a program's cap
-        ("layernorm", jnp.float32, 8192),  # one-row backward tiles
+        pytest.param("rmsnorm", jnp.float32, 128, marks=pytest.mark.slow),
+        pytest.param("layernorm", jnp.bfloat16, 128, marks=pytest.mark.slow),
+        # one backward step of more rows than a program's cap; one-row backward tiles
+        pytest.param("layernorm", jnp.float32, 32, marks=pytest.mark.slow),
+        pytest.param("layernorm", jnp.float32, 8192, marks=pytest.mark.slow),
     ],
 )
 def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype, features):
@@ -494,16 +495,11 @@ def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype, features):
             np.testing.assert_allclose(g, w, atol=tol * float(np.abs(w).max()))
 
 
-def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
-    """`norm_grad="pallas"` (with `glu_grad="pallas"`): the blocks take the residual stream
-    through the Pallas kernels (interpreted here): the attention output and its bias, and
-    the previous block's MLP output, are added in the norms' kernels. The encoder's outputs
-    and every parameter gradient equal the written pass's to float32 rounding, unrolled and
-    scanned, and so does the same config lowered for the CPU, which takes XLA's path. A
-    hidden size the kernels do not take keeps the written pass, and so does a mesh of several
-    devices (XLA cannot partition the kernels' calls)."""
+def test_pallas_norms_leave_meshes_of_several_devices_and_remat_alone():
+    """`norm_grad="pallas"` takes the residual stream through the kernels on one device only
+    (XLA cannot partition their calls), and blocks hand their MLP output on only without remat
+    or a scan (the pair would keep one more activation per layer than the sum)."""
     from gfm_jax import sharding
-    from gfm_jax.models import pallas_gpu
     from gfm_jax.models.encoder import fuses_residual, hands_on_mlp_output
 
     pallas = dataclasses.replace(SMALL, norm_grad="pallas")
@@ -511,10 +507,39 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
     assert fuses_residual(pallas, None) and fuses_residual(pallas, one)
     assert not fuses_residual(pallas, sharding.make_mesh((2, 2, 2)))
     assert not fuses_residual(dataclasses.replace(SMALL, norm_grad="written"), None)
-    # Under remat or a scan, blocks add their MLP output themselves (`hands_on_mlp_output`).
     assert hands_on_mlp_output(pallas, None)
     for other in (dict(remat="full"), dict(scan_layers=True)):
         assert not hands_on_mlp_output(dataclasses.replace(pallas, **other), None)
+
+
+@pytest.mark.parametrize(
+    "interpret, hidden, other, expected_kernels",
+    [
+        # Not interpreted, on a CPU: the kernels are staged out, but lowering (jit) for the CPU
+        # takes XLA's path (pallas_gpu.on_gpu), so such a model still runs and evaluates here.
+        pytest.param(False, 128, {}, 5 * SMALL.num_layers - 1, marks=pytest.mark.slow),
+        # Interpreted, unrolled: one forward kernel per norm but the first (it has no add),
+        # one backward kernel per norm and SwiGLU's.
+        (True, 128, {}, 5 * SMALL.num_layers - 1),
+        # With remat the first norm of every block has no add either, and its forward pass
+        # runs again; scanned: the loop body's; a width the norms' kernels do not take:
+        # SwiGLU's alone.
+        pytest.param(True, 128, dict(remat="full"), 5 * SMALL.num_layers, marks=pytest.mark.slow),
+        pytest.param(True, 128, dict(scan_layers=True), None, marks=pytest.mark.slow),
+        pytest.param(True, 96, {}, SMALL.num_layers, marks=pytest.mark.slow),
+    ],
+)
+def test_encoder_with_pallas_kernels_matches_the_written_pass(
+    interpret, hidden, other, expected_kernels, monkeypatch
+):
+    """`norm_grad="pallas"` with `glu_grad="pallas"`: the blocks take the residual stream
+    through the Pallas kernels: the attention output and its bias, and the previous block's
+    MLP output, are added in the norms' kernels. The encoder's outputs and every parameter
+    gradient equal the written pass's to float32 rounding, with the kernels (interpreted)
+    and with the CPU lowering's XLA path; the jaxpr holds the kernels counted."""
+    from gfm_jax.models import pallas_gpu
+
+    monkeypatch.setattr(pallas_gpu, "INTERPRET", interpret)
     ids = jax.random.randint(jax.random.key(4), (4, 64), 0, SMALL.vocab_size)
     mask = jnp.ones(ids.shape, bool).at[1, 40:].set(False)
 
@@ -534,44 +559,17 @@ def test_encoder_with_pallas_norms_matches_the_written_pass(monkeypatch):
         kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
         return jax.jit(jax.value_and_grad(loss))(params), kernels
 
-    def check(got, got_grads, want, want_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-5)
-        for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
-
-    # Not interpreted, on a CPU: the kernels are staged out, but lowering (jit) for the CPU
-    # takes XLA's path (pallas_gpu.on_gpu), so such a model still runs and evaluates here.
-    cfg = dataclasses.replace(SMALL, hidden_size=128, num_heads=4, use_bias_attn=True)
-    kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")
-    (got, got_grads), staged = run(kernels_config)
-    (want, want_grads), _ = run(dataclasses.replace(cfg, norm_grad="written"))
-    assert staged > 0
-    check(got, got_grads, want, want_grads)
-
-    # Interpreted: unrolled, one forward kernel per norm but the first (it has no add), one
-    # backward kernel per norm and SwiGLU's; with remat, the first norm of every block has no
-    # add either, and its forward pass runs again; scanned: the loop body's; a width the
-    # norms' kernels do not take: SwiGLU's alone.
-    monkeypatch.setattr(pallas_gpu, "INTERPRET", True)
-    layers = SMALL.num_layers
-    for hidden, other, expected_kernels in (
-        (128, {}, 5 * layers - 1),
-        (128, dict(remat="full"), 5 * layers),
-        (128, dict(scan_layers=True), None),
-        (96, {}, layers),
-    ):
-        cfg = dataclasses.replace(
-            SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, **other
-        )
-        (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
-        kernels_config = dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas")
-        (got, got_grads), kernels = run(kernels_config)
-        assert none == 0
-        assert kernels > 0 if expected_kernels is None else kernels == expected_kernels
-        check(got, got_grads, want, want_grads)
+    cfg = dataclasses.replace(SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, **other)
+    (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
+    (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas"))
+    assert none == 0
+    assert kernels > 0 if expected_kernels is None else kernels == expected_kernels
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.bfloat16])
 def test_pallas_swiglu_backward_matches_jax_differentiation(dtype, monkeypatch):
     """`glu_grad="pallas"`: SwiGLU's backward pass as the kernel of models/glu_pallas.py
     (interpreted here; the GPU suite compiles it) gives JAX's gradients of gate and up, and

@@ -124,6 +124,7 @@ def test_cudnn_token_order_on_a_sharded_mesh_matches_one_device(real_batches, cu
     assert_runs_close(reordered, reference, 1e-5)
 
 
+@pytest.mark.slow  # slow set (CI runs it): keeps the default suite under 10 minutes
 def test_remat_does_not_change_the_step(real_batches):
     mesh = sharding.make_mesh((-1, 1, 1))
     plain = run_steps(mesh, real_batches[:2])
