@@ -38,7 +38,7 @@ def test_pallas_norm_kernels_on_the_gpu_match_jax(kind):
 
     def pallas(x, h, h_bias, scale, bias):
         s, y = norm_pallas.add_norm(x, h, h_bias, scale, bias, kind, 1e-5, dtype)
-        x2, y2 = norm_pallas.norm_with_residual(s, scale, bias, normalize, kind, 1e-5, dtype)
+        x2, y2 = norm_pallas.norm_with_residual(s, scale, bias, kind, 1e-5, dtype)
         return loss(x2, y) + loss(s, y2)
 
     def plain(x, h, h_bias, scale, bias):

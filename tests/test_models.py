@@ -478,7 +478,7 @@ def test_pallas_norm_kernels_match_jax_differentiation(kind, dtype, features):
 
     def pallas_norm(x, scale, bias):
         args = (kind, 1e-5, dtype, True)
-        return loss(*norm_pallas.norm_with_residual(x, scale, bias, normalize, *args))
+        return loss(*norm_pallas.norm_with_residual(x, scale, bias, *args))
 
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     for got_fn, want_fn, args in (

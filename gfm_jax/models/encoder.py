@@ -165,7 +165,6 @@ class Block(nn.Module):
         dtype = dtype_of(c.dtype)
         fused = fuses_residual(c, self.mesh)
         hand_on = hands_on_mlp_output(c, self.mesh)
-        one_device = self.mesh is None or self.mesh.size == 1
         names = ("batch", "length", "embed")
         attn_norm = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="attn_norm")
         if fused:  # the residual passes through the norm's kernels (layers.Norm)
@@ -206,7 +205,7 @@ class Block(nn.Module):
             c.init_std,
             dtype,
             c.matmul,
-            c.glu_grad if one_device else "xla",
+            c.glu_grad if _one_device(self.mesh) else "xla",
             name="mlp",
         )(h)
         if hand_on:
@@ -219,8 +218,12 @@ def fuses_residual(c: EncoderConfig, mesh: Any) -> bool:
     (`norm_grad="pallas"`). Those kernels are single-device calls that XLA cannot partition
     (that would take a shard_map), so on a mesh of several devices the norms keep the
     written backward pass."""
-    one_device = mesh is None or mesh.size == 1
-    return resolve_norm_grad(c.norm_grad) == "pallas" and one_device
+    return resolve_norm_grad(c.norm_grad) == "pallas" and _one_device(mesh)
+
+
+def _one_device(mesh: Any) -> bool:
+    """No mesh, or one of one device: where the Pallas kernels' calls need no partitioning."""
+    return mesh is None or mesh.size == 1
 
 
 def hands_on_mlp_output(c: EncoderConfig, mesh: Any) -> bool:

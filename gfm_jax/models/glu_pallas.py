@@ -65,7 +65,8 @@ def _backward(gate_up_Tx2F: jax.Array, dh_TxF: jax.Array, interpret: bool) -> ja
     )(gate_up_Tx2F, dh_TxF)
 
 
-def _swiglu(gate_up_BxLx2xF: jax.Array) -> jax.Array:
+def swiglu_xla(gate_up_BxLx2xF: jax.Array) -> jax.Array:
+    """silu(gate) * up, differentiated by JAX: the forward pass, and the path off GPUs."""
     return nn.silu(gate_up_BxLx2xF[..., 0, :]) * gate_up_BxLx2xF[..., 1, :]
 
 
@@ -73,11 +74,11 @@ def _swiglu(gate_up_BxLx2xF: jax.Array) -> jax.Array:
 def swiglu(gate_up_BxLx2xF: jax.Array, interpret: bool = False) -> jax.Array:
     """silu(gate) * up of [..., 2, F] (gate, then up), in its dtype; the backward pass is the
     kernel above (`interpret`: through Pallas's interpreter, for CPU tests)."""
-    return _swiglu(gate_up_BxLx2xF)
+    return swiglu_xla(gate_up_BxLx2xF)
 
 
 def _forward(gate_up_BxLx2xF, interpret):
-    return _swiglu(gate_up_BxLx2xF), gate_up_BxLx2xF
+    return swiglu_xla(gate_up_BxLx2xF), gate_up_BxLx2xF
 
 
 def _swiglu_backward(interpret, gate_up_BxLx2xF, dh_BxLxF):

@@ -104,7 +104,7 @@ class Norm(nn.Module):
 
         def kernels(x, h, h_bias, scale, bias, interpret):
             if h is None:
-                return norm_pallas.norm_with_residual(x, scale, bias, normalize, *style, interpret)
+                return norm_pallas.norm_with_residual(x, scale, bias, *style, interpret)
             return norm_pallas.add_norm(x, h, h_bias, scale, bias, *style, interpret)
 
         return pallas_gpu.on_gpu(kernels, xla, x, h, h_bias, scale, bias)
@@ -235,8 +235,7 @@ class Mlp(nn.Module):
             and glu_pallas.supported(rows, self.mlp_dim)
         ):
             kernel = lambda gate_up, interpret: glu_pallas.swiglu(gate_up, interpret)  # noqa: E731
-            plain = lambda gate_up: nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]  # noqa: E731
-            h_BxLxF = pallas_gpu.on_gpu(kernel, plain, self._gate_and_up(x_BxLxD))
+            h_BxLxF = pallas_gpu.on_gpu(kernel, glu_pallas.swiglu_xla, self._gate_and_up(x_BxLxD))
         elif self.activation in ("swiglu", "geglu"):
             gate_up_BxLx2xF = self._gate_and_up(x_BxLxD)
             act = nn.silu if self.activation == "swiglu" else exact_gelu

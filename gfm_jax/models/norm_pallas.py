@@ -33,6 +33,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from gfm_jax.models.norm_vjp import normalize
+
 Dtype = Any
 
 # Elements of one tensor a kernel holds per step, on 8 warps: 32 per thread forward (x, h, s
@@ -138,8 +140,13 @@ def _forward(x, h, h_bias, scale, bias, centered, eps, dtype, interpret):
     )(x, h, h_bias, scale, bias)
 
 
-def _backward(s, dy, dres, scale, centered, eps, interpret):
+def _backward(s, dy, dres, scale, kind, eps, interpret):
+    """The backward kernel on [..., features] arrays: (dres + the norm's input gradient, in
+    s's dtype and shape; the column sums of dy * xhat, dy and that gradient)."""
+    shape = s.shape
+    s, dy, dres = (_flat(a.astype(s.dtype)) for a in (s, dy, dres))
     rows, features = s.shape
+    centered = kind == "layernorm"
     tile = _tile_rows(features, _BACKWARD_TILE_ELEMENTS)
     per_program = tile
     while per_program * 2 <= _MAX_ROWS_PER_PROGRAM and rows % (per_program * 2) == 0:
@@ -164,8 +171,8 @@ def _backward(s, dy, dres, scale, centered, eps, interpret):
         compiler_params=_params(),
         interpret=interpret,
         name="norm_backward",
-    )(s, dy, dres, scale)
-    return dx, dscale.sum(0), dbias.sum(0), dsum.sum(0)
+    )(s, dy, dres, scale.astype(jnp.float32))
+    return dx.reshape(shape), dscale.sum(0), dbias.sum(0), dsum.sum(0)
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -214,16 +221,7 @@ def _add_norm_forward(x, h, h_bias, scale, bias, kind, eps, dtype, interpret):
 def _add_norm_backward(kind, eps, dtype, interpret, residuals, cotangents):
     s, scale, h_bias, bias, h_like = residuals
     ds, dy = cotangents
-    dx, dscale, dbias, dsum = _backward(
-        _flat(s),
-        _flat(dy.astype(s.dtype)),
-        _flat(ds.astype(s.dtype)),
-        scale.astype(jnp.float32),
-        kind == "layernorm",
-        eps,
-        interpret,
-    )
-    dx = dx.reshape(s.shape)
+    dx, dscale, dbias, dsum = _backward(s, dy, ds, scale, kind, eps, interpret)
     return (
         dx,
         dx.astype(h_like.dtype),
@@ -236,42 +234,32 @@ def _add_norm_backward(kind, eps, dtype, interpret, residuals, cotangents):
 add_norm.defvjp(_add_norm_forward, _add_norm_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def norm_with_residual(
     x: jax.Array,
     scale: jax.Array,
     bias: jax.Array | None,
-    forward: Any,
     kind: str,
     eps: float,
     dtype: Dtype,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """(x, norm(x)): x passes through, so the backward pass takes its gradient and adds the
-    norm's in one kernel. `forward(x, scale, bias, kind, eps, dtype)` computes the norm (XLA's
-    kernel, one pass already)."""
-    return x, forward(x, scale, bias, kind, eps, dtype)
+    norm's in one kernel. The forward pass is `normalize` (XLA's kernel, one pass already)."""
+    return x, normalize(x, scale, bias, kind, eps, dtype)
 
 
-def _norm_with_residual_forward(x, scale, bias, forward, kind, eps, dtype, interpret):
-    return (x, forward(x, scale, bias, kind, eps, dtype)), (x, scale, bias)
+def _norm_with_residual_forward(x, scale, bias, kind, eps, dtype, interpret):
+    return (x, normalize(x, scale, bias, kind, eps, dtype)), (x, scale, bias)
 
 
-def _norm_with_residual_backward(forward, kind, eps, dtype, interpret, residuals, cotangents):
-    del forward, dtype
+def _norm_with_residual_backward(kind, eps, dtype, interpret, residuals, cotangents):
+    del dtype
     x, scale, bias = residuals
     dres, dy = cotangents
-    dx, dscale, dbias, _ = _backward(
-        _flat(x),
-        _flat(dy.astype(x.dtype)),
-        _flat(dres.astype(x.dtype)),
-        scale.astype(jnp.float32),
-        kind == "layernorm",
-        eps,
-        interpret,
-    )
+    dx, dscale, dbias, _ = _backward(x, dy, dres, scale, kind, eps, interpret)
     dbias = None if bias is None else dbias.astype(bias.dtype)
-    return dx.reshape(x.shape), dscale.astype(scale.dtype), dbias
+    return dx, dscale.astype(scale.dtype), dbias
 
 
 norm_with_residual.defvjp(_norm_with_residual_forward, _norm_with_residual_backward)
