@@ -77,3 +77,30 @@ def test_pallas_swiglu_backward_on_the_gpu_matches_jax():
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=2e-2 * float(np.abs(want).max()))
+
+
+def test_swiglu_fused_into_the_down_projection_on_the_gpu_matches_jax():
+    keys = jax.random.split(jax.random.key(0), 3)
+    gate_up = (jax.random.normal(keys[0], (4, 1024, 2, 4096)) * 3).astype(jnp.bfloat16)
+    w = jax.random.normal(keys[1], (4096, 1024)) * 0.02
+    cotangent = jax.random.normal(keys[2], (4, 1024, 1024))
+    assert glu_pallas.down_supported(4 * 1024, 4096, 1024)
+
+    def loss(fn, gate_up, w):
+        return jnp.sum(fn(gate_up, w).astype(jnp.float32) * cotangent)
+
+    def plain(gate_up, w):
+        h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+        return h @ w.astype(jnp.bfloat16)
+
+    def grads(fn):
+        return jax.jit(jax.grad(lambda g, w: loss(fn, g, w), (0, 1)))(gate_up, w)
+
+    kernel = glu_pallas.swiglu_down
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda g, w: loss(kernel, g, w), (0, 1)))(gate_up, w))
+    assert jaxpr.count("pallas_call") == 1
+    # The kernel keeps dy @ W^T in float32 where JAX rounds it to bfloat16 first: bf16 tolerance.
+    for g, x in zip(grads(kernel), grads(plain), strict=True):
+        g, x = np.asarray(g, np.float32), np.asarray(x, np.float32)
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, x, atol=2e-2 * float(np.abs(x).max()))

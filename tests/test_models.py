@@ -527,14 +527,22 @@ def test_pallas_norms_leave_meshes_of_several_devices_and_remat_alone():
         pytest.param(True, 128, dict(remat="full"), 5 * SMALL.num_layers, marks=pytest.mark.slow),
         pytest.param(True, 128, dict(scan_layers=True), None, marks=pytest.mark.slow),
         pytest.param(True, 96, {}, SMALL.num_layers, marks=pytest.mark.slow),
+        # SwiGLU's backward pass inside the down projection's input-gradient matmul instead.
+        pytest.param(
+            True,
+            128,
+            dict(glu_grad="fused", mlp_dim=128),
+            5 * SMALL.num_layers - 1,
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_encoder_with_pallas_kernels_matches_the_written_pass(
     interpret, hidden, other, expected_kernels, monkeypatch
 ):
-    """`norm_grad="pallas"` with `glu_grad="pallas"`: the blocks take the residual stream
-    through the Pallas kernels: the attention output and its bias, and the previous block's
-    MLP output, are added in the norms' kernels. The encoder's outputs and every parameter
+    """`norm_grad="pallas"` with `glu_grad="pallas"` (or "fused"): the blocks take the residual
+    stream through the Pallas kernels: the attention output and its bias, and the previous
+    block's MLP output, are added in the norms' kernels. The encoder's outputs and every parameter
     gradient equal the written pass's to float32 rounding, with the kernels (interpreted)
     and with the CPU lowering's XLA path; the jaxpr holds the kernels counted."""
     from gfm_jax.models import pallas_gpu
@@ -560,8 +568,9 @@ def test_encoder_with_pallas_kernels_matches_the_written_pass(
         return jax.jit(jax.value_and_grad(loss))(params), kernels
 
     cfg = dataclasses.replace(SMALL, hidden_size=hidden, num_heads=4, use_bias_attn=True, **other)
-    (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written"))
-    (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas", glu_grad="pallas"))
+    glu_grad = other.get("glu_grad", "pallas")
+    (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written", glu_grad="xla"))
+    (got, got_grads), kernels = run(dataclasses.replace(cfg, norm_grad="pallas", glu_grad=glu_grad))
     assert none == 0
     assert kernels > 0 if expected_kernels is None else kernels == expected_kernels
     np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -609,4 +618,58 @@ def test_pallas_swiglu_backward_matches_jax_differentiation(dtype, monkeypatch):
             assert jaxpr.count("pallas_call") == (kernels if glu_grad == "pallas" else 0)
             grads.append(jax.grad(mlp_loss, (0, 1))(params, x))
         for g, w in zip(*(jax.tree.leaves(g) for g in grads), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_swiglu_fused_into_the_down_projection_matches_jax_differentiation(dtype, monkeypatch):
+    """`glu_grad="fused"`: SwiGLU's backward pass inside the down projection's input-gradient
+    matmul (one Pallas kernel, interpreted here) gives JAX's gradients of gate/up and of the
+    down kernel; the MLP keeps the parameters `dense` would own (same tree, same initial
+    values), its values and gradients equal JAX's path, through the kernel and through the CPU
+    lowering's XLA path; shapes the kernel's blocks do not take stay JAX's."""
+    from gfm_jax.models import glu_pallas, pallas_gpu
+    from gfm_jax.models.layers import Mlp
+
+    assert glu_pallas.down_supported(32768, 4096, 1024)
+    assert not glu_pallas.down_supported(32768 + 64, 4096, 1024)
+    gate_up = (jax.random.normal(jax.random.key(0), (2, 64, 2, 128)) * 3).astype(dtype)
+    w = jax.random.normal(jax.random.key(1), (128, 64)) * 0.1
+    cotangent = jax.random.normal(jax.random.key(2), (2, 64, 64))
+
+    def loss(fn, gate_up, w):
+        return jnp.sum(fn(gate_up, w).astype(jnp.float32) * cotangent)
+
+    def plain(gu, w):
+        return (jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1]) @ w.astype(dtype)
+
+    kernel = lambda gu, w: glu_pallas.swiglu_down(gu, w, True)  # noqa: E731
+    got, want = (jax.grad(functools.partial(loss, f), (0, 1))(gate_up, w) for f in (kernel, plain))
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for g, x in zip(got, want, strict=True):
+        g, x = np.asarray(g, np.float32), np.asarray(x, np.float32)
+        np.testing.assert_allclose(g, x, atol=tol * float(np.abs(x).max()))
+
+    x = jax.random.normal(jax.random.key(3), (2, 64, 64))
+    # Not interpreted, the kernel is staged (the GPU branch) and the CPU runs the other one.
+    for interpret, length, kernels in ((True, 64, 1), (False, 64, 1), (True, 48, 0)):
+        monkeypatch.setattr(pallas_gpu, "INTERPRET", interpret)
+        xs = x[:, :length]
+        runs = []
+        for glu_grad in ("fused", "xla"):
+            mlp = Mlp(64, 128, "swiglu", True, 0.02, jnp.float32, "xla", glu_grad)
+            params = mlp.init(jax.random.key(4), xs)
+
+            def mlp_loss(p, x, mlp=mlp):
+                return jnp.sum(jnp.sin(mlp.apply(p, x)))
+
+            jaxpr = str(jax.make_jaxpr(jax.grad(mlp_loss, (0, 1)))(params, xs))
+            assert jaxpr.count("pallas_call") == (kernels if glu_grad == "fused" else 0)
+            runs.append((params, jax.jit(jax.value_and_grad(mlp_loss, (0, 1)))(params, xs)))
+        (p_fused, (v_fused, g_fused)), (p_xla, (v_xla, g_xla)) = runs
+        assert jax.tree.structure(p_fused) == jax.tree.structure(p_xla)
+        for a, b in zip(jax.tree.leaves(p_fused), jax.tree.leaves(p_xla), strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(v_fused, v_xla, rtol=1e-5)
+        for g, w in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_xla), strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(np.abs(w).max()))

@@ -55,7 +55,7 @@ class EncoderConfig:
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_grad: str = "auto"  # auto | xla | written | pallas: the norms' kernels (layers.Norm)
-    glu_grad: str = "xla"  # xla | pallas: SwiGLU's backward pass (layers.Mlp)
+    glu_grad: str = "xla"  # xla | pallas | fused: SwiGLU's backward pass (layers.Mlp)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -112,7 +112,10 @@ class EncoderConfig:
                 self.norm_grad in NORM_GRADS,
                 f"model.norm_grad must be one of {', '.join(NORM_GRADS)}",
             ),
-            (self.glu_grad in ("xla", "pallas"), "model.glu_grad must be xla or pallas"),
+            (
+                self.glu_grad in ("xla", "pallas", "fused"),
+                "model.glu_grad must be xla, pallas or fused",
+            ),
         ]
         for ok, message in checks:
             if not ok:

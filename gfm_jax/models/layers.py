@@ -185,8 +185,9 @@ class Mlp(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     matmul: str = "auto"
-    # "pallas": SwiGLU's backward pass as the kernel of models/glu_pallas.py (GPU only, one
-    # device; other activations and shapes it does not take stay JAX's); else JAX's.
+    # "pallas": SwiGLU's backward pass as the kernel of models/glu_pallas.py; "fused": that
+    # pass inside the down projection's input-gradient matmul (glu_pallas.swiglu_down). GPU
+    # only, one device; other activations and shapes they do not take stay JAX's. Else JAX's.
     glu_grad: str = "xla"
 
     def _gate_and_up(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -215,6 +216,32 @@ class Mlp(nn.Module):
             gate_up_BxLx2xF = gate_up_BxLx2xF + jnp.stack([b for _, b in params]).astype(self.dtype)
         return gate_up_BxLx2xF
 
+    def _swiglu_down_fused(self, x_BxLxD: jax.Array) -> jax.Array:
+        """SwiGLU and the down projection with `glu_grad="fused"`: the down kernel and bias are
+        the ones `dense` would own, so checkpoints do not change."""
+        kernel_FxD, bias_D = ProjectionParams(
+            self.mlp_dim,
+            (self.hidden_size,),
+            ("mlp", "embed"),
+            self.use_bias,
+            self.std,
+            name="down",
+        )()
+        gate_up_BxLx2xF = self._gate_and_up(x_BxLxD)
+
+        def xla_path(gate_up: jax.Array, kernel: jax.Array) -> jax.Array:
+            h_BxLxF = glu_pallas.swiglu_xla(gate_up)
+            contract_f = (((2,), (0,)), ((), ()))
+            return dot_general_for(self.matmul)(h_BxLxF, kernel.astype(self.dtype), contract_f)
+
+        fused = lambda gate_up, kernel, interpret: glu_pallas.swiglu_down(  # noqa: E731
+            gate_up, kernel, interpret
+        )
+        y_BxLxD = pallas_gpu.on_gpu(fused, xla_path, gate_up_BxLx2xF, kernel_FxD)
+        if bias_D is not None:
+            y_BxLxD = y_BxLxD + bias_D.astype(self.dtype)
+        return y_BxLxD
+
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         def proj(features: int, names: LogicalNames, name: str) -> nn.DenseGeneral:
@@ -229,6 +256,12 @@ class Mlp(nn.Module):
             )
 
         rows = x_BxLxD.size // x_BxLxD.shape[-1]
+        if (
+            self.activation == "swiglu"
+            and self.glu_grad == "fused"
+            and glu_pallas.down_supported(rows, self.mlp_dim, self.hidden_size)
+        ):
+            return self._swiglu_down_fused(x_BxLxD)
         if (
             self.activation == "swiglu"
             and self.glu_grad == "pallas"

@@ -26,7 +26,7 @@ def _base() -> dict:
         # auto (written on GPU, else xla) | xla | written | pallas (GPU, one device: the
         # norms and the residual add as Pallas kernels): the norms' backward pass
         norm_grad="auto",
-        glu_grad="xla",  # xla | pallas (GPU, one device): SwiGLU's backward pass
+        glu_grad="xla",  # xla | pallas | fused (GPU, one device): SwiGLU's backward pass
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
