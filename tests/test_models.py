@@ -632,10 +632,14 @@ def test_swiglu_fused_into_the_down_projection_matches_jax_differentiation(dtype
     from gfm_jax.models.layers import Mlp
 
     assert glu_pallas.down_supported(32768, 4096, 1024)
-    assert not glu_pallas.down_supported(32768 + 64, 4096, 1024)
-    gate_up = (jax.random.normal(jax.random.key(0), (2, 64, 2, 128)) * 3).astype(dtype)
-    w = jax.random.normal(jax.random.key(1), (128, 64)) * 0.1
-    cotangent = jax.random.normal(jax.random.key(2), (2, 64, 64))
+    for rows, features, hidden in ((32768 + 64, 4096, 1024), (32768, 4096 + 64, 1024)):
+        assert not glu_pallas.down_supported(rows, features, hidden)
+    assert not glu_pallas.down_supported(32768, 4096, 1024 + 32)
+    # 256 rows, 256 features, 128 hidden: a 2 x 2 grid and two steps of the hidden-axis loop,
+    # so a wrong index map or loop offset shows.
+    gate_up = (jax.random.normal(jax.random.key(0), (2, 128, 2, 256)) * 3).astype(dtype)
+    w = jax.random.normal(jax.random.key(1), (256, 128)) * 0.1
+    cotangent = jax.random.normal(jax.random.key(2), (2, 128, 128))
 
     def loss(fn, gate_up, w):
         return jnp.sum(fn(gate_up, w).astype(jnp.float32) * cotangent)

@@ -100,6 +100,7 @@ swiglu.defvjp(_forward, _swiglu_backward)
 # into the gate and up gradients there, so dh is never written (at nt_v2_500m, batch 32: 537 MB
 # less per layer, the write and the read-back of dh in bfloat16) and the elementwise pass
 # overlaps the matmuls of other programs. Blocks and warps are untuned: no GPU has timed them.
+# Float32 blocks multiply in IEEE float32 (Triton's lowering), not TF32; the case timed is bf16.
 _MM_ROWS = 128
 _MM_FEATURES = 128
 _MM_K = 64
