@@ -5,7 +5,9 @@
 # DOCS_FILE defaults to docs/benchmarks.md; STEPS to "checks mfu nt_v2_500m nt_v2_50m":
 #   checks      the GPU tests (cuDNN attention, the Pallas kernels), then a small odd-length
 #               shape with holes through both attention paths (fails in seconds on a broken
-#               environment)
+#               environment), then SwiGLU's backward pass through the down projection kernel
+#               by kernel: XLA's, the Pallas kernels', the fused kernel at several block
+#               shapes (scripts/bench_pallas.py, about a minute)
 #   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32, in one process
 #               (scripts/bench_mfu.py; two 500M states do not fit one H100 together, so they
 #               run one after the other; a variant that fails is a row): the Pallas kernels for
@@ -41,6 +43,9 @@ if has checks; then
 fi
 cd scripts || exit 1
 failed=0
+if has checks; then
+    timeout 240 python3 bench_pallas.py --write "$docs" || failed=1
+fi
 if has mfu; then  # the profile is of the first variant, the default
     timeout 540 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
         --variant "scan_layers=0 batch=32 norm_grad=pallas glu_grad=pallas" \

@@ -23,6 +23,25 @@ def test_bench_mfu_refuses_an_unknown_variant_key_by_name():
     assert "unknown key 'bogus'" in result.stderr
 
 
+def test_bench_pallas_times_every_swiglu_down_variant_and_checks_its_values(tmp_path):
+    """On a CPU the kernels are interpreted at a small shape: every variant is a row with a
+    positive time, and each agrees with the default to bf16 rounding."""
+    docs = tmp_path / "benchmarks.md"
+    result = run_script(
+        *("bench_pallas.py", "--interpret", "--tokens", "256", "--hidden", "128"),
+        *("--features", "256", "--calls", "1", "--repeats", "1", "--write", str(docs)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = docs.read_text()
+    assert text.count("<!-- bench_pallas swiglu_down -->") == 2
+    rows = [line for line in text.splitlines() if line.startswith(("| XLA", "| fused"))]
+    assert len(rows) == 2 + 6 and sum(row.startswith("| fused") for row in rows) == 6
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) > 0, row
+        assert float(cells[4]) < 3e-2, row  # bf16 rounding of dh, not a wrong kernel
+
+
 @pytest.mark.slow
 def test_bench_mfu_times_each_variant_and_writes_its_section(tmp_path):
     docs = tmp_path / "benchmarks.md"

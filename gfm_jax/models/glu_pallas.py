@@ -12,6 +12,7 @@ shapes the kernel's power-of-two blocks take.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -101,27 +102,36 @@ swiglu.defvjp(_forward, _swiglu_backward)
 # less per layer, the write and the read-back of dh in bfloat16) and the elementwise pass
 # overlaps the matmuls of other programs. Blocks and warps are untuned: no GPU has timed them.
 # Float32 blocks multiply in IEEE float32 (Triton's lowering), not TF32; the case timed is bf16.
-_MM_ROWS = 128
-_MM_FEATURES = 128
-_MM_K = 64
-_MM_WARPS = 8
-_MM_STAGES = 2
+@dataclasses.dataclass(frozen=True)
+class DownBlocks:
+    """The fused kernel's launch: a program's [rows, features] block of dh, the hidden-axis
+    step, warps and pipeline stages. The default has no register spills for sm_90a at
+    nt_v2_500m's widths (ptxas); scripts/bench_pallas.py times others on a GPU."""
+
+    rows: int = 128
+    features: int = 128
+    k: int = 64
+    warps: int = 8
+    stages: int = 2
 
 
-def down_supported(rows: int, features: int, hidden: int) -> bool:
+DOWN_BLOCKS = DownBlocks()
+
+
+def down_supported(rows: int, features: int, hidden: int, blocks: DownBlocks = DOWN_BLOCKS) -> bool:
     """Whether dy [rows, hidden] @ W_down [features, hidden]^T fits the fused kernel's blocks."""
-    return rows % _MM_ROWS == 0 and features % _MM_FEATURES == 0 and hidden % _MM_K == 0
+    return rows % blocks.rows == 0 and features % blocks.features == 0 and hidden % blocks.k == 0
 
 
-def _down_backward_kernel(dy_ref, w_ref, gate_up_ref, dgate_up_ref):
+def _down_backward_kernel(dy_ref, w_ref, gate_up_ref, dgate_up_ref, *, step: int):
     hidden = dy_ref.shape[-1]
 
     def accumulate(k, dh):
-        cols = pl.ds(pl.multiple_of(k * _MM_K, _MM_K), _MM_K)
+        cols = pl.ds(pl.multiple_of(k * step, step), step)
         return dh + plgpu.dot(dy_ref[:, cols], w_ref[:, cols], trans_b=True)
 
-    zeros = jnp.zeros((_MM_ROWS, _MM_FEATURES), jnp.float32)
-    dh = jax.lax.fori_loop(0, hidden // _MM_K, accumulate, zeros)
+    zeros = jnp.zeros((dy_ref.shape[0], w_ref.shape[0]), jnp.float32)
+    dh = jax.lax.fori_loop(0, hidden // step, accumulate, zeros)
     gate = gate_up_ref[:, 0, :].astype(jnp.float32)
     up = gate_up_ref[:, 1, :].astype(jnp.float32)
     sigmoid = 1.0 / (1.0 + jnp.exp(-gate))
@@ -130,24 +140,31 @@ def _down_backward_kernel(dy_ref, w_ref, gate_up_ref, dgate_up_ref):
     dgate_up_ref[:, 1, :] = (dh * gate * sigmoid).astype(dgate_up_ref.dtype)
 
 
-def _down_backward(
-    dy_TxD: jax.Array, w_FxD: jax.Array, gate_up_Tx2xF: jax.Array, interpret: bool
+def down_backward(
+    dy_TxD: jax.Array,
+    w_FxD: jax.Array,
+    gate_up_Tx2xF: jax.Array,
+    interpret: bool = False,
+    blocks: DownBlocks = DOWN_BLOCKS,
 ) -> jax.Array:
+    """[T, 2, F]: the gate and up gradients from dy [T, D], W_down [F, D] (in dy's dtype) and
+    gate_up [T, 2, F], in one kernel; shapes `down_supported` takes."""
     rows, hidden = dy_TxD.shape
     features = w_FxD.shape[0]
+    b = blocks
     # The grid's first axis varies fastest on the GPU: the programs in flight share a block of
     # dy rows (read from memory once) and sweep W_down, which stays in the L2 cache (8 MB).
     return pl.pallas_call(
-        _down_backward_kernel,
+        functools.partial(_down_backward_kernel, step=b.k),
         out_shape=jax.ShapeDtypeStruct(gate_up_Tx2xF.shape, gate_up_Tx2xF.dtype),
-        grid=(features // _MM_FEATURES, rows // _MM_ROWS),
+        grid=(features // b.features, rows // b.rows),
         in_specs=[
-            pl.BlockSpec((_MM_ROWS, hidden), lambda j, i: (i, 0)),
-            pl.BlockSpec((_MM_FEATURES, hidden), lambda j, i: (j, 0)),
-            pl.BlockSpec((_MM_ROWS, 2, _MM_FEATURES), lambda j, i: (i, 0, j)),
+            pl.BlockSpec((b.rows, hidden), lambda j, i: (i, 0)),
+            pl.BlockSpec((b.features, hidden), lambda j, i: (j, 0)),
+            pl.BlockSpec((b.rows, 2, b.features), lambda j, i: (i, 0, j)),
         ],
-        out_specs=pl.BlockSpec((_MM_ROWS, 2, _MM_FEATURES), lambda j, i: (i, 0, j)),
-        compiler_params=plgpu.CompilerParams(num_warps=_MM_WARPS, num_stages=_MM_STAGES),
+        out_specs=pl.BlockSpec((b.rows, 2, b.features), lambda j, i: (i, 0, j)),
+        compiler_params=plgpu.CompilerParams(num_warps=b.warps, num_stages=b.stages),
         interpret=interpret,
         name="swiglu_down_backward",
     )(dy_TxD, w_FxD, gate_up_Tx2xF)
@@ -173,7 +190,7 @@ def _swiglu_down_backward(interpret, residuals, dy_BxLxD):
     rows = math.prod(dy_BxLxD.shape[:-1])
     dy = dy_BxLxD.astype(h_BxLxF.dtype)
     dw_FxD = jnp.einsum("blf,bld->fd", h_BxLxF, dy)  # rounded as JAX's own transpose rounds it
-    dgate_up = _down_backward(
+    dgate_up = down_backward(
         dy.reshape(rows, hidden),
         w_FxD.astype(h_BxLxF.dtype),
         gate_up_BxLx2xF.reshape(rows, 2, features),
