@@ -37,7 +37,7 @@ BLOCKS = [
     glu_pallas.DownBlocks(128, 128, 32, 8, 4),
     glu_pallas.DownBlocks(64, 128, 64, 4, 3),
     glu_pallas.DownBlocks(128, 64, 64, 4, 3),
-    glu_pallas.DownBlocks(256, 128, 64, 8, 2),
+    glu_pallas.DownBlocks(64, 256, 64, 8, 2),
 ]
 
 
