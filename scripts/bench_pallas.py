@@ -44,18 +44,18 @@ BLOCKS = [
 def variants(interpret: bool) -> dict[str, Callable[..., jax.Array]]:
     """name -> f(dy [T, D], w [F, D], gate_up [T, 2, F]) -> gate/up gradient [T, 2, F]."""
 
-    def xla(dy, w, gate_up):
-        dh = dy @ w.T
-        _, backward = jax.vjp(lambda gu: glu_pallas.swiglu_xla(gu[None])[0], gate_up)
-        return backward(dh)[0]
+    def unfused(swiglu: Callable[[jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+        def gradient(dy, w, gate_up):  # XLA's matmul, then `swiglu`'s backward pass
+            return jax.vjp(swiglu, gate_up)[1](dy @ w.T)[0]
 
-    def pallas_elementwise(dy, w, gate_up):
-        rows, _, features = gate_up.shape
-        flat = glu_pallas._backward(gate_up.reshape(rows, 2 * features), dy @ w.T, interpret)
-        return flat.reshape(gate_up.shape)
+        return gradient
 
-    out = {"XLA matmul, XLA SwiGLU backward (default)": xla}
-    out["XLA matmul, Pallas SwiGLU backward (`glu_grad=pallas`)"] = pallas_elementwise
+    out = {
+        "XLA matmul, XLA SwiGLU backward (default)": unfused(glu_pallas.swiglu_xla),
+        "XLA matmul, Pallas SwiGLU backward (`glu_grad=pallas`)": unfused(
+            lambda gu: glu_pallas.swiglu(gu, interpret)
+        ),
+    }
     for b in BLOCKS:
         name = (
             f"fused (`glu_grad=fused`): block {b.rows}x{b.features}, k {b.k}, "
@@ -83,7 +83,8 @@ def main() -> None:
     flop = 2 * t * d * f  # the matmul's
 
     compiled, failed = {}, {}
-    for name, fn in variants(args.interpret).items():
+    named = variants(args.interpret)
+    for name, fn in named.items():
         try:
             compiled[name] = jax.jit(fn).lower(dy, w, gate_up).compile()
             compiled[name](dy, w, gate_up).block_until_ready()
@@ -104,7 +105,7 @@ def main() -> None:
 
     base_ms = statistics.median(next(iter(times.values()))) if times else None
     rows = []
-    for name in variants(args.interpret):
+    for name in named:
         if name in failed:
             rows.append(f"| {name} | failed: {failed[name]} (see the log) | | | |")
             continue
