@@ -10,17 +10,18 @@
 #               shapes (scripts/bench_pallas.py, about a minute)
 #   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32, in one process
 #               (scripts/bench_mfu.py; two 500M states do not fit one H100 together, so they
-#               run one after the other; a variant that fails is a row): the Pallas kernels for
-#               the norms with the residual stream and for SwiGLU's backward pass (norm_grad=
-#               pallas glu_grad=pallas, with the kernel profile), the default (on a GPU the
-#               norms' written-out backward pass), the norms' kernels with SwiGLU's backward
-#               pass inside the down projection's matmul (glu_grad=fused), the norms' alone;
-#               the baseline runs second so that a timeout cannot cost the A/B
+#               run one after the other; a variant that fails is a row): the default (on a GPU
+#               the Pallas kernels for the norms with the residual stream and for SwiGLU's
+#               backward pass, with the kernel profile), the default before them (the norms'
+#               written-out backward pass, XLA's SwiGLU backward pass), then SwiGLU's backward
+#               pass inside the down projection's matmul (glu_grad=fused); the A/B pair runs
+#               first so that a timeout cannot cost it
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
 #   nt_v2_50m   the same at nt_v2_50m, with XLA attention, the published model and holes
 # On an H100 one unrolled nt_v2_500m compile took about 105 s (the first in a process 194 to
-# 242 s with its warm-up, later ones about 40 s; the checks about 110 s): run "checks", then
-# "mfu" (about 8 minutes), each a command of its own within 10 minutes; then "nt_v2_500m",
+# 243 s with its warm-up, later ones 36 to 53 s; the profile about 100 s; the checks about
+# 110 s): run "checks", then "mfu" (about 8 minutes), each a command of its own within 10
+# minutes (a fourth mfu variant does not fit one); then "nt_v2_500m",
 # then "nt_v2_50m". Each step replaces its own section, and bench_mfu.py writes
 # its table after every variant, so a failure or a timeout keeps what was measured.
 set -uo pipefail
@@ -48,10 +49,9 @@ if has checks; then
 fi
 if has mfu; then  # the profile is of the first variant, the default
     timeout 540 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
-        --variant "scan_layers=0 batch=32 norm_grad=pallas glu_grad=pallas" \
         --variant "scan_layers=0 batch=32" \
-        --variant "scan_layers=0 batch=32 norm_grad=pallas glu_grad=fused" \
-        --variant "scan_layers=0 batch=32 norm_grad=pallas" --repeats 3 \
+        --variant "scan_layers=0 batch=32 norm_grad=written glu_grad=xla" \
+        --variant "scan_layers=0 batch=32 glu_grad=fused" --repeats 3 \
         --steps 10 --profile --write "$docs" || failed=1
 fi
 if has nt_v2_500m; then

@@ -39,7 +39,7 @@ from benchmarks_md import publish  # noqa: E402
 from gfm_jax import host_memory  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
-from gfm_jax.models.layers import resolve_norm_grad  # noqa: E402
+from gfm_jax.models.layers import resolve_glu_grad, resolve_norm_grad  # noqa: E402
 from gfm_jax.train import flops  # noqa: E402
 
 # Kernel-name fragments -> category, first match wins (cuBLAS / CUTLASS / XLA Triton matmuls,
@@ -184,8 +184,8 @@ def main() -> None:
             "",
             f"Device: {jax.devices()[0].device_kind}, Python {platform.python_version()}, jax "
             f"{jax.__version__}. {args.preset} as published, {args.dtype}, {args.tokens} tokens, "
-            f"MLM head at the 6-sigma bound, the norms' backward pass "
-            f"`{resolve_norm_grad(base.norm_grad)}` unless a variant sets `norm_grad`; "
+            f"MLM head at the 6-sigma bound, `norm_grad={resolve_norm_grad(base.norm_grad)}` "
+            f"and `glu_grad={resolve_glu_grad(base.glu_grad)}` unless a variant sets them; "
             f"medians of {args.repeats} timings of {args.steps} "
             "steps, variants one after another. Peak memory is the process's so far (it only "
             "grows).",

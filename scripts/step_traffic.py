@@ -33,7 +33,7 @@ from benchmarks_md import publish
 from hlo_bytes import Kernel, kernels, operation
 
 from gfm_jax.models.encoder import EncoderConfig
-from gfm_jax.models.layers import resolve_norm_grad
+from gfm_jax.models.layers import resolve_glu_grad, resolve_norm_grad
 
 # Datasheet figures of the SXM cards (132 SMs at 1.98 GHz); what XLA's GPU compiler reads.
 GPU_TARGETS = {
@@ -112,6 +112,7 @@ def main() -> None:
             attention="cudnn",
             matmul="xla",
             norm_grad=resolve_norm_grad(base.norm_grad, backend="gpu"),
+            glu_grad=resolve_glu_grad(base.glu_grad, backend="gpu"),
         )
     bandwidth = gpu["bandwidth"] if gpu else None
     device = (

@@ -413,22 +413,40 @@ def test_norm_with_written_backward_pass_matches_jax_differentiation(kind):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
 
 
-def test_norm_grad_auto_picks_the_written_backward_pass_on_gpus_only():
-    """`norm_grad="auto"` (the default) is the written backward pass where it was timed faster
-    (an H100) and JAX's own elsewhere; explicit choices pass through; an unknown one is a
-    config error naming the key."""
-    from gfm_jax.models.layers import resolve_norm_grad
+def test_auto_kernel_choices_pick_the_pallas_kernels_on_gpus_only():
+    """`norm_grad="auto"` and `glu_grad="auto"` (the defaults) are the Pallas kernels where an
+    H100 timed them faster and JAX's own elsewhere, so a CPU step's program has no kernel
+    call; explicit choices pass through; an unknown one is a config error naming the key."""
+    from gfm_jax.models.layers import resolve_glu_grad, resolve_norm_grad
 
-    assert resolve_norm_grad("auto", backend="gpu") == "written"
-    assert resolve_norm_grad("auto", backend="cpu") == "xla"
-    assert resolve_norm_grad("auto", backend="tpu") == "xla"
-    assert resolve_norm_grad("xla", backend="gpu") == "xla"
+    for resolve in (resolve_norm_grad, resolve_glu_grad):
+        assert resolve("auto", backend="gpu") == "pallas"
+        assert resolve("auto", backend="cuda") == "pallas"
+        assert resolve("auto", backend="cpu") == "xla"
+        assert resolve("auto", backend="tpu") == "xla"
+        assert resolve("xla", backend="gpu") == "xla"
+        expected = "pallas" if jax.default_backend() == "gpu" else "xla"
+        assert resolve("auto") == expected
     assert resolve_norm_grad("written", backend="cpu") == "written"
-    expected = "written" if jax.default_backend() == "gpu" else "xla"
-    assert resolve_norm_grad("auto") == expected
-    assert EncoderConfig.from_config(presets.get("tiny"), 16).norm_grad == "auto"
+    assert resolve_glu_grad("fused", backend="cpu") == "fused"
+    cfg = EncoderConfig.from_config(presets.get("tiny"), 16)
+    assert (cfg.norm_grad, cfg.glu_grad) == ("auto", "auto")
     with pytest.raises(UserError, match="model.norm_grad must be one of auto, xla, written, pal"):
         dataclasses.replace(SMALL, norm_grad="fused").validate()
+    with pytest.raises(UserError, match="model.glu_grad must be one of auto, xla, pallas, fused"):
+        dataclasses.replace(SMALL, glu_grad="written").validate()
+    # A shape both kernels take: explicitly chosen, the program carries them (staged out for
+    # a GPU's lowering); "auto" on a CPU leaves them out altogether.
+    tokens = jnp.zeros((8, 64), jnp.int32)
+
+    def kernel_calls(**kernels) -> int:
+        model = MaskedLM(dataclasses.replace(SMALL, activation="swiglu", **kernels))
+        jaxpr = str(jax.make_jaxpr(lambda t: model.init(jax.random.key(0), t))(tokens))
+        return jaxpr.count("platform_index")
+
+    assert kernel_calls(norm_grad="pallas", glu_grad="pallas") > 0
+    if jax.default_backend() == "cpu":
+        assert kernel_calls() == 0
 
 
 @pytest.mark.parametrize(

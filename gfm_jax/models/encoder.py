@@ -29,6 +29,7 @@ from gfm_jax.models.attention import (
     rope_tables,
 )
 from gfm_jax.models.layers import (
+    GLU_GRADS,
     NORM_GRADS,
     Mlp,
     Norm,
@@ -55,7 +56,7 @@ class EncoderConfig:
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_grad: str = "auto"  # auto | xla | written | pallas: the norms' kernels (layers.Norm)
-    glu_grad: str = "xla"  # xla | pallas | fused: SwiGLU's backward pass (layers.Mlp)
+    glu_grad: str = "auto"  # auto | xla | pallas | fused: SwiGLU's backward pass (layers.Mlp)
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -113,8 +114,8 @@ class EncoderConfig:
                 f"model.norm_grad must be one of {', '.join(NORM_GRADS)}",
             ),
             (
-                self.glu_grad in ("xla", "pallas", "fused"),
-                "model.glu_grad must be xla, pallas or fused",
+                self.glu_grad in GLU_GRADS,
+                f"model.glu_grad must be one of {', '.join(GLU_GRADS)}",
             ),
         ]
         for ok, message in checks:

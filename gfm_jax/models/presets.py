@@ -23,10 +23,12 @@ def _base() -> dict:
         use_bias_mlp=False,
         norm="layernorm",  # layernorm | rmsnorm
         norm_eps=1e-5,
-        # auto (written on GPU, else xla) | xla | written | pallas (GPU, one device: the
-        # norms and the residual add as Pallas kernels): the norms' backward pass
+        # auto (pallas on GPU, else xla) | xla | written | pallas (GPU, one device: the norms
+        # and the residual add as Pallas kernels; else written): the norms' backward pass
         norm_grad="auto",
-        glu_grad="xla",  # xla | pallas | fused (GPU, one device): SwiGLU's backward pass
+        # auto (pallas on GPU, else xla) | xla | pallas | fused (GPU, one device): SwiGLU's
+        # backward pass as a Pallas kernel, or inside the down projection's matmul
+        glu_grad="auto",
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
