@@ -44,27 +44,29 @@ def constrain(x: jax.Array, names: LogicalNames, mesh: Any, rules: Sequence) -> 
 
 NORM_GRADS = ("auto", "xla", "written", "pallas")
 GLU_GRADS = ("auto", "xla", "pallas", "fused")
-_GPU_BACKENDS = ("gpu", "cuda", "rocm")
+
+
+def _kernels_or_xla(grad: str, backend: str | None) -> str:
+    """What `auto` means for a kernel choice: `pallas` on a GPU backend (`backend`, else JAX's
+    default one), `xla` elsewhere; other choices pass through."""
+    if grad != "auto":
+        return grad
+    return "pallas" if (backend or jax.default_backend()) in ("gpu", "cuda", "rocm") else "xla"
 
 
 def resolve_norm_grad(grad: str, backend: str | None = None) -> str:
     """`auto` -> `pallas` on a GPU, where an H100 timed the Pallas kernels with
-    `glu_grad="pallas"` 3.3% faster per step than the written pass, itself 2.7% faster than
+    `glu_grad="pallas"` at 3.3% less time per step than the written pass, itself 2.7% less than
     JAX's (docs/benchmarks.md); else `xla` (the CPU timing showed no clear difference; TPUs
     are not timed). Where the kernels do not apply (a mesh of several devices, shapes they do
-    not take) `pallas` is the written pass. `backend` defaults to JAX's default backend."""
-    if grad != "auto":
-        return grad
-    return "pallas" if (backend or jax.default_backend()) in _GPU_BACKENDS else "xla"
+    not take) `pallas` is the written pass."""
+    return _kernels_or_xla(grad, backend)
 
 
 def resolve_glu_grad(grad: str, backend: str | None = None) -> str:
     """`auto` -> `pallas` on a GPU (SwiGLU's backward pass as one Pallas kernel: 13.0 ms per
-    step on an H100 at batch 32 of nt_v2_500m against XLA's 18.3 ms), else `xla`. `backend`
-    defaults to JAX's default backend."""
-    if grad != "auto":
-        return grad
-    return "pallas" if (backend or jax.default_backend()) in _GPU_BACKENDS else "xla"
+    step on an H100 at batch 32 of nt_v2_500m against XLA's 18.3 ms), else `xla`."""
+    return _kernels_or_xla(grad, backend)
 
 
 class Norm(nn.Module):
