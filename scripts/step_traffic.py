@@ -125,7 +125,10 @@ def main() -> None:
         "",
         f"Compiled for {device}, jax "
         f"{jax.__version__}, {args.preset} as published, {args.dtype}, {args.tokens} tokens, "
-        "MLM head at the 6-sigma bound. Bytes each kernel reads and writes in the optimized "
+        "MLM head at the 6-sigma bound, "
+        f"`norm_grad={resolve_norm_grad(base.norm_grad)}` and "
+        f"`glu_grad={resolve_glu_grad(base.glu_grad)}` unless a variant sets them. "
+        "Bytes each kernel reads and writes in the optimized "
         "program; times are bytes over the datasheet bandwidth, a lower bound, not a timing.",
     ]
     for text in args.variant or [""]:

@@ -25,7 +25,7 @@ def test_bench_mfu_refuses_an_unknown_variant_key_by_name():
 
 def test_bench_pallas_times_every_swiglu_down_variant_and_checks_its_values(tmp_path):
     """On a CPU the kernels are interpreted at a small shape: every variant is a row with a
-    positive time, and each agrees with the default to bf16 rounding."""
+    positive time, and each agrees with XLA's (the baseline) to bf16 rounding."""
     docs = tmp_path / "benchmarks.md"
     result = run_script(
         *("bench_pallas.py", "--interpret", "--tokens", "256", "--hidden", "128"),

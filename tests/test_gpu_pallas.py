@@ -3,7 +3,8 @@ against JAX differentiating the same functions: values and every gradient, at nt
 widths.
 
 The CPU suite runs the kernels through Pallas's interpreter; only a GPU compiles them with
-Triton. Skipped without a GPU:
+Triton; the last test checks that the defaults take them on a GPU under remat and a scan.
+Skipped without a GPU:
     python -m pytest tests/test_gpu_pallas.py
 """
 
@@ -104,3 +105,57 @@ def test_swiglu_fused_into_the_down_projection_on_the_gpu_matches_jax():
         g, x = np.asarray(g, np.float32), np.asarray(x, np.float32)
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, x, atol=2e-2 * float(np.abs(x).max()))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [dict(remat="full"), dict(scan_layers=True), dict(remat="save_dots", dtype="bfloat16")],
+)
+def test_encoder_defaults_on_the_gpu_take_the_kernels_under_remat_and_scan(other):
+    """On a GPU `norm_grad` and `glu_grad` default (`auto`) to the Pallas kernels, and so does
+    every path a config can take: remat, a scan over layers, float32 (the presets' dtype) and
+    bfloat16. The MLM model's loss and every parameter gradient, compiled by Triton, against
+    the norms' written pass with XLA's SwiGLU pass (4 x 256 tokens of 128 features: whole
+    tiles; XLA attention, which float32 needs)."""
+    import dataclasses
+
+    from gfm_jax.models.encoder import EncoderConfig
+    from gfm_jax.models.heads import MaskedLM
+
+    cfg = EncoderConfig(
+        vocab_size=64, num_layers=2, hidden_size=128, num_heads=2, mlp_dim=256, attention="xla",
+        **other,
+    )  # fmt: skip
+    ids = jax.random.randint(jax.random.key(4), (4, 256), 0, cfg.vocab_size)
+    mask = jnp.ones(ids.shape, bool).at[1, 200:].set(False)
+
+    def run(cfg):
+        model = MaskedLM(cfg)
+        params = jax.jit(model.init)(jax.random.key(0), ids, mask)
+
+        def loss(p):
+            out = model.apply(p, ids, mask).astype(jnp.float32)
+            return jnp.sum(jnp.sin(out) * mask[..., None])
+
+        kernels = str(jax.make_jaxpr(jax.grad(loss))(params)).count("pallas_call")
+        return jax.jit(jax.value_and_grad(loss))(params), kernels
+
+    (got, got_grads), kernels = run(cfg)
+    (want, want_grads), none = run(dataclasses.replace(cfg, norm_grad="written", glu_grad="xla"))
+    assert kernels > 0 and none == 0
+    # float32: XLA may run a GPU's float32 matmuls in TF32, where the two paths' rounding
+    # differences in a matmul's inputs can flip its roundings; a wrong formula is off by O(1).
+    tol = 5e-2 if cfg.dtype == "bfloat16" else 5e-3
+    assert abs(float(got) - float(want)) <= tol * abs(float(want)) + 1e-3
+    largest = max(float(np.abs(w).max()) for w in jax.tree.leaves(want_grads))
+    for (path, w), g in zip(
+        jax.tree_util.tree_leaves_with_path(want_grads), jax.tree.leaves(got_grads), strict=True
+    ):
+        name = jax.tree_util.keystr(path)
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        # The key bias's gradient is zero in exact arithmetic (softmax ignores a shift shared
+        # by all keys): both sides are rounding noise, measured against the largest gradient.
+        scale = largest if "['key']['bias']" in name else float(np.abs(w).max())
+        err = float(np.abs(g - w).max())
+        assert np.isfinite(g).all()
+        assert err <= tol * scale + 1e-5, f"{name}: max error {err:.3g} against {scale:.3g}"

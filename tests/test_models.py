@@ -413,10 +413,13 @@ def test_norm_with_written_backward_pass_matches_jax_differentiation(kind):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
 
 
-def test_auto_kernel_choices_pick_the_pallas_kernels_on_gpus_only():
+def test_auto_kernel_choices_pick_the_pallas_kernels_on_gpus_only(monkeypatch):
     """`norm_grad="auto"` and `glu_grad="auto"` (the defaults) are the Pallas kernels where an
     H100 timed them faster and JAX's own elsewhere, so a CPU step's program has no kernel
-    call; explicit choices pass through; an unknown one is a config error naming the key."""
+    call; on a mesh of several devices, whose calls XLA cannot partition, neither; explicit
+    choices pass through; an unknown one is a config error naming the key."""
+    from gfm_jax import config as config_lib
+    from gfm_jax import sharding
     from gfm_jax.models.layers import resolve_glu_grad, resolve_norm_grad
 
     for resolve in (resolve_norm_grad, resolve_glu_grad):
@@ -425,8 +428,6 @@ def test_auto_kernel_choices_pick_the_pallas_kernels_on_gpus_only():
         assert resolve("auto", backend="cpu") == "xla"
         assert resolve("auto", backend="tpu") == "xla"
         assert resolve("xla", backend="gpu") == "xla"
-        expected = "pallas" if jax.default_backend() == "gpu" else "xla"
-        assert resolve("auto") == expected
     assert resolve_norm_grad("written", backend="cpu") == "written"
     assert resolve_glu_grad("fused", backend="cpu") == "fused"
     cfg = EncoderConfig.from_config(presets.get("tiny"), 16)
@@ -435,18 +436,25 @@ def test_auto_kernel_choices_pick_the_pallas_kernels_on_gpus_only():
         dataclasses.replace(SMALL, norm_grad="fused").validate()
     with pytest.raises(UserError, match="model.glu_grad must be one of auto, xla, pallas, fused"):
         dataclasses.replace(SMALL, glu_grad="written").validate()
-    # A shape both kernels take: explicitly chosen, the program carries them (staged out for
-    # a GPU's lowering); "auto" on a CPU leaves them out altogether.
-    tokens = jnp.zeros((8, 64), jnp.int32)
 
-    def kernel_calls(**kernels) -> int:
-        model = MaskedLM(dataclasses.replace(SMALL, activation="swiglu", **kernels))
+    # The model's calls, counted in its program at a shape both kernels take (staged out for
+    # a GPU's lowering, so this runs on a CPU). Attention and matmul are named: their "auto"
+    # reads the backend too.
+    tokens = jnp.zeros((8, 64), jnp.int32)
+    small = dataclasses.replace(SMALL, activation="swiglu", attention="xla", matmul="xla")
+
+    def kernel_calls(mesh=None, **kernels) -> int:
+        model = MaskedLM(dataclasses.replace(small, **kernels), mesh, config_lib.DEFAULT_RULES)
         jaxpr = str(jax.make_jaxpr(lambda t: model.init(jax.random.key(0), t))(tokens))
         return jaxpr.count("platform_index")
 
-    assert kernel_calls(norm_grad="pallas", glu_grad="pallas") > 0
-    if jax.default_backend() == "cpu":
-        assert kernel_calls() == 0
+    explicit = kernel_calls(norm_grad="pallas", glu_grad="pallas")
+    assert explicit > 0
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert kernel_calls() == 0
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kernel_calls() == explicit
+    assert kernel_calls(sharding.make_mesh((2, 2, 2))) == 0
 
 
 @pytest.mark.parametrize(

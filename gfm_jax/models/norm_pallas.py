@@ -40,7 +40,8 @@ Dtype = Any
 # Elements of one tensor a kernel holds per step, on 8 warps: 32 per thread forward (x, h, s
 # and y live at once) and 16 backward (s, dy, the residual gradient and five temporaries),
 # so that float32 registers do not spill; XLA's Triton kernel for nt_v2_500m's LayerNorm,
-# which holds only x, took 16 x 1,024. Untuned: no GPU has timed them yet.
+# which holds only x, took 16 x 1,024. Untuned: an H100 has timed them in the step only
+# (docs/benchmarks.md), not tile by tile.
 _FORWARD_TILE_ELEMENTS = 8192
 _BACKWARD_TILE_ELEMENTS = 4096
 _NUM_WARPS = 8
