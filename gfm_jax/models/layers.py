@@ -250,10 +250,7 @@ class Mlp(nn.Module):
             contract_f = (((2,), (0,)), ((), ()))
             return dot_general_for(self.matmul)(h_BxLxF, kernel.astype(self.dtype), contract_f)
 
-        fused = lambda gate_up, kernel, interpret: glu_pallas.swiglu_down(  # noqa: E731
-            gate_up, kernel, interpret
-        )
-        y_BxLxD = pallas_gpu.on_gpu(fused, xla_path, gate_up_BxLx2xF, kernel_FxD)
+        y_BxLxD = pallas_gpu.on_gpu(glu_pallas.swiglu_down, xla_path, gate_up_BxLx2xF, kernel_FxD)
         if bias_D is not None:
             y_BxLxD = y_BxLxD + bias_D.astype(self.dtype)
         return y_BxLxD
@@ -284,8 +281,9 @@ class Mlp(nn.Module):
             and glu_grad == "pallas"
             and glu_pallas.supported(rows, self.mlp_dim)
         ):
-            kernel = lambda gate_up, interpret: glu_pallas.swiglu(gate_up, interpret)  # noqa: E731
-            h_BxLxF = pallas_gpu.on_gpu(kernel, glu_pallas.swiglu_xla, self._gate_and_up(x_BxLxD))
+            h_BxLxF = pallas_gpu.on_gpu(
+                glu_pallas.swiglu, glu_pallas.swiglu_xla, self._gate_and_up(x_BxLxD)
+            )
         elif self.activation in ("swiglu", "geglu"):
             gate_up_BxLx2xF = self._gate_and_up(x_BxLxD)
             act = nn.silu if self.activation == "swiglu" else exact_gelu
