@@ -34,6 +34,15 @@ def splice_rows(n: int) -> list[dict]:
         return list(csv.DictReader(f))[:n]
 
 
+def _gc_rows() -> list[dict]:
+    """Splice rows of the two junction classes, a quarter as test, with their GC fraction."""
+    rows = [r for r in splice_rows(400) if r["label"] in ("EI", "IE")]
+    for i, r in enumerate(rows):
+        r["split"] = "test" if i % 4 == 0 else "train"
+        r["gc"] = f"{sum(b in 'GC' for b in r['sequence']) / len(r['sequence']):.4f}"
+    return rows
+
+
 def write_csv(path, rows, columns=("sequence", "label", "split")):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
@@ -89,12 +98,31 @@ def test_mcc_matches_the_binary_formula_and_edge_cases():
     preds = np.array([0, 1, 0, 1, 1, 0, 1, 0])
     tp, tn, fp, fn = 3, 3, 1, 1
     expect = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    assert metrics.mcc(labels, preds, 2) == pytest.approx(expect)
+    assert metrics.mcc(labels, preds) == pytest.approx(expect)
     three = np.array([0, 1, 2, 2, 1, 0])
-    assert metrics.mcc(three, three, 3) == pytest.approx(1.0)
-    assert metrics.mcc(three, np.zeros_like(three), 3) == 0.0
+    assert metrics.mcc(three, three) == pytest.approx(1.0)
+    assert metrics.mcc(three, np.zeros_like(three)) == 0.0
+    assert metrics.mcc(np.zeros(4, int), np.zeros(4, int)) == 0.0  # one class: undefined
     assert metrics.accuracy(labels, preds) == 0.75
     assert metrics.macro_f1(three, three, 3) == pytest.approx(1.0)
+    # Predicting [0, 0, 2, 2, 1, 2], per class (precision, recall): 0 (1/2, 1/2), 1 (1, 1/2),
+    # 2 (2/3, 1); class 3 never occurs and scores 0 in the mean over all four.
+    f1 = [2 * p * r / (p + r) for p, r in ((1 / 2, 1 / 2), (1, 1 / 2), (2 / 3, 1))] + [0.0]
+    assert metrics.macro_f1(three, np.array([0, 0, 2, 2, 1, 2]), 4) == pytest.approx(np.mean(f1))
+
+
+def test_regression_metrics_match_hand_computed_values():
+    y, y_hat = np.array([1.0, 2.0, 4.0, 5.0]), np.array([1.5, 2.0, 3.0, 6.0])
+    m = metrics.regression(y, y_hat)
+    # errors 0.5, 0, -1, 1: mse 2.25 / 4, mae 2.5 / 4; y's mean 3, total sum of squares 10.
+    assert m["mse"] == pytest.approx(0.5625) and m["mae"] == pytest.approx(0.625)
+    assert m["r2"] == pytest.approx(1 - 2.25 / 10)
+    dy, dh = y - y.mean(), y_hat - y_hat.mean()
+    assert m["pearson"] == pytest.approx((dy @ dh) / np.sqrt((dy @ dy) * (dh @ dh)))
+    assert m["spearman"] == pytest.approx(1.0)  # same order
+    assert tuple(m) == metrics.names("regression") and set(m) <= set(metrics.DIRECTIONS)
+    # A constant prediction has no correlation (0), where SciPy would give nan.
+    assert metrics.pearson(y, np.ones(4)) == 0.0 and metrics.spearman(y, np.ones(4)) == 0.0
 
 
 def test_auroc_equals_the_pair_count_and_correlations_handle_ties():
@@ -113,6 +141,59 @@ def test_auroc_equals_the_pair_count_and_correlations_handle_ties():
     assert metrics.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     m = metrics.classification(labels, scores)
     assert set(m) == {"accuracy", "mcc", "macro_f1", "auroc"} and 0.5 < m["auroc"] <= 1.0
+    # A class absent from the labels is left out of the mean (sklearn's multiclass form refuses).
+    two = labels != 2
+    assert metrics.auroc_ovr(labels[two], scores[two]) == pytest.approx(
+        np.mean([metrics.auroc_binary(labels[two] == c, scores[two, c]) for c in range(2)])
+    )
+
+
+def test_selection_follows_the_metric_direction():
+    assert set(metrics.DIRECTIONS) == set(metrics.CLASSIFICATION) | set(metrics.REGRESSION)
+    mse = [2.59, 0.87, 2.0]
+    assert metrics.best_index("mse", mse) == 1 and metrics.best_index("spearman", mse) == 0
+    assert metrics.best_index("mae", [1.0, 0.5, 0.5]) == 1  # ties keep the earlier
+    # A non-finite value is the worst in either direction.
+    assert metrics.best_index("mse", [np.nan, 3.0]) == 1
+    assert metrics.best_index("auroc", [np.nan, 0.4]) == 1
+    assert metrics.best_index("accuracy", [np.nan, np.nan]) == 0
+    assert metrics.select_metric("regression", "") == "spearman"
+    assert metrics.select_metric("token_classification", "") == "accuracy"
+    with pytest.raises(UserError, match=r"select_metric='mse' for a classification task: choose"):
+        metrics.select_metric("classification", "mse")
+
+
+def test_regression_finetune_keeps_the_epoch_with_the_lowest_validation_mse(tmp_path):
+    from gfm_jax.evaluate import finetune
+
+    path = write_csv(tmp_path / "gc.csv", _gc_rows(), ("sequence", "label", "split", "gc"))
+    config = config_lib.load_config(
+        SPLICE,
+        [
+            f"--config.task.path={path}",
+            "--config.task.test_rows=()",
+            "--config.task.train_rows=()",
+            "--config.task.kind=regression",
+            "--config.task.label_column=gc",
+            "--config.cnn.pooling=meanmax",
+            "--config.finetune.epochs=3",
+            "--config.finetune.select_metric=mse",
+        ],
+    )
+    run = finetune.finetune(config, str(tmp_path), "cnn", 0)
+    mse = [h["val_mse"] for h in run["history"]]
+    assert np.argmin(mse) != np.argmax(mse)  # the history tells the two directions apart
+    assert run["best_epoch"] == 1 + int(np.argmin(mse)) and run["select_metric"] == "mse"
+    assert run["val"]["val_mse"] == min(mse) and set(run["test"]) == set(metrics.REGRESSION)
+
+
+def test_an_unknown_select_metric_is_a_one_line_error(cli, tmp_path):
+    code, err = cli(
+        "finetune", "--config", SPLICE, "--workdir", tmp_path, "--model", "cnn",
+        "--config.finetune.select_metric=loss", expect_error=True,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "finetune.select_metric='loss'" in err and "'accuracy', 'mcc'" in err
 
 
 # --- Tasks: readers, hygiene, splits ------------------------------------------------------------
@@ -329,10 +410,7 @@ def test_regression_token_classification_and_frozen_backbone(ckpt, cli, tmp_path
         "--config.task.label_column=gc",
     )
     for run in results.load_runs([tmp_path / "reg"]):
-        assert (
-            set(run["test"]) == {"spearman", "pearson", "mse"}
-            and run["select_metric"] == "spearman"
-        )
+        assert set(run["test"]) == set(metrics.REGRESSION) and run["select_metric"] == "spearman"
         assert math.isfinite(run["test"]["mse"])
     on_splice(
         cli,
@@ -371,17 +449,55 @@ def test_probe_cli_and_its_solvers(ckpt, cli, tmp_path):
         and len(run["sweep"]) == 5
         and run["l2"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     )
-    # The solvers themselves: logistic regression separates separable classes, ridge recovers a
-    # linear map.
+    # Even a two-step encoder's embeddings rank the classes better than chance.
+    assert run["test"]["auroc"] > 0.55
+
+
+def _one_hot_bases(sequences: list[str]) -> np.ndarray:
+    return np.stack([np.array(list(s))[:, None] == np.array(list("ACGT")) for s in sequences])
+
+
+def test_probe_solvers_on_splice_bases_and_their_l2_scale():
+    # Logistic regression on one-hot bases of the splice task: far above the majority class.
+    task = tasks.load_task(config_lib.load_config(SPLICE).task)
+    x = {k: _one_hot_bases(getattr(task, k).sequences).reshape(-1, 240) for k in ("train", "test")}
+    y = {"train": task.train.labels, "test": task.test.labels}
+    w, b = probe.fit_logistic(x["train"], y["train"], 3, 1e-3, 500)
+    majority = np.bincount(y["test"]).max() / len(y["test"])
+    test = metrics.classification(y["test"], x["test"] @ w + b)
+    assert majority < 0.6 and test["accuracy"] > 0.9 and w.shape == (240, 3)
+    # l2 means: minimise mean cross-entropy + l2 * |W|^2 (bias free), whatever the class count;
+    # the gradient of that objective vanishes at the solution (two classes, and three of which
+    # one is absent from the training rows and never predicted).
+    import jax
+    import optax
+
     rng = np.random.default_rng(0)
+    for y2, classes in ((rng.integers(0, 2, 300), 2), (rng.integers(0, 2, 300) * 2, 3)):
+        x2 = rng.normal(size=(300, 4)) + np.eye(4)[y2]
+        w, b = probe.fit_logistic(x2, y2, classes, 0.05, 1000)
+        present = np.unique(y2)
+
+        def objective(wb, x2=x2, y2=y2, present=present):
+            logits = x2 @ wb[0] + wb[1]
+            ce = optax.softmax_cross_entropy_with_integer_labels(
+                logits, np.searchsorted(present, y2)
+            )
+            return ce.mean() + 0.05 * (wb[0] ** 2).sum()
+
+        grads = jax.grad(objective)((w[:, present], b[present]))
+        assert max(float(np.abs(g).max()) for g in grads) < 1e-3
+        assert np.isneginf(b).sum() == classes - len(present)
+    # Ridge recovers a linear map; l2 is per example (sklearn's alpha = l2 * N).
     y = rng.integers(0, 3, 300)
     x = rng.normal(size=(300, 4)) * 0.3 + np.eye(4)[y] * 3.0
-    w, b = probe.fit_logistic(x, y, 3, 1e-4, 100)
-    assert metrics.accuracy(y, np.argmax(x @ w + b, axis=1)) == 1.0
     true_w = np.array([1.5, -2.0, 0.5, 0.0])
     w, b = probe.fit_ridge(x, x @ true_w + 0.7, 1e-8)
     np.testing.assert_allclose(w[:, 0], true_w, atol=1e-5)
     assert b[0] == pytest.approx(0.7, abs=1e-5)
+    xc = x - x.mean(axis=0)
+    w, _ = probe.fit_ridge(x, x @ true_w, 0.1)
+    np.testing.assert_allclose(xc.T @ xc @ w[:, 0] + 0.1 * 300 * w[:, 0], xc.T @ (x @ true_w))
 
 
 def test_embed_cli_fasta_windows_and_csv_rows(ckpt, cli, tmp_path):

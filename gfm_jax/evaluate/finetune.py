@@ -9,11 +9,16 @@ Models (`model`):
 The heads: pooled linear layer (classification, regression) or one linear layer per position
 (token classification). The step is the pretraining step machinery (`jax.jit` with shardings,
 donation), so fine-tuning runs on any mesh and in several processes. The epoch with the best
-validation metric is kept; the test rows are evaluated once, with it.
+validation `finetune.select_metric` (in its direction: lowest mse, highest accuracy; see
+metrics.DIRECTIONS) is kept; the test rows are evaluated once, with it.
+
+Steps: `_build` (model, tokenizer, encoded splits), `_build_state` (sharded state, restored
+encoder, compiled step), `_evaluator` (metrics of a split), `_run_epochs` (train, select).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -90,6 +95,140 @@ def _frozen_backbone(tx: optax.GradientTransformation) -> optax.GradientTransfor
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one fine-tune share: the task, its encoded splits and the model."""
+
+    config: ml_collections.ConfigDict
+    task: tasks.Task
+    model: Any
+    tokenizer: Any
+    data: dict[str, dict[str, np.ndarray]]
+    mesh: Any
+    rules: tuple
+    pre: pretrained.Pretrained | None  # None for the CNN
+
+    @property
+    def per_token(self) -> bool:
+        return self.task.kind == "token_classification"
+
+
+def _build(
+    config: ml_collections.ConfigDict, workdir: str, model_name: str, task: tasks.Task
+) -> _Run:
+    """The model and tokenizer for `model_name`, and the task's splits encoded with it."""
+    f_cfg, per_token = config.finetune, task.kind == "token_classification"
+    mesh = sharding.make_mesh(config.mesh.shape)
+    rules = tuple(tuple(r) for r in config.mesh.rules)
+    pre = None
+    if model_name == "cnn":
+        tokenizer = get_tokenizer("char")
+        model = CnnClassifier.from_config(
+            config.cnn, tokenizer.vocab_size, task.num_outputs, per_token
+        )
+    else:
+        pre = pretrained.describe(workdir)
+        tokenizer = pre.tokenizer
+        if f_cfg.pooling not in ("mean", "cls"):
+            raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
+        if per_token:
+            model = TokenClassifier(pre.model_config, task.num_outputs, mesh, rules)
+        else:
+            model = SequenceClassifier(
+                pre.model_config, task.num_outputs, f_cfg.pooling, mesh, rules
+            )
+    data = tasks.pad_to_one_length(
+        {
+            name: tasks.encode_split(tokenizer, split, task.path, task.kind)
+            for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
+        },
+        tokenizer.pad_id,
+    )
+    return _Run(config, task, model, tokenizer, data, mesh, rules, pre)
+
+
+def _build_state(run: _Run, workdir: str, model_name: str, seed: int, frozen: bool):
+    """The sharded train state (the pretrained encoder restored into it), its shardings, the
+    compiled train step and the batch sharding."""
+    f_cfg, example = run.config.finetune, run.data["train"]
+    batch_sharding = sharding.batch_sharding(run.mesh, run.rules)
+
+    def init_params(rng: jax.Array) -> Any:
+        return run.model.init(rng, example["ids"][:1], example["mask"][:1])["params"]
+
+    steps_per_epoch = -(-len(run.task.train) // f_cfg.batch_size)
+    tx = optim.make_optimizer(run.config.optim, steps_per_epoch * f_cfg.epochs)
+    if frozen:
+        tx = _frozen_backbone(tx)
+    state, shardings = state_lib.create_sharded_state(
+        init_params, tx, jax.random.key(seed), run.mesh, run.rules
+    )
+    if model_name == "pretrained":
+        encoder = pretrained.load_params(workdir, run.pre, run.mesh, run.rules)["encoder"]
+        state = state.replace(params={**state.params, "encoder": encoder})
+        log(f"encoder from {workdir} step {run.pre.step}" + (" (frozen)" if frozen else ""))
+    train_step = step_lib.compile_train_step(
+        step_lib.make_train_step(_objective(run.model, run.task.kind), tx),
+        shardings,
+        batch_sharding,
+    )
+    return state, shardings, train_step, batch_sharding
+
+
+def _evaluator(run: _Run, shardings: Any, batch_sharding: Any):
+    """`evaluate(params, split)`: the metrics of `split` (ignored token positions removed)."""
+    model, batch_size = run.model, run.config.finetune.batch_size
+    predict = jax.jit(
+        lambda params, batch: model.apply({"params": params}, batch["ids"], batch["mask"]),
+        in_shardings=(shardings.params, batch_sharding),
+        out_shardings=NamedSharding(run.mesh, PartitionSpec()),
+    )
+
+    def evaluate(params: Any, split: str) -> dict[str, float]:
+        d = run.data[split]
+        outs = [
+            np.asarray(predict(params, to_global(b, batch_sharding)))
+            for b in _batches(d, batch_size, np.arange(len(d["ids"])))
+        ]
+        out, labels = np.concatenate(outs)[: len(d["ids"])], d["labels"]
+        if run.per_token:
+            keep = labels != tasks.IGNORE
+            out, labels = out[keep], labels[keep]
+        return metrics.for_kind(run.task.kind, labels, out)
+
+    return evaluate
+
+
+def _run_epochs(run: _Run, state: Any, train_step, evaluate, batch_sharding, seed: int, select):
+    """Trains every epoch; returns (best epoch, its params, per-epoch history). The best epoch
+    is the one whose validation `select` metric is best in that metric's direction."""
+    f_cfg = run.config.finetune
+    rng = np.random.default_rng(seed)
+    best_epoch, best_score, best_params = -1, None, None
+    history = []
+    for epoch in range(1, f_cfg.epochs + 1):
+        loss_sum = weight_sum = 0.0
+        order = rng.permutation(len(run.task.train))
+        for batch in _batches(run.data["train"], f_cfg.batch_size, order):
+            state, m = train_step(state, to_global(batch, batch_sharding))
+            m = jax.device_get(m)
+            loss_sum += float(m["loss_sum"])
+            weight_sum += float(m["weight_sum"])
+        val = evaluate(state.params, "val")
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / weight_sum,
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+        )
+        log(f"epoch {epoch}: train loss {loss_sum / weight_sum:.4f} val {select} {val[select]:.4f}")
+        if metrics.is_better(select, val[select], best_score):
+            best_epoch, best_score = epoch, val[select]
+            best_params = jax.tree.map(lambda x: x.copy(), state.params)
+    return best_epoch, best_params, history
+
+
 def finetune(
     config: ml_collections.ConfigDict, workdir: str, model_name: str = "pretrained", seed: int = 0
 ) -> dict[str, Any]:
@@ -101,113 +240,26 @@ def finetune(
     # Refused before the task loads and the model compiles, not at the first batch.
     host_batch_size(f_cfg.batch_size, jax.process_count(), "finetune.batch_size")
     task = tasks.load_task(config.task)
+    select = metrics.select_metric(task.kind, f_cfg.select_metric)
     for note in task.notes:
         log(f"task {task.name}: {note}")
-    kind, per_token = task.kind, task.kind == "token_classification"
-
-    # --- Model and tokenizer -------------------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh.shape)
-    rules = tuple(tuple(r) for r in config.mesh.rules)
-    pre, ckpt_step = None, None
-    if model_name == "cnn":
-        tokenizer = get_tokenizer("char")
-        model = CnnClassifier.from_config(
-            config.cnn, tokenizer.vocab_size, task.num_outputs, per_token
-        )
-    else:
-        pre = pretrained.describe(workdir)
-        tokenizer, ckpt_step = pre.tokenizer, pre.step
-        if f_cfg.pooling not in ("mean", "cls"):
-            raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
-        if per_token:
-            model = TokenClassifier(pre.model_config, task.num_outputs, mesh, rules)
-        else:
-            model = SequenceClassifier(
-                pre.model_config, task.num_outputs, f_cfg.pooling, mesh, rules
-            )
-    data = tasks.pad_to_one_length(
-        {
-            name: tasks.encode_split(tokenizer, split, task.path, kind)
-            for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
-        },
-        tokenizer.pad_id,
-    )
+    run = _build(config, workdir, model_name, task)
     log(
-        f"task {task.name} ({kind}): {task.label_names or 'regression'}, train {len(task.train)}"
-        f" / val {len(task.val)} / test {len(task.test)}; model {model_name}, seed {seed}"
+        f"task {task.name} ({task.kind}): {task.label_names or 'regression'}, train"
+        f" {len(task.train)} / val {len(task.val)} / test {len(task.test)}; model {model_name},"
+        f" seed {seed}"
     )
-
-    # --- Optimizer and sharded state ------------------------------------------------------------
-    example = data["train"]
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-
-    def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, example["ids"][:1], example["mask"][:1])["params"]
-
-    steps_per_epoch = -(-len(task.train) // f_cfg.batch_size)
-    tx = optim.make_optimizer(config.optim, steps_per_epoch * f_cfg.epochs)
     frozen = bool(f_cfg.freeze_backbone) and model_name != "cnn"
-    if frozen:
-        tx = _frozen_backbone(tx)
-    state, shardings = state_lib.create_sharded_state(
-        init_params, tx, jax.random.key(seed), mesh, rules
+    state, shardings, train_step, batch_sharding = _build_state(
+        run, workdir, model_name, seed, frozen
     )
-    if model_name == "pretrained":
-        encoder = pretrained.load_params(workdir, pre, mesh, rules)["encoder"]
-        state = state.replace(params={**state.params, "encoder": encoder})
-        log(f"encoder from {workdir} step {ckpt_step}" + (" (frozen)" if frozen else ""))
-
-    train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(_objective(model, kind), tx), shardings, batch_sharding
+    evaluate = _evaluator(run, shardings, batch_sharding)
+    epoch, params, history = _run_epochs(
+        run, state, train_step, evaluate, batch_sharding, seed, select
     )
-    predict = jax.jit(
-        lambda params, batch: model.apply({"params": params}, batch["ids"], batch["mask"]),
-        in_shardings=(shardings.params, batch_sharding),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
-    )
-
-    def evaluate(params: Any, split: str) -> dict[str, float]:
-        d = data[split]
-        outs = [
-            np.asarray(predict(params, to_global(b, batch_sharding)))
-            for b in _batches(d, f_cfg.batch_size, np.arange(len(d["ids"])))
-        ]
-        out, labels = np.concatenate(outs)[: len(d["ids"])], d["labels"]
-        if per_token:
-            keep = labels != tasks.IGNORE
-            out, labels = out[keep], labels[keep]
-        return metrics.for_kind(kind, labels, out)
-
-    # --- Training: keep the epoch with the best validation metric ------------------------------
-    select = f_cfg.select_metric or metrics.default_select_metric(kind)
-    rng = np.random.default_rng(seed)
-    best: tuple[float, int, Any] = (-np.inf, -1, None)
-    history = []
-    for epoch in range(1, f_cfg.epochs + 1):
-        loss_sum = weight_sum = 0.0
-        for batch in _batches(data["train"], f_cfg.batch_size, rng.permutation(len(task.train))):
-            state, m = train_step(state, to_global(batch, batch_sharding))
-            m = jax.device_get(m)
-            loss_sum += float(m["loss_sum"])
-            weight_sum += float(m["weight_sum"])
-        val = evaluate(state.params, "val")
-        if select not in val:
-            raise UserError(f"finetune.select_metric={select!r}: choose one of {sorted(val)}")
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss_sum / weight_sum,
-                **{f"val_{k}": v for k, v in val.items()},
-            }
-        )
-        log(f"epoch {epoch}: train loss {loss_sum / weight_sum:.4f} val {select} {val[select]:.4f}")
-        score = val[select] if np.isfinite(val[select]) else -np.inf
-        if score > best[0] or best[2] is None:
-            best = (score, epoch, jax.tree.map(lambda x: x.copy(), state.params))
-
-    test = evaluate(best[2], "test")
+    test = evaluate(params, "test")
     log(
-        f"test ({model_name}, seed {seed}, best epoch {best[1]}): "
+        f"test ({model_name}, seed {seed}, best epoch {epoch}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     )
     return {
@@ -217,17 +269,17 @@ def finetune(
         "seed": seed,
         "task": task.name,
         "task_path": task.path,
-        "kind": kind,
+        "kind": task.kind,
         "workdir": str(workdir),
-        "checkpoint_step": ckpt_step,
-        "tokenizer": tokenizer.name,
+        "checkpoint_step": run.pre.step if run.pre else None,
+        "tokenizer": run.tokenizer.name,
         "frozen_backbone": frozen,
         "label_names": list(task.label_names),
         "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
         "notes": list(task.notes),
         "select_metric": select,
-        "best_epoch": best[1],
-        "val": history[best[1] - 1],
+        "best_epoch": epoch,
+        "val": history[epoch - 1],
         "test": test,
         "history": history,
         "config": config.to_dict(),

@@ -1,95 +1,100 @@
-"""Classification metrics computed from integer labels and predictions."""
+"""Task metrics (scikit-learn and SciPy), their directions, and choosing the best of several.
+
+`for_kind` computes a task kind's metrics; `DIRECTIONS` says for every metric whether higher
+or lower is better, so `best_index` / `is_better` can pick an epoch or an L2 strength by any
+of them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import scipy.special
+import scipy.stats
+from sklearn import metrics as skm
 
+from gfm_jax.errors import UserError
 
-def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """C[i, j] = number of examples of true class i predicted as class j."""
-    c = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(c, (labels, preds), 1)
-    return c
+CLASSIFICATION = ("accuracy", "mcc", "macro_f1", "auroc")
+REGRESSION = ("spearman", "pearson", "r2", "mse", "mae")
+
+# +1: higher is better; -1: lower is better. Every metric `for_kind` returns has an entry.
+DIRECTIONS = {
+    "accuracy": +1,
+    "mcc": +1,
+    "macro_f1": +1,
+    "auroc": +1,
+    "spearman": +1,
+    "pearson": +1,
+    "r2": +1,
+    "mse": -1,
+    "mae": -1,
+}
 
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
-    return float(np.mean(labels == preds))
+    return float(skm.accuracy_score(labels, preds))
 
 
-def mcc(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
+def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
     """Matthews correlation coefficient, multiclass form (Gorodkin 2004); 0 when undefined."""
-    c = confusion(labels, preds, num_classes).astype(np.float64)
-    n, correct = c.sum(), np.trace(c)
-    true_k, pred_k = c.sum(axis=1), c.sum(axis=0)
-    num = correct * n - true_k @ pred_k
-    den = np.sqrt(n**2 - pred_k @ pred_k) * np.sqrt(n**2 - true_k @ true_k)
-    return float(num / den) if den > 0 else 0.0
+    if len(np.union1d(labels, preds)) < 2:  # one class in all: undefined (sklearn warns)
+        return 0.0
+    return float(skm.matthews_corrcoef(labels, preds))
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
-    c = confusion(labels, preds, num_classes).astype(np.float64)
-    tp = np.diag(c)
-    precision = np.divide(tp, c.sum(axis=0), out=np.zeros_like(tp), where=c.sum(axis=0) > 0)
-    recall = np.divide(tp, c.sum(axis=1), out=np.zeros_like(tp), where=c.sum(axis=1) > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(len(x), np.float64)
-    # Runs of equal values share the mean of their positions.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return ranks
+    """F1 averaged over all `num_classes` classes; a class never true nor predicted scores 0."""
+    return float(
+        skm.f1_score(labels, preds, labels=np.arange(num_classes), average="macro", zero_division=0)
+    )
 
 
 def auroc_binary(is_positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U form, ties count one half); nan if one class."""
+    """Area under the ROC curve (ties count one half); nan if only one class is present."""
     pos = np.asarray(is_positive, bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    if pos.all() or not pos.any():
         return float("nan")
-    ranks = _ranks(np.asarray(scores, np.float64))
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(pos, np.asarray(scores, np.float64)))
 
 
 def auroc_ovr(labels: np.ndarray, probs_NxC: np.ndarray) -> float:
-    """One-vs-rest AUROC averaged over the classes present in `labels` (macro)."""
-    values = [
-        auroc_binary(labels == c, probs_NxC[:, c])
-        for c in range(probs_NxC.shape[1])
-        if 0 < np.sum(labels == c) < len(labels)
-    ]
-    return float(np.mean(values)) if values else float("nan")
+    """One-vs-rest AUROC averaged over the classes present in `labels` (macro).
+
+    Classes absent from `labels` (or the only one present) are left out, where sklearn's
+    multiclass form refuses the whole set."""
+    onehot = np.asarray(labels)[:, None] == np.arange(probs_NxC.shape[1])[None, :]
+    keep = onehot.any(axis=0) & ~onehot.all(axis=0)
+    if not keep.any():
+        return float("nan")
+    return float(skm.roc_auc_score(onehot[:, keep], probs_NxC[:, keep], average="macro"))
+
+
+def _varies(*arrays: np.ndarray) -> bool:
+    return all(len(a) > 1 and np.ptp(a) > 0 for a in arrays)
 
 
 def pearson(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Pearson's r; 0 when either side is constant (SciPy gives nan and a warning)."""
     y, y_hat = np.asarray(y, np.float64), np.asarray(y_hat, np.float64)
-    dy, dh = y - y.mean(), y_hat - y_hat.mean()
-    den = np.sqrt((dy * dy).sum() * (dh * dh).sum())
-    return float((dy * dh).sum() / den) if den > 0 else 0.0
+    return float(scipy.stats.pearsonr(y, y_hat).statistic) if _varies(y, y_hat) else 0.0
 
 
 def spearman(y: np.ndarray, y_hat: np.ndarray) -> float:
-    return pearson(_ranks(np.asarray(y, np.float64)), _ranks(np.asarray(y_hat, np.float64)))
+    """Spearman's rho (ties take their average rank); 0 when either side is constant."""
+    y, y_hat = np.asarray(y, np.float64), np.asarray(y_hat, np.float64)
+    return float(scipy.stats.spearmanr(y, y_hat).statistic) if _varies(y, y_hat) else 0.0
 
 
 def classification(labels: np.ndarray, logits_NxC: np.ndarray) -> dict[str, float]:
     """Accuracy, MCC, macro-F1 and one-vs-rest AUROC from labels and logits."""
-    num_classes = logits_NxC.shape[1]
     preds = np.argmax(logits_NxC, axis=1)
-    shifted = logits_NxC - logits_NxC.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probs = scipy.special.softmax(np.asarray(logits_NxC, np.float64), axis=1)
     return {
         "accuracy": accuracy(labels, preds),
-        "mcc": mcc(labels, preds, num_classes),
-        "macro_f1": macro_f1(labels, preds, num_classes),
+        "mcc": mcc(labels, preds),
+        "macro_f1": macro_f1(labels, preds, logits_NxC.shape[1]),
         "auroc": auroc_ovr(labels, probs),
     }
 
@@ -99,7 +104,9 @@ def regression(y: np.ndarray, y_hat: np.ndarray) -> dict[str, float]:
     return {
         "spearman": spearman(y, y_hat),
         "pearson": pearson(y, y_hat),
-        "mse": float(np.mean((y - y_hat) ** 2)),
+        "r2": float(skm.r2_score(y, y_hat)) if len(y) > 1 else float("nan"),
+        "mse": float(skm.mean_squared_error(y, y_hat)),
+        "mae": float(skm.mean_absolute_error(y, y_hat)),
     }
 
 
@@ -110,5 +117,35 @@ def for_kind(kind: str, labels: np.ndarray, outputs: np.ndarray) -> dict[str, fl
     return classification(labels, outputs)
 
 
-def default_select_metric(kind: str) -> str:
-    return "spearman" if kind == "regression" else "accuracy"
+def names(kind: str) -> tuple[str, ...]:
+    """The metrics `for_kind(kind, ...)` returns, in order."""
+    return REGRESSION if kind == "regression" else CLASSIFICATION
+
+
+def select_metric(kind: str, chosen: str, key: str = "finetune.select_metric") -> str:
+    """The metric that picks the best epoch or L2 strength: `chosen`, or the kind's default."""
+    metric = chosen or ("spearman" if kind == "regression" else "accuracy")
+    if metric not in names(kind):
+        raise UserError(f"{key}={metric!r} for a {kind} task: choose one of {names(kind)}")
+    return metric
+
+
+def is_better(metric: str, candidate: float, incumbent: float | None) -> bool:
+    """Whether `candidate` beats `incumbent` (None: nothing yet) in `metric`'s direction.
+
+    A non-finite value is the worst possible; ties keep the incumbent (the earlier one)."""
+    if incumbent is None:
+        return True
+    worst = -DIRECTIONS[metric] * np.inf
+    c = candidate if np.isfinite(candidate) else worst
+    i = incumbent if np.isfinite(incumbent) else worst
+    return bool(DIRECTIONS[metric] * (c - i) > 0)
+
+
+def best_index(metric: str, values: Sequence[float]) -> int:
+    """Index of the best of `values` in `metric`'s direction (the first of equals)."""
+    best = 0
+    for i, v in enumerate(values):
+        if is_better(metric, v, values[best]):
+            best = i
+    return best

@@ -2,8 +2,11 @@
 
 Embeddings are pooled encoder outputs (masked mean, or CLS with `finetune.pooling=cls`),
 standardised with the training rows' mean and sd. Classification fits multinomial logistic
-regression by L-BFGS (optax), regression fits ridge regression in closed form; each L2
-strength in `probe.l2` is fitted on train and the best on validation is tested once.
+regression by L-BFGS, regression fits ridge regression in closed form (both scikit-learn);
+each L2 strength in `probe.l2` is fitted on train and the best on validation (by the select
+metric, in its direction) is tested once. The sweep is ours, not LogisticRegressionCV /
+RidgeCV: those cross-validate inside train and refit, where the probe selects on the task's
+fixed validation rows and reports every strength's validation metrics.
 `--model scratch` probes a randomly initialised encoder of the same shape (seeded): the floor
 that the pretrained embeddings should clear.
 """
@@ -11,8 +14,8 @@ that the pretrained embeddings should clear.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from gfm_jax.data import tasks
 from gfm_jax.errors import UserError
@@ -41,44 +45,53 @@ def random_encoder(loaded: pretrained.Loaded, seed: int) -> pretrained.Loaded:
     return dataclasses.replace(loaded, params=init(jax.random.key(seed)))
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "iterations"))
-def _lbfgs_logistic(x, y, l2, num_classes: int, iterations: int):
-    def loss(params):
-        logits = x @ params["w"] + params["b"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return ce + l2 * jnp.sum(params["w"] ** 2)
+def fit_logistic(
+    x_NxD: np.ndarray, y_N: np.ndarray, num_classes: int, l2: float, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression by L-BFGS (scikit-learn); returns (W_DxC, b_C).
 
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def body(carry, _):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(params, updates), state), value
-
-    params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-    (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=iterations)
-    return params
-
-
-def fit_logistic(x_NxD: np.ndarray, y_N: np.ndarray, num_classes: int, l2: float, iterations: int):
-    """Multinomial logistic regression (bias unpenalised) by L-BFGS; returns (W_DxC, b_C).
-
-    One compiled solver serves every L2 strength (it is an argument, not a constant)."""
-    x, y = jnp.asarray(x_NxD, jnp.float32), jnp.asarray(y_N, jnp.int32)
-    out = _lbfgs_logistic(x, y, jnp.float32(l2), num_classes, iterations)
-    return np.asarray(out["w"]), np.asarray(out["b"])
+    Minimises mean cross-entropy + l2 * |W|^2 with the bias unpenalised. sklearn's objective
+    is C * summed loss + |w|^2 / 2, hence C = 1 / (2 N l2); two classes it fits as one logit
+    w, which is the softmax pair (-w/2, w/2) whose penalty is |w|^2 / 2 (so C = 1 / (N l2)).
+    A class absent from the training rows gets logit -inf: never predicted."""
+    y = np.asarray(y_N)
+    present = np.unique(y)
+    if len(present) < 2:
+        raise UserError(
+            f"probe: the training rows hold one class only ({present.tolist()}); "
+            "a classifier needs at least two (check task.label_column and the split)"
+        )
+    n, binary = len(y), len(present) == 2
+    model = LogisticRegression(
+        C=1.0 / ((1 if binary else 2) * n * l2),
+        solver="lbfgs",  # deterministic
+        max_iter=iterations,
+        random_state=0,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(np.asarray(x_NxD, np.float64), y)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        print(
+            f"probe: L-BFGS did not converge in probe.max_iterations={iterations} (l2 {l2:g}); "
+            "raise it for this task",
+            flush=True,
+        )
+    coef, intercept = model.coef_, model.intercept_
+    if binary:
+        coef, intercept = np.concatenate([-coef, coef]) / 2, np.r_[-intercept, intercept] / 2
+    w = np.zeros((x_NxD.shape[1], num_classes))
+    b = np.full(num_classes, -np.inf)
+    w[:, model.classes_], b[model.classes_] = coef.T, intercept
+    return w, b
 
 
 def fit_ridge(x_NxD: np.ndarray, y_N: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression with an unpenalised intercept, in closed form (float64)."""
-    x = np.asarray(x_NxD, np.float64)
-    y = np.asarray(y_N, np.float64)
-    x_mean, y_mean = x.mean(axis=0), y.mean()
-    xc = x - x_mean
-    w = np.linalg.solve(xc.T @ xc + l2 * len(x) * np.eye(x.shape[1]), xc.T @ (y - y_mean))
-    return w[:, None], np.array([y_mean - x_mean @ w])
+    """Ridge regression (scikit-learn, Cholesky) with an unpenalised intercept: minimises
+    mean squared error + l2 * |w|^2, i.e. sklearn's alpha = l2 * N; returns (W_Dx1, b_1)."""
+    model = Ridge(alpha=l2 * len(x_NxD), solver="cholesky", random_state=0)
+    model.fit(np.asarray(x_NxD, np.float64), np.asarray(y_N, np.float64))
+    return model.coef_[:, None], np.array([model.intercept_])
 
 
 def probe(
@@ -90,6 +103,7 @@ def probe(
     task = tasks.load_task(config.task)
     if task.kind == "token_classification":
         raise UserError("probe fits one label per sequence; use finetune for token_classification")
+    select = metrics.select_metric(task.kind, config.finetune.select_metric)
     loaded = pretrained.load(workdir, tuple(config.mesh.shape))
     if model_name == "scratch":
         loaded = random_encoder(loaded, seed)
@@ -104,8 +118,7 @@ def probe(
     feats = {k: (v - mean) / sd for k, v in feats.items()}
     labels = {"train": task.train.labels, "val": task.val.labels, "test": task.test.labels}
 
-    select = config.finetune.select_metric or metrics.default_select_metric(task.kind)
-    sweep, best = [], None
+    sweep, fits = [], []
     for l2 in config.probe.l2:
         if task.kind == "regression":
             w, b = fit_ridge(feats["train"], labels["train"], float(l2))
@@ -119,9 +132,8 @@ def probe(
             )
         val = metrics.for_kind(task.kind, labels["val"], feats["val"] @ w + b)
         sweep.append({"l2": float(l2), **{f"val_{k}": v for k, v in val.items()}})
-        if best is None or val[select] > best[0]:
-            best = (val[select], float(l2), w, b)
-    _, l2, w, b = best
+        fits.append((float(l2), w, b))
+    l2, w, b = fits[metrics.best_index(select, [s[f"val_{select}"] for s in sweep])]
     test = metrics.for_kind(task.kind, labels["test"], feats["test"] @ w + b)
     print(
         f"probe ({model_name}, seed {seed}, l2 {l2:g}): "

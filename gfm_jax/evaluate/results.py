@@ -28,7 +28,9 @@ METRICS = (
     "auroc",
     "spearman",
     "pearson",
+    "r2",
     "mse",
+    "mae",
     "loss",
     "bits_per_base",
 )
