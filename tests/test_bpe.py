@@ -9,7 +9,7 @@ import tensorflow as tf
 from gfm_jax import config as config_lib
 from gfm_jax.data import bpe, builtin, fasta
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.tokenizers import from_spec
+from gfm_jax.data.tokenizer_choice import from_spec, tokenizer_for_run
 from gfm_jax.data.windows import reverse_complement_codes
 from gfm_jax.errors import UserError
 
@@ -30,7 +30,7 @@ def data_config():
 
 @pytest.fixture(scope="module")
 def tok(corpus, data_config):
-    return bpe.tokenizer_for_run(data_config, corpus, None)
+    return tokenizer_for_run(data_config, corpus, None)
 
 
 def test_layout_and_merges(tok):
@@ -88,11 +88,11 @@ def test_repeat_fraction_uses_token_offsets(tok):
 def test_training_is_deterministic_saved_with_the_run_and_reloaded(
     tmp_path, corpus, data_config, tok
 ):
-    first = bpe.tokenizer_for_run(data_config, corpus, tmp_path)
+    first = tokenizer_for_run(data_config, corpus, tmp_path)
     path = tmp_path / "tokenizer.json"
     assert path.exists() and first.vocab == tok.vocab  # same text -> same merges
     stamp = path.stat().st_mtime_ns
-    again = bpe.tokenizer_for_run(data_config, corpus, tmp_path)  # resume: read, not retrained
+    again = tokenizer_for_run(data_config, corpus, tmp_path)  # resume: read, not retrained
     assert path.stat().st_mtime_ns == stamp and again.vocab == first.vocab
     # What a checkpoint records rebuilds the same tokenizer.
     rebuilt = from_spec(json.loads(json.dumps(first.spec())))
@@ -112,4 +112,4 @@ def test_bpe_never_sees_held_out_bases(corpus, data_config):
 def test_a_corrupt_tokenizer_file_is_a_clear_error(tmp_path, corpus, data_config):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="tokenizer.json: not a gfm_jax BPE tokenizer"):
-        bpe.tokenizer_for_run(data_config, corpus, tmp_path)
+        tokenizer_for_run(data_config, corpus, tmp_path)

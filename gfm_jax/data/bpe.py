@@ -29,7 +29,7 @@ from tokenizers import models, pre_tokenizers, trainers
 
 from gfm_jax.data import fasta
 from gfm_jax.data.corpus import Corpus, Segments
-from gfm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -187,21 +187,3 @@ def load_or_train(
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(path)
     return tok
-
-
-def tokenizer_for_run(data: Any, corpus: Corpus, workdir: pathlib.Path | None) -> Tokenizer:
-    """The tokenizer `data.tokenizer` names; "bpe" is trained on the training segments of
-    `corpus` and kept in `<workdir>/tokenizer.json` (in memory only when workdir is None)."""
-    if data.tokenizer != "bpe":
-        return get_tokenizer(data.tokenizer)
-    segments = corpus.config_split("train", data)
-    if workdir is None:
-        texts = training_texts(corpus, segments, int(data.bpe_train_bases))
-        return BpeTokenizer.train(texts, int(data.bpe_vocab_size))
-    return load_or_train(
-        pathlib.Path(workdir) / "tokenizer.json",
-        corpus,
-        segments,
-        int(data.bpe_vocab_size),
-        int(data.bpe_train_bases),
-    )

@@ -2,7 +2,7 @@
 
 Two builders, registered with TFDS when this module is imported:
 
-- `gfm_task/<name>`: a downstream CSV task (for now `splice`), with the train / validation /
+- `gfm_task/<name>`: a downstream CSV task (`splice`), with the train / validation /
   test split exactly as `tasks.load_task` makes it (StatLog row ranges, duplicates and leakage
   dropped, validation rows fixed by split_seed 0). Features: `sequence` (text), `label` (class),
   `row` (the 1-based data row of the CSV, for tracing an example back).
@@ -14,7 +14,8 @@ Two builders, registered with TFDS when this module is imported:
 Both read only files shipped in the package: `download_and_prepare` never downloads. The data
 directory is TFDS's (`data_dir=`, else `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`); a
 second `load_*` call reads the prepared TFRecords instead of rebuilding. A change to what a
-builder produces must raise its VERSION.
+builder produces must raise its VERSION. `read_task` reads the rows of any TFDS task
+(`task.format=tfds`, these builders included) for `tasks.load_task`.
 
     from gfm_jax.data import tfds_datasets
     ds = tfds_datasets.load_task("splice", split="test")
@@ -32,14 +33,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from gfm_jax import config as config_lib
-from gfm_jax.data import tasks
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.pipeline import EVAL_SEED, WindowPipeline
+from gfm_jax.data.task_readers import Raw, read_csv
+from gfm_jax.data.task_splits import Split, Task, make_task
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
 
@@ -77,11 +80,11 @@ class GfmTask(tfds.core.GeneratorBasedBuilder):
         ),
     ]
 
-    def _task(self) -> tasks.Task:
+    def _task(self) -> Task:
         task = config_lib.finetune_defaults().task
         for key, value in self.builder_config.task.items():
             task[key] = value
-        return tasks.load_task(task)
+        return make_task(task, *read_csv(task))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -105,7 +108,7 @@ class GfmTask(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples(task.test),
         }
 
-    def _generate_examples(self, split: tasks.Split):
+    def _generate_examples(self, split: Split):
         for sequence, label, row in zip(split.sequences, split.labels, split.rows, strict=True):
             number = int(row.rpartition(":")[2])  # "splice.csv:17" -> 17
             yield number, {"sequence": sequence, "label": int(label), "row": number}
@@ -219,3 +222,32 @@ def load_eval_windows(name: str, data_dir: str | None = None) -> tf.data.Dataset
     """The prepared held-out windows of a genome set (built on first use)."""
     builder = prepared(lambda: _builder(GfmEvalWindows, name, data_dir))
     return builder.as_dataset(split="validation", shuffle_files=False)
+
+
+def read_task(task: ml_collections.ConfigDict) -> tuple[str, Raw]:
+    """The rows of a TFDS task (`task.format=tfds`), e.g. `gfm_task/splice` registered here."""
+
+    def make_builder() -> tfds.core.DatasetBuilder:
+        return tfds.builder(task.path, data_dir=task.tfds_data_dir or None)
+
+    try:
+        make_builder()
+    except Exception as e:  # TFDS raises several types for unknown names
+        raise UserError(f"task.path={task.path!r} is not a TFDS dataset here: {e}") from None
+    builder = prepared(make_builder)
+    label_feature = builder.info.features[task.label_column]
+    names = getattr(label_feature, "names", None)
+    raw = Raw()
+    for tfds_split, split in (("train", "train"), ("validation", "val"), ("test", "test")):
+        if tfds_split not in builder.info.splits:
+            continue
+        ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
+        for i, ex in enumerate(ds.as_numpy_iterator()):
+            label = ex[task.label_column]
+            label = (
+                names[int(label)]
+                if names
+                else (label.decode() if isinstance(label, bytes) else str(label))
+            )
+            raw.add(ex[task.sequence_column].decode(), label, split, f"{tfds_split}:{i}")
+    return task.path, raw

@@ -320,17 +320,8 @@ class _TfOps:
     where = staticmethod(tf.where)
 
 
-def from_spec(spec: dict[str, Any]) -> Tokenizer:
-    """Rebuilds the tokenizer a checkpoint's `meta` recorded (`Tokenizer.spec`)."""
-    if spec["name"] == "bpe":
-        from gfm_jax.data.bpe import BpeTokenizer  # local: bpe imports this module
-
-        return BpeTokenizer.from_spec(spec)
-    return get_tokenizer(spec["name"])
-
-
 def get_tokenizer(name: str) -> Tokenizer:
-    """Looks a fixed-vocabulary tokenizer up by its config name (see `bpe.py` for "bpe")."""
+    """Looks a fixed-vocabulary tokenizer up by its config name (BPE: see tokenizer_choice.py)."""
     factories = {
         "char": CharTokenizer,
         "char_rna": lambda: CharTokenizer(rna=True),
@@ -338,7 +329,9 @@ def get_tokenizer(name: str) -> Tokenizer:
         **{f"kmer{k}": (lambda k=k: OverlappingKmerTokenizer(k)) for k in range(3, 7)},
     }
     if name == "bpe":
-        raise UserError("data.tokenizer='bpe' is trained on the corpus: use bpe.tokenizer_for_run")
+        raise UserError(
+            "data.tokenizer='bpe' is trained on the corpus: use tokenizer_choice.tokenizer_for_run"
+        )
     if name not in factories:
         names = [*sorted(factories), "bpe"]
         raise UserError(f"unknown tokenizer {name!r} in data.tokenizer; choose one of {names}")

@@ -27,7 +27,7 @@ from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import step as step_lib
-from gfm_jax.train.loop import summarize, unigram_baseline
+from gfm_jax.train.lm_metrics import summarize, unigram_baseline
 
 
 def tile_windows(paths: list[str], window: int, max_n_fraction: float) -> tuple[np.ndarray, dict]:

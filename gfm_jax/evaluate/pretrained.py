@@ -12,7 +12,8 @@ from jax.sharding import Mesh
 
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
-from gfm_jax.data.tokenizers import Tokenizer, from_spec
+from gfm_jax.data.tokenizer_choice import from_spec
+from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import state as state_lib

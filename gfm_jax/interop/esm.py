@@ -128,91 +128,103 @@ def _linear_in(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+class _Weights:
+    """An ESM state dict read by Hugging Face name, as gfm_jax parameter blocks."""
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        # Older BERT-style files (and transformers' own saves) name LayerNorm parameters
+        # gamma / beta.
+        self._w = {
+            k.removeprefix("esm.")
+            .replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias"): v
+            for k, v in weights.items()
+        }
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._w
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._w:
+            raise UserError(f"the checkpoint has no weight {name!r}; is it an ESM model?")
+        return self._w[name]
+
+    def norm(self, prefix: str) -> dict:
+        return {"scale": self.get(f"{prefix}.weight"), "bias": self.get(f"{prefix}.bias")}
+
+    def dense(self, prefix: str, bias: bool = True) -> dict:
+        out = {"kernel": _linear_in(self.get(f"{prefix}.weight"))}
+        if bias:
+            out["bias"] = self.get(f"{prefix}.bias")
+        return out
+
+
+def _import_layer(w: _Weights, i: int, m: dict[str, Any]) -> Params:
+    """Encoder layer `i`: attention kernels split by head, the feed-forward, the two norms."""
+    d, n = m["hidden_size"], m["num_heads"]
+    h = d // n
+    p = f"encoder.layer.{i}"
+    attn = {}
+    for name in ("query", "key", "value"):
+        attn[name] = {
+            "kernel": _linear_in(w.get(f"{p}.attention.self.{name}.weight")).reshape(d, n, h),
+            "bias": w.get(f"{p}.attention.self.{name}.bias").reshape(n, h),
+        }
+    attn["out"] = {
+        "kernel": _linear_in(w.get(f"{p}.attention.output.dense.weight")).reshape(n, h, d),
+        "bias": w.get(f"{p}.attention.output.dense.bias"),
+    }
+    bias = m["use_bias_mlp"]
+    if m["activation"] == "swiglu":  # NT v2: intermediate.dense holds [gate; up]
+        stacked = w.dense(f"{p}.intermediate.dense", bias)
+        f = m["mlp_dim"]
+        mlp = {
+            "gate": {k: v[..., :f] for k, v in stacked.items()},
+            "up": {k: v[..., f:] for k, v in stacked.items()},
+        }
+    else:
+        mlp = {"up": w.dense(f"{p}.intermediate.dense", bias)}
+    mlp["down"] = w.dense(f"{p}.output.dense", bias)
+    return {
+        "attn": attn,
+        "attn_norm": w.norm(f"{p}.attention.LayerNorm"),
+        "mlp": mlp,
+        "mlp_norm": w.norm(f"{p}.LayerNorm"),
+    }
+
+
 def import_params(
     weights: dict[str, np.ndarray], config: dict, vocab: list[str], tokenizer: Tokenizer
 ) -> Params:
     """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict."""
-    # Older BERT-style files (and transformers' own saves) name LayerNorm parameters gamma / beta.
-    w = {
-        k.removeprefix("esm.")
-        .replace("LayerNorm.gamma", "LayerNorm.weight")
-        .replace("LayerNorm.beta", "LayerNorm.bias"): v
-        for k, v in weights.items()
-    }
+    w = _Weights(weights)
     if "lm_head.dense.weight" not in w:
         raise UserError(
             "the checkpoint has no lm_head weights: import an EsmForMaskedLM checkpoint"
         )
     m = model_overrides(config, tokenizer)
-    d, n = m["hidden_size"], m["num_heads"]
-    h = d // n
     rows = np.array([vocab.index(t) for t in tokenizer.vocab])  # our token -> checkpoint row
-
-    def get(name: str) -> np.ndarray:
-        if name not in w:
-            raise UserError(f"the checkpoint has no weight {name!r}; is it an ESM model?")
-        return w[name]
-
-    def norm(prefix: str) -> dict:
-        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
-
-    def dense(prefix: str, bias: bool = True) -> dict:
-        out = {"kernel": _linear_in(get(f"{prefix}.weight"))}
-        if bias:
-            out["bias"] = get(f"{prefix}.bias")
-        return out
-
-    encoder: Params = {"embed": {"embedding": get("embeddings.word_embeddings.weight")[rows]}}
+    encoder: Params = {"embed": {"embedding": w.get("embeddings.word_embeddings.weight")[rows]}}
     if m["position"] == "learned":
         pad = int(config["pad_token_id"])
-        table = get("embeddings.position_embeddings.weight")
+        table = w.get("embeddings.position_embeddings.weight")
         encoder["position_embed"] = {"embedding": table[pad + 1 : pad + 1 + m["max_positions"]]}
     for i in range(m["num_layers"]):
-        p = f"encoder.layer.{i}"
-        attn = {}
-        for ours, theirs in (("query", "query"), ("key", "key"), ("value", "value")):
-            attn[ours] = {
-                "kernel": _linear_in(get(f"{p}.attention.self.{theirs}.weight")).reshape(d, n, h),
-                "bias": get(f"{p}.attention.self.{theirs}.bias").reshape(n, h),
-            }
-        attn["out"] = {
-            "kernel": _linear_in(get(f"{p}.attention.output.dense.weight")).reshape(n, h, d),
-            "bias": get(f"{p}.attention.output.dense.bias"),
-        }
-        bias = m["use_bias_mlp"]
-        if m["activation"] == "swiglu":
-            stacked = dense(f"{p}.intermediate.dense", bias)
-            f = m["mlp_dim"]
-            mlp = {
-                "gate": {k: v[..., :f] for k, v in stacked.items()},
-                "up": {k: v[..., f:] for k, v in stacked.items()},
-            }
-        else:
-            mlp = {"up": dense(f"{p}.intermediate.dense", bias)}
-        mlp["down"] = dense(f"{p}.output.dense", bias)
-        encoder[f"layer_{i}"] = {
-            "attn": attn,
-            "attn_norm": norm(f"{p}.attention.LayerNorm"),
-            "mlp": mlp,
-            "mlp_norm": norm(f"{p}.LayerNorm"),
-        }
-    encoder["final_norm"] = norm("encoder.emb_layer_norm_after")
-    head: Params = {"dense": dense("lm_head.dense"), "norm": norm("lm_head.layer_norm")}
+        encoder[f"layer_{i}"] = _import_layer(w, i, m)
+    encoder["final_norm"] = w.norm("encoder.emb_layer_norm_after")
+    head: Params = {"dense": w.dense("lm_head.dense"), "norm": w.norm("lm_head.layer_norm")}
     if m["tie_embeddings"]:
-        head["decoder_bias"] = get("lm_head.bias")[rows]
+        head["decoder_bias"] = w.get("lm_head.bias")[rows]
     else:
         head["decoder"] = {
-            "kernel": _linear_in(get("lm_head.decoder.weight")[rows]),
-            "bias": get("lm_head.bias")[rows],
+            "kernel": _linear_in(w.get("lm_head.decoder.weight")[rows]),
+            "bias": w.get("lm_head.bias")[rows],
         }
     return {"encoder": encoder, "mlm_head": head}
 
 
-def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict, dict]:
-    """(state dict, config.json) of an EsmForMaskedLM for gfm_jax MaskedLM parameters.
-
-    `model` is the `config.model` block (a ConfigDict or dict) the parameters were made with.
-    """
+def _check_exportable(model: Any) -> None:
+    """Refuses a model the ESM format cannot hold, naming the keys."""
     if model["position"] not in ("learned", "rope") or model["norm"] != "layernorm":
         raise UserError(
             f"model.position={model['position']!r}, model.norm={model['norm']!r}: the ESM format "
@@ -223,70 +235,54 @@ def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict
             f"model.activation={model['activation']!r}, use_bias_attn={model['use_bias_attn']}: "
             "the ESM format holds GELU (ESM, NT v1) or SwiGLU (NT v2) with attention biases"
         )
-    glu = model["activation"] == "swiglu"
-    if not glu and not model["use_bias_mlp"]:
+    if model["activation"] != "swiglu" and not model["use_bias_mlp"]:
         raise UserError("model.use_bias_mlp=False with GELU has no ESM equivalent")
-    e, head = params["encoder"], params["mlm_head"]
-    d = int(model["hidden_size"])
-    pad = tokenizer.pad_id
-    out: dict[str, np.ndarray] = {}
 
-    def put(name: str, value: Any) -> None:
-        out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
 
-    def norm(prefix: str, p: dict) -> None:
-        put(f"{prefix}.weight", p["scale"])
-        put(f"{prefix}.bias", p["bias"])
+class _StateDict(dict):
+    """An ESM state dict being written: float32, contiguous, torch [out, in] layouts."""
 
-    def dense(prefix: str, p: dict) -> None:
-        put(f"{prefix}.weight", np.asarray(p["kernel"]).reshape(-1, np.shape(p["kernel"])[-1]).T)
+    def put(self, name: str, value: Any) -> None:
+        self[name] = np.ascontiguousarray(np.asarray(value, np.float32))
+
+    def norm(self, prefix: str, p: dict) -> None:
+        self.put(f"{prefix}.weight", p["scale"])
+        self.put(f"{prefix}.bias", p["bias"])
+
+    def dense(self, prefix: str, p: dict) -> None:
+        kernel = np.asarray(p["kernel"])
+        self.put(f"{prefix}.weight", kernel.reshape(-1, kernel.shape[-1]).T)
         if "bias" in p:
-            put(f"{prefix}.bias", p["bias"])
+            self.put(f"{prefix}.bias", p["bias"])
 
-    put("esm.embeddings.word_embeddings.weight", e["embed"]["embedding"])
-    max_positions = 1026
-    if model["position"] == "learned":
-        table = np.asarray(e["position_embed"]["embedding"])
-        max_positions = table.shape[0] + pad + 1
-        put(
-            "esm.embeddings.position_embeddings.weight",
-            np.concatenate([np.zeros((pad + 1, d), np.float32), table]),
-        )
-    for i in range(int(model["num_layers"])):
-        layer, p = e[f"layer_{i}"], f"esm.encoder.layer.{i}"
-        for name in ("query", "key", "value"):
-            q = layer["attn"][name]
-            put(f"{p}.attention.self.{name}.weight", np.asarray(q["kernel"]).reshape(d, d).T)
-            put(f"{p}.attention.self.{name}.bias", np.asarray(q["bias"]).reshape(d))
-        o = layer["attn"]["out"]
-        put(f"{p}.attention.output.dense.weight", np.asarray(o["kernel"]).reshape(d, d).T)
-        put(f"{p}.attention.output.dense.bias", o["bias"])
-        norm(f"{p}.attention.LayerNorm", layer["attn_norm"])
-        norm(f"{p}.LayerNorm", layer["mlp_norm"])
-        mlp = layer["mlp"]
-        if glu:
-            stacked = {
-                k: np.concatenate([mlp["gate"][k], mlp["up"][k]], axis=-1) for k in mlp["up"]
-            }
-            dense(f"{p}.intermediate.dense", stacked)
-        else:
-            dense(f"{p}.intermediate.dense", mlp["up"])
-        dense(f"{p}.output.dense", mlp["down"])
-    norm("esm.encoder.emb_layer_norm_after", e["final_norm"])
-    dense("lm_head.dense", head["dense"])
-    norm("lm_head.layer_norm", head["norm"])
-    if model["tie_embeddings"]:
-        put("lm_head.bias", head["decoder_bias"])
-        put("lm_head.decoder.weight", e["embed"]["embedding"])
+
+def _export_layer(out: _StateDict, layer: Params, i: int, d: int, glu: bool) -> None:
+    p = f"esm.encoder.layer.{i}"
+    for name in ("query", "key", "value"):
+        q = layer["attn"][name]
+        out.put(f"{p}.attention.self.{name}.weight", np.asarray(q["kernel"]).reshape(d, d).T)
+        out.put(f"{p}.attention.self.{name}.bias", np.asarray(q["bias"]).reshape(d))
+    o = layer["attn"]["out"]
+    out.put(f"{p}.attention.output.dense.weight", np.asarray(o["kernel"]).reshape(d, d).T)
+    out.put(f"{p}.attention.output.dense.bias", o["bias"])
+    out.norm(f"{p}.attention.LayerNorm", layer["attn_norm"])
+    out.norm(f"{p}.LayerNorm", layer["mlp_norm"])
+    mlp = layer["mlp"]
+    if glu:  # NT v2 stacks [gate; up] in one intermediate.dense
+        stacked = {k: np.concatenate([mlp["gate"][k], mlp["up"][k]], axis=-1) for k in mlp["up"]}
+        out.dense(f"{p}.intermediate.dense", stacked)
     else:
-        put("lm_head.bias", head["decoder"]["bias"])
-        put("lm_head.decoder.weight", np.asarray(head["decoder"]["kernel"]).T)
+        out.dense(f"{p}.intermediate.dense", mlp["up"])
+    out.dense(f"{p}.output.dense", mlp["down"])
 
+
+def _hf_config(model: Any, tokenizer: Tokenizer, max_positions: int) -> dict:
+    """The config.json of the exported EsmForMaskedLM."""
     config = {
         "architectures": ["EsmForMaskedLM"],
         "model_type": "esm",
         "vocab_size": tokenizer.vocab_size,
-        "hidden_size": d,
+        "hidden_size": int(model["hidden_size"]),
         "num_hidden_layers": int(model["num_layers"]),
         "num_attention_heads": int(model["num_heads"]),
         "intermediate_size": int(model["mlp_dim"]),
@@ -298,15 +294,48 @@ def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict
         "layer_norm_eps": float(model["norm_eps"]),
         "emb_layer_norm_before": False,
         "token_dropout": False,
-        "pad_token_id": pad,
+        "pad_token_id": tokenizer.pad_id,
         "mask_token_id": tokenizer.mask_id,
         "tie_word_embeddings": bool(model["tie_embeddings"]),
         "is_folding_model": False,
         "torch_dtype": "float32",
     }
-    if glu:  # NT v2: SwiGLU without feed-forward biases (its own modelling code reads this key)
+    if model["activation"] == "swiglu":  # NT v2's own modelling code reads this key
         config["add_bias_fnn"] = bool(model["use_bias_mlp"])
-    return out, config
+    return config
+
+
+def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict, dict]:
+    """(state dict, config.json) of an EsmForMaskedLM for gfm_jax MaskedLM parameters.
+
+    `model` is the `config.model` block (a ConfigDict or dict) the parameters were made with.
+    """
+    _check_exportable(model)
+    e, head = params["encoder"], params["mlm_head"]
+    d = int(model["hidden_size"])
+    pad = tokenizer.pad_id
+    out = _StateDict()
+    out.put("esm.embeddings.word_embeddings.weight", e["embed"]["embedding"])
+    max_positions = 1026  # unused with rotary positions; the value ESM-2 configs carry
+    if model["position"] == "learned":
+        table = np.asarray(e["position_embed"]["embedding"])
+        max_positions = table.shape[0] + pad + 1
+        out.put(
+            "esm.embeddings.position_embeddings.weight",
+            np.concatenate([np.zeros((pad + 1, d), np.float32), table]),
+        )
+    for i in range(int(model["num_layers"])):
+        _export_layer(out, e[f"layer_{i}"], i, d, model["activation"] == "swiglu")
+    out.norm("esm.encoder.emb_layer_norm_after", e["final_norm"])
+    out.dense("lm_head.dense", head["dense"])
+    out.norm("lm_head.layer_norm", head["norm"])
+    if model["tie_embeddings"]:
+        out.put("lm_head.bias", head["decoder_bias"])
+        out.put("lm_head.decoder.weight", e["embed"]["embedding"])
+    else:
+        out.put("lm_head.bias", head["decoder"]["bias"])
+        out.put("lm_head.decoder.weight", np.asarray(head["decoder"]["kernel"]).T)
+    return dict(out), _hf_config(model, tokenizer, max_positions)
 
 
 def write_hf_dir(out: pathlib.Path, state: dict, config: dict, tokenizer: Tokenizer) -> None:

@@ -6,10 +6,12 @@ object per line, to `<workdir>/metrics.jsonl`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,10 +23,11 @@ import tensorflow as tf
 import gfm_jax
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
-from gfm_jax.data.bpe import tokenizer_for_run
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
+from gfm_jax.data.tokenizer_choice import tokenizer_for_run
+from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.models import presets
 from gfm_jax.models.encoder import EncoderConfig
@@ -32,6 +35,7 @@ from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import flops, optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
+from gfm_jax.train.lm_metrics import summarize, unigram_baseline
 from gfm_jax.train.preemption import Preempted, StopRequests
 
 MODEL_KEYS = ("inputs", "targets", "weights")
@@ -66,50 +70,90 @@ class MetricsWriter:
         self._tb[split].flush()
 
 
-def unigram_baseline(targets: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-    """The best context-free predictor of the targets (their token distribution): its loss,
-    the entropy in nats, and its accuracy, the frequency of the commonest token."""
-    ids = targets[weights > 0]
-    p = np.bincount(ids).astype(np.float64)
-    p = p[p > 0] / p.sum()
-    return {"unigram_entropy": float(-(p * np.log(p)).sum()), "unigram_accuracy": float(p.max())}
-
-
-def summarize(sums: dict[str, float], bases_per_token: float) -> dict[str, float]:
-    loss = sums["loss_sum"] / max(sums["weight_sum"], 1.0)
-    return {
-        "loss": loss,
-        "accuracy": sums["correct_sum"] / max(sums["weight_sum"], 1.0),
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bits_per_base": loss / math.log(2) / bases_per_token,
-    }
-
-
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) pretraining; returns the final held-out metrics."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_cfg = config.train
+    data = _setup_data(config, workdir)
+    model = _setup_model(config, data)
+    ckpt = checkpoint.Checkpointer(
+        workdir,
+        keep=t_cfg.keep_checkpoints,
+        best_metric=t_cfg.best_metric,
+        best_mode=t_cfg.best_mode,
+    )
+    state = _init_or_restore(config, data, model, ckpt)
+    train_step, eval_step = _compile_steps(config, data, model)
+    writer = MetricsWriter(workdir, bool(t_cfg.tensorboard))
+    run = _Run(config, data, model.cfg, ckpt, writer, _Evaluator(config, data, eval_step, writer))
 
-    # --- Devices, mesh and data -----------------------------------------------------------
+    start_step = int(jax.device_get(state.step))
+    final = run.evaluate(state.params, start_step) if start_step == 0 else {}
+    state = _train_steps(run, state, train_step, start_step)
+    return _finish(run, state, start_step, final)
+
+
+# --- Set-up: devices, mesh and data ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The mesh and how batches are laid out on it, the run's tokenizer and its windows."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    batch_sharding: jax.sharding.Sharding
+    tokenizer: Tokenizer
+    pipeline: WindowPipeline
+
+    @property
+    def window_tokens(self) -> int:
+        return 1 + self.pipeline.num_tokens  # CLS + tokens
+
+
+def _process() -> dict[str, int]:
+    return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _setup_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Data:
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = tuple(tuple(r) for r in config.mesh.rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
-    host_batch_size(t_cfg.global_batch_size, jax.process_count())
+    host_batch_size(config.train.global_batch_size, jax.process_count())
     corpus = load_corpus(config.data.genomes, config.data.iupac, config.data.cache_dir, log)
     log(corpus.summary())
     tokenizer = tokenizer_for_run(config.data, corpus, workdir)
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
     log(pipeline.describe_mixture())
+    return _Data(mesh, rules, batch_sharding, tokenizer, pipeline)
 
-    # --- Model, optimizer and sharded state -----------------------------------------------
+
+# --- Model, optimizer and sharded state -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """The model and optimizer, and the abstract train state with its shardings."""
+
+    cfg: EncoderConfig
+    module: MaskedLM
+    tx: optax.GradientTransformation
+    init_params: Callable[[jax.Array], Any]
+    rng: jax.Array
+    boxed: state_lib.TrainState  # abstract, parameters boxed with their logical axes
+    shardings: state_lib.TrainState
+
+
+def _setup_model(config: ml_collections.ConfigDict, data: _Data) -> _Model:
+    t_cfg = config.train
     if t_cfg.objective not in ("mlm", "causal"):
         raise UserError(f"train.objective={t_cfg.objective!r}: choose 'mlm' or 'causal'")
     causal = t_cfg.objective == "causal"
-    model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size, causal)
-    model = MaskedLM(model_cfg, mesh, rules)
-    window = np.zeros((1, 1 + pipeline.num_tokens), np.int32)  # CLS + tokens
+    model_cfg = EncoderConfig.from_config(config.model, data.tokenizer.vocab_size, causal)
+    model = MaskedLM(model_cfg, data.mesh, data.rules)
+    window = np.zeros((1, data.window_tokens), np.int32)
 
     def init_params(rng: jax.Array) -> Any:
         return model.init(rng, window)["params"]
@@ -117,123 +161,150 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     tx = optim.make_optimizer(config.optim, t_cfg.num_steps)
     rng = jax.random.key(config.seed)
     boxed = state_lib.abstract_state(init_params, tx, rng)
-    state_shardings = sharding.tree_shardings(boxed, mesh, rules)
-    ckpt = checkpoint.Checkpointer(
-        workdir,
-        keep=t_cfg.keep_checkpoints,
-        best_metric=t_cfg.best_metric,
-        best_mode=t_cfg.best_mode,
-    )
-    state = _resume(ckpt, boxed, state_shardings, config)
-    if state is None and t_cfg.init_from:
-        state = _init_from(t_cfg.init_from, boxed, state_shardings, tx, config)
-        log(f"parameters from {t_cfg.init_from} (params only; optimizer and step start afresh)")
-    if state is None:
-        state, _ = state_lib.create_sharded_state(init_params, tx, rng, mesh, rules)
-    start_step = int(jax.device_get(state.step))
-    log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
-    log(sharding.describe(state.params, state_shardings.params))
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    log(presets.compare_to_published(config.model.name, num_params, tokenizer.vocab_size))
+    shardings = sharding.tree_shardings(boxed, data.mesh, data.rules)
+    return _Model(model_cfg, model, tx, init_params, rng, boxed, shardings)
 
+
+def _init_or_restore(
+    config: ml_collections.ConfigDict, data: _Data, model: _Model, ckpt: checkpoint.Checkpointer
+) -> state_lib.TrainState:
+    """The workdir's latest checkpoint, else `train.init_from`'s parameters, else a fresh
+    initialization; the parameters are logged with their shardings."""
+    init_from = config.train.init_from
+    state = _resume(ckpt, model.boxed, model.shardings, config)
+    if state is None and init_from:
+        state = _init_from(init_from, model.boxed, model.shardings, model.tx, config)
+        log(f"parameters from {init_from} (params only; optimizer and step start afresh)")
+    if state is None:
+        state, _ = state_lib.create_sharded_state(
+            model.init_params, model.tx, model.rng, data.mesh, data.rules
+        )
+    log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
+    log(sharding.describe(state.params, model.shardings.params))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    log(presets.compare_to_published(config.model.name, num_params, data.tokenizer.vocab_size))
+    return state
+
+
+def _compile_steps(
+    config: ml_collections.ConfigDict, data: _Data, model: _Model
+) -> tuple[Callable, Callable]:
+    """The jitted train step and held-out eval step of `train.objective`."""
+    t_cfg, tokenizer = config.train, data.tokenizer
     z_loss = float(config.optim.z_loss)
-    if causal:
-        objective = step_lib.causal_objective(model, tokenizer.pad_id, tokenizer.maskable, z_loss)
+    if t_cfg.objective == "causal":
+        objective = step_lib.causal_objective(
+            model.module, tokenizer.pad_id, tokenizer.maskable, z_loss
+        )
     else:
         capacity = int(t_cfg.target_capacity)
-        window_tokens = 1 + pipeline.num_tokens
         if capacity == 0:
-            capacity = target_capacity(window_tokens, pipeline.masking)
+            capacity = target_capacity(data.window_tokens, data.pipeline.masking)
         elif capacity < 0:
-            capacity = window_tokens
-        log(f"MLM head on {capacity} of {window_tokens} positions per window")
-        objective = step_lib.mlm_objective(model, tokenizer.pad_id, z_loss, capacity)
+            capacity = data.window_tokens
+        log(f"MLM head on {capacity} of {data.window_tokens} positions per window")
+        objective = step_lib.mlm_objective(model.module, tokenizer.pad_id, z_loss, capacity)
     train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(objective, tx, int(t_cfg.micro_batches)),
-        state_shardings,
-        batch_sharding,
+        step_lib.make_train_step(objective, model.tx, int(t_cfg.micro_batches)),
+        model.shardings,
+        data.batch_sharding,
     )
-    eval_step = step_lib.compile_eval_step(objective, state_shardings.params, batch_sharding)
-    writer = MetricsWriter(workdir, bool(t_cfg.tensorboard))
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    eval_step = step_lib.compile_eval_step(objective, model.shardings.params, data.batch_sharding)
+    return train_step, eval_step
 
-    # --- Held-out evaluation (fixed windows from the held-out ranges) -----------------------
-    eval_ds = pipeline.dataset(
-        "val",
-        global_batch=t_cfg.global_batch_size,
-        first_step=0,
-        last_step=t_cfg.eval_batches,
-        **process,
-    )
-    eval_batches = [{k: b[k] for k in MODEL_KEYS} for b in eval_ds.as_numpy_iterator()]
-    eval_targets = np.concatenate([b["targets"] for b in eval_batches])
-    if causal:  # the objective's next-token targets
-        targets = step_lib.causal_targets(eval_targets, tokenizer.pad_id, tokenizer.maskable)
-        baseline = unigram_baseline(eval_targets[:, 1:], targets)
-    else:
-        baseline = unigram_baseline(
-            eval_targets, np.concatenate([b["weights"] for b in eval_batches])
+
+# --- Held-out evaluation (fixed windows from the held-out ranges) -----------------------------
+
+
+class _Evaluator:
+    """Scores parameters on the same held-out batches every time, beside the unigram baseline
+    of their targets; writes and logs the result."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        data: _Data,
+        eval_step: Callable,
+        writer: MetricsWriter,
+    ):
+        t_cfg, tok = config.train, data.tokenizer
+        ds = data.pipeline.dataset(
+            "val",
+            global_batch=t_cfg.global_batch_size,
+            first_step=0,
+            last_step=t_cfg.eval_batches,
+            **_process(),
         )
+        self.batches = [{k: b[k] for k in MODEL_KEYS} for b in ds.as_numpy_iterator()]
+        targets = np.concatenate([b["targets"] for b in self.batches])
+        if t_cfg.objective == "causal":  # the objective's next-token targets
+            weights = step_lib.causal_targets(targets, tok.pad_id, tok.maskable)
+            self.baseline = unigram_baseline(targets[:, 1:], weights)
+        else:
+            weights = np.concatenate([b["weights"] for b in self.batches])
+            self.baseline = unigram_baseline(targets, weights)
+        self._eval_step, self._writer = eval_step, writer
+        self._batch_sharding, self._bases_per_token = data.batch_sharding, tok.bases_per_token
 
-    def evaluate(step: int) -> dict[str, float]:
+    def __call__(self, params: Any, step: int) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for host_batch in eval_batches:
-            batch = to_global(host_batch, batch_sharding)
-            for k, v in jax.device_get(eval_step(state.params, batch)).items():
+        for host_batch in self.batches:
+            batch = to_global(host_batch, self._batch_sharding)
+            for k, v in jax.device_get(self._eval_step(params, batch)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        values = summarize(totals, tokenizer.bases_per_token)
-        values.update(baseline)
-        writer.write(step, "val", values)
+        values = summarize(totals, self._bases_per_token)
+        values.update(self.baseline)
+        self._writer.write(step, "val", values)
+        base = self.baseline
         log(
             f"[eval] step {step}: loss {values['loss']:.4f} accuracy {values['accuracy']:.4f} "
-            f"(unigram {baseline['unigram_entropy']:.4f} / {baseline['unigram_accuracy']:.4f}) "
+            f"(unigram {base['unigram_entropy']:.4f} / {base['unigram_accuracy']:.4f}) "
             f"bits/base {values['bits_per_base']:.4f}"
         )
         return values
 
-    def save(step: int, metrics: dict | None = None) -> None:
-        meta = {
-            "step": step,
-            "config": json.loads(config_lib.to_json(config)),
-            "tokenizer": tokenizer.spec(),
-            "data_position": {"next_window_index": step * t_cfg.global_batch_size},
-            "mesh": dict(mesh.shape),
-            "version": gfm_jax.__version__,
-        }
-        ranked = None
-        if metrics is not None and t_cfg.best_metric:
-            ranked = {t_cfg.best_metric: float(metrics[t_cfg.best_metric])}
-        ckpt.save(step, state.params, state.opt_state, meta, ranked)
 
-    # --- Training ---------------------------------------------------------------------------
-    final = evaluate(start_step) if start_step == 0 else {}
-    last_step = t_cfg.num_steps
-    if t_cfg.stop_at_step:
-        last_step = min(last_step, t_cfg.stop_at_step)
-    train_ds = pipeline.dataset(
-        "train",
-        global_batch=t_cfg.global_batch_size,
-        first_step=start_step,
-        last_step=last_step,
-        **process,
-    )
-    batches = global_batches(train_ds, batch_sharding, MODEL_KEYS)
-    tokens_per_step = t_cfg.global_batch_size * (1 + pipeline.num_tokens)
-    flops_per_token = flops.train_flops_per_token(model_cfg, 1 + pipeline.num_tokens)
-    peak = flops.peak_flops(model_cfg.dtype, float(t_cfg.peak_tflops))
-    if peak is None:
-        log(f"MFU not reported: no peak for {jax.devices()[0].device_kind} (set train.peak_tflops)")
-    pending: tuple[int, dict] | None = None  # step t-1's metrics, read after step t is dispatched
-    interval: dict[str, float] = {}
-    interval_start, interval_steps = time.perf_counter(), 0
+# --- Training ---------------------------------------------------------------------------------
 
-    def account(step: int, metrics: dict) -> None:
-        nonlocal interval, interval_start, interval_steps
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the step loop and the final evaluation and save need."""
+
+    config: ml_collections.ConfigDict
+    data: _Data
+    model_cfg: EncoderConfig
+    ckpt: checkpoint.Checkpointer
+    writer: MetricsWriter
+    evaluate: _Evaluator
+
+
+class _TrainLog:
+    """Sums each step's metrics over a logging interval, checks them, and every
+    `train.log_every` steps (and at the last) writes and logs them with throughput and MFU."""
+
+    def __init__(self, run: _Run, last_step: int):
+        t_cfg, window_tokens = run.config.train, run.data.window_tokens
+        self._run, self._last_step = run, last_step
+        self._tokens_per_step = t_cfg.global_batch_size * window_tokens
+        self._flops_per_token = flops.train_flops_per_token(run.model_cfg, window_tokens)
+        self._peak = flops.peak_flops(run.model_cfg.dtype, float(t_cfg.peak_tflops))
+        if self._peak is None:
+            kind = jax.devices()[0].device_kind
+            log(f"MFU not reported: no peak for {kind} (set train.peak_tflops)")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._start, self._steps = time.perf_counter(), 0
+
+    def add(self, step: int, metrics: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(values["loss_sum"]):
             raise UserError(
                 f"training loss became {values['loss_sum']} at step {step}; the last checkpoint "
-                f"({ckpt.latest_step()}) is kept. Lower optim.learning_rate or raise warmup_steps"
+                f"({self._run.ckpt.latest_step()}) is kept. Lower optim.learning_rate or raise "
+                "warmup_steps"
             )
         if values.get("dropped_targets", 0.0) > 0:
             log(
@@ -241,58 +312,105 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
                 "beyond train.target_capacity; raise it (or set -1: every position)"
             )
         for k, v in values.items():
-            interval[k] = interval.get(k, 0.0) + v
-        interval_steps += 1
-        if step % t_cfg.log_every == 0 or step == last_step:
-            elapsed = time.perf_counter() - interval_start
-            out = summarize(interval, tokenizer.bases_per_token)
-            out["grad_norm"] = interval["grad_norm"] / interval_steps
-            out["tokens_per_sec"] = interval_steps * tokens_per_step / elapsed
-            mfu = ""
-            if peak is not None:
-                out["mfu"] = out["tokens_per_sec"] * flops_per_token / peak
-                mfu = f" MFU {out['mfu']:.1%}"
-            writer.write(step, "train", out)
-            eta = (last_step - step) * elapsed / interval_steps
-            log(
-                f"step {step}/{t_cfg.num_steps}: loss {out['loss']:.4f} "
-                f"accuracy {out['accuracy']:.4f} grad_norm {out['grad_norm']:.3f} "
-                f"{out['tokens_per_sec']:,.0f} tokens/s{mfu} ETA {_duration(eta)}"
-            )
-            interval, interval_start, interval_steps = {}, time.perf_counter(), 0
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._steps += 1
+        if step % self._run.config.train.log_every == 0 or step == self._last_step:
+            self._write(step)
 
+    def _write(self, step: int) -> None:
+        elapsed = time.perf_counter() - self._start
+        out = summarize(self._sums, self._run.data.tokenizer.bases_per_token)
+        out["grad_norm"] = self._sums["grad_norm"] / self._steps
+        out["tokens_per_sec"] = self._steps * self._tokens_per_step / elapsed
+        mfu = ""
+        if self._peak is not None:
+            out["mfu"] = out["tokens_per_sec"] * self._flops_per_token / self._peak
+            mfu = f" MFU {out['mfu']:.1%}"
+        self._run.writer.write(step, "train", out)
+        eta = (self._last_step - step) * elapsed / self._steps
+        log(
+            f"step {step}/{self._run.config.train.num_steps}: loss {out['loss']:.4f} "
+            f"accuracy {out['accuracy']:.4f} grad_norm {out['grad_norm']:.3f} "
+            f"{out['tokens_per_sec']:,.0f} tokens/s{mfu} ETA {_duration(eta)}"
+        )
+        self._reset()
+
+
+def _train_steps(
+    run: _Run, state: state_lib.TrainState, train_step: Callable, start_step: int
+) -> state_lib.TrainState:
+    """Steps `start_step + 1` to the last, evaluating and saving on schedule; on a stop
+    request (SIGTERM, ...) the current step is saved and `Preempted` raised."""
+    t_cfg, ckpt = run.config.train, run.ckpt
+    last_step = t_cfg.num_steps
+    if t_cfg.stop_at_step:
+        last_step = min(last_step, t_cfg.stop_at_step)
+    train_ds = run.data.pipeline.dataset(
+        "train",
+        global_batch=t_cfg.global_batch_size,
+        first_step=start_step,
+        last_step=last_step,
+        **_process(),
+    )
+    batches = global_batches(train_ds, run.data.batch_sharding, MODEL_KEYS)
+    train_log = _TrainLog(run, last_step)
+    pending: tuple[int, dict] | None = None  # step t-1's metrics, read after step t is dispatched
     stop = StopRequests()
     try:
         for step in range(start_step + 1, last_step + 1):
             state, metrics = train_step(state, next(batches))
             if pending is not None:
-                account(*pending)
+                train_log.add(*pending)
             pending = (step, metrics)
             signum = stop.stop_after(step)
             do_save = step % t_cfg.checkpoint_every == 0 and step != last_step
             do_eval = step % t_cfg.eval_every == 0 and step != last_step
             if do_save or do_eval or signum is not None:
-                account(*pending)
+                train_log.add(*pending)
                 pending = None
-            values = evaluate(step) if do_eval and signum is None else None
+            values = run.evaluate(state.params, step) if do_eval and signum is None else None
             if do_save or signum is not None:
-                save(step, values)
+                _save(run, state, step, values)
             if signum is not None:
                 ckpt.wait()  # the step is on disk before the process exits
                 ckpt.close()
                 raise Preempted(signum, step, str(ckpt.directory))
         if pending is not None:
-            account(*pending)
+            train_log.add(*pending)
     finally:
         stop.close()
+    return state
 
-    # --- Finish -----------------------------------------------------------------------------
+
+# --- Checkpoints and the end of the run -------------------------------------------------------
+
+
+def _save(run: _Run, state: state_lib.TrainState, step: int, metrics: dict | None = None) -> None:
+    t_cfg = run.config.train
+    meta = {
+        "step": step,
+        "config": json.loads(config_lib.to_json(run.config)),
+        "tokenizer": run.data.tokenizer.spec(),
+        "data_position": {"next_window_index": step * t_cfg.global_batch_size},
+        "mesh": dict(run.data.mesh.shape),
+        "version": gfm_jax.__version__,
+    }
+    ranked = None
+    if metrics is not None and t_cfg.best_metric:
+        ranked = {t_cfg.best_metric: float(metrics[t_cfg.best_metric])}
+    run.ckpt.save(step, state.params, state.opt_state, meta, ranked)
+
+
+def _finish(
+    run: _Run, state: state_lib.TrainState, start_step: int, final: dict[str, float]
+) -> dict[str, float]:
+    """Evaluates and saves the last step unless that is already on disk; waits for the saves."""
     end_step = int(jax.device_get(state.step))
-    if end_step > start_step or ckpt.latest_step() != end_step:
-        final = evaluate(end_step)
-        save(end_step, final)
-    ckpt.wait()
-    ckpt.close()
+    if end_step > start_step or run.ckpt.latest_step() != end_step:
+        final = run.evaluate(state.params, end_step)
+        _save(run, state, end_step, final)
+    run.ckpt.wait()
+    run.ckpt.close()
     return final
 
 
