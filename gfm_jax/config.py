@@ -1,20 +1,25 @@
-"""Loading, overriding and validating ml_collections configs.
+"""Config defaults, loading, command-line overrides and their errors (ml_collections configs).
 
 A config file is a Python file with `get_config(arg=None) -> ConfigDict`, built on the defaults
-below so that every key exists before the file runs. Configs are locked: a typo in a config file
-or in a `--config.a.b=v` override is a `UserError` naming the key and listing the valid ones.
+below so that every key exists before the file runs. Entry points load it with absl flags and
+ml_collections.config_flags (`--config=path/to/file.py[:arg] --config.a.b=v`). Configs are
+locked: a typo in a config file or in an override is a `UserError` naming the key and listing
+the valid ones, and a value of the wrong type one naming the key and the type expected.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import pathlib
+import re
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from gfm_jax.errors import UserError
 
@@ -60,15 +65,9 @@ def optim_defaults() -> ConfigDict:
     return o
 
 
-def pretrain_defaults() -> ConfigDict:
-    """Every key a pretraining config may set, with its default."""
-    from gfm_jax.models import presets  # local: keeps `import gfm_jax.config` light
-
-    c = ConfigDict()
-    c.seed = 0
-    c.model = presets.get("tiny")
-
-    c.data = d = ConfigDict()
+def _data_defaults() -> ConfigDict:
+    """The `data` block of a pretraining config: genomes, tokenizer, windows, masking."""
+    d = ConfigDict()
     d.genomes = ("builtin",)  # FASTA(.gz) paths; "builtin" = the genomes shipped in the package
     # Mixture over files: explicit weights (one per file, in order), or () for weights
     # proportional to size ** (1 / size_temperature); temperature > 1 upsamples small genomes.
@@ -104,8 +103,12 @@ def pretrain_defaults() -> ConfigDict:
     # a token partly soft-masked is weighted in proportion.
     d.repeat_weight = 1.0
     d.prefetch = 2
+    return d
 
-    c.train = t = ConfigDict()
+
+def _train_defaults() -> ConfigDict:
+    """The `train` block of a pretraining config: objective, batch, steps, checkpoints."""
+    t = ConfigDict()
     # mlm: masked-LM with bidirectional attention; causal: next-token prediction with causal
     # attention (same backbone and head; the masks the pipeline draws are then unused).
     t.objective = "mlm"
@@ -135,9 +138,19 @@ def pretrain_defaults() -> ConfigDict:
     t.tensorboard = True  # also write TensorBoard events to <workdir>/tensorboard/
     # Peak TFLOP/s per device for MFU; 0 looks the device up in gfm_jax/train/flops.py.
     t.peak_tflops = 0.0
+    return t
 
+
+def pretrain_defaults() -> ConfigDict:
+    """Every key a pretraining config may set, with its default."""
+    from gfm_jax.models import presets  # local: keeps `import gfm_jax.config` light
+
+    c = ConfigDict()
+    c.seed = 0
+    c.model = presets.get("tiny")
+    c.data = _data_defaults()
+    c.train = _train_defaults()
     c.optim = optim_defaults()
-
     c.mesh = mesh_defaults()
     c.lock()  # config files may change values, never add keys
     return c
@@ -169,11 +182,9 @@ def apply_smoke_mode(c: ConfigDict) -> ConfigDict:
     return c
 
 
-def finetune_defaults() -> ConfigDict:
-    """Every key a downstream (fine-tuning) task config may set, with its default."""
-    c = ConfigDict()
-    c.seeds = (0, 1, 2)  # one run per seed; reports give mean +- sd over them
-    c.task = t = ConfigDict()
+def _task_defaults() -> ConfigDict:
+    """The `task` block of a downstream config: where the data is and how it splits."""
+    t = ConfigDict()
     t.name = ""  # for reports; "" = the file or directory name
     t.format = "csv"  # csv | csv_dir | fasta_dir | class_dirs | tfds (see data/tasks.py)
     t.path = "builtin:splice.csv"  # a path, builtin:<name>, or a TFDS name for format=tfds
@@ -191,6 +202,14 @@ def finetune_defaults() -> ConfigDict:
     t.val_fraction = 0.1
     t.split_seed = 0
     t.drop_test_duplicates = True  # drop test / val rows whose sequence occurs in train
+    return t
+
+
+def finetune_defaults() -> ConfigDict:
+    """Every key a downstream (fine-tuning) task config may set, with its default."""
+    c = ConfigDict()
+    c.seeds = (0, 1, 2)  # one run per seed; reports give mean +- sd over them
+    c.task = _task_defaults()
 
     c.finetune = f = ConfigDict()
     f.epochs = 10
@@ -223,93 +242,168 @@ def finetune_defaults() -> ConfigDict:
     return c
 
 
-def _load_module(path: pathlib.Path) -> Any:
-    spec = importlib.util.spec_from_file_location(f"gfm_config_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# Command lines. Entry points define `--config` with config_flags.DEFINE_config_file, which loads
+# `path[:arg]` (arg goes to get_config) and applies `--config.a.b=v` overrides, each parsed to the
+# type of the value it replaces. `parse_flags` runs absl's parser and turns whatever it raises
+# into one UserError line that names the flag, key or file.
+CONFIG_FLAG = "config"
+CONFIG_EXAMPLE = "configs/pretrain/tiny.py"
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], usage: str = "") -> list[str]:
+    """Parses `argv` (program name first) into `flag_values`; returns the positional arguments.
+
+    With `usage`, `-h` / `--help` prints it and the flags, then exits. A parse error (an unknown
+    flag or config key, a value of the wrong type, a missing config file, a config file that
+    raises) is a one-line UserError.
+    """
+    argv = list(argv)
+    if usage and any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(f"{usage.strip()}\n\n{flag_values.get_help()}")
+        raise SystemExit(0)
+    try:
+        rest = _run_parser(flag_values, argv)
+    except Exception as e:  # absl, config_flags and the config file itself raise many types
+        raise _user_error(e, argv, CONFIG_FLAG in flag_values) from None
+    spec = _flag_text(argv, CONFIG_FLAG)
+    if CONFIG_FLAG in flag_values and spec is not None:
+        _check_loaded(flag_values[CONFIG_FLAG].value, spec)
+    return rest
+
+
+def _run_parser(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    # config_flags loads every config file as the module `config_config`; a fresh one each time,
+    # so that in one process a file never sees names left by the file loaded before it.
+    sys.modules.pop(f"{CONFIG_FLAG}_config", None)
+    with warnings.catch_warnings():  # config_flags' loader; nothing a user can change
+        warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
+        return flag_values(argv)
+
+
+def _config_flag(argv: list[str]) -> tuple[flags.FlagValues, flags.FlagHolder]:
+    """A fresh FlagValues with only `--config`, for the command line `argv`."""
+    flag_values = flags.FlagValues()
+    # lock_config (the default): config files and overrides change values, never add keys.
+    holder = config_flags.DEFINE_config_file(CONFIG_FLAG, flag_values=flag_values, sys_argv=argv)
+    return flag_values, holder
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
-    """Loads `path[:arg]`, applies `key=value` overrides, and returns the locked config."""
-    path_str, _, arg = spec.partition(":")
-    path = pathlib.Path(path_str)
-    if not path.is_file():
-        raise UserError(f"config file {path_str!r} not found; pass e.g. configs/pretrain/tiny.py")
-    try:
-        module = _load_module(path)
-    except (AttributeError, KeyError) as e:
-        raise UserError(f"config file {path_str}: {e}; only keys of the defaults exist") from None
-    if not hasattr(module, "get_config"):
-        raise UserError(f"config file {path_str} has no get_config(); see configs/ for examples")
-    try:
-        config = module.get_config(arg) if arg else module.get_config()
-    except (AttributeError, KeyError) as e:
-        msg = str(e).strip("'\"")
-        raise UserError(f"config file {path_str}: {msg}; only keys of the defaults exist") from None
-    if not isinstance(config, ConfigDict):
-        raise UserError(f"config file {path_str}: get_config() must return a ConfigDict")
-    for item in overrides:
-        apply_override(config, item)
-    config.lock()
-    return config
+    """Loads `path[:arg]` with `--config.a.b=v` overrides as a command line does; locked."""
+    items = [f"--{CONFIG_FLAG}.{o.removeprefix('--').removeprefix('config.')}" for o in overrides]
+    argv = ["load_config", f"--{CONFIG_FLAG}={spec}", *items]
+    flag_values, holder = _config_flag(argv)
+    parse_flags(flag_values, argv)
+    return holder.value
 
 
-def _parse_value(key: str, text: str, current: Any) -> Any:
-    """Parses `text` to the type of the value it replaces."""
-    if isinstance(current, bool):
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise UserError(f"config key {key!r} is a bool; got {text!r} (use true or false)")
-    if isinstance(current, int | float):
+def _load_file(spec: str) -> ConfigDict:
+    """The config file alone, without overrides (to find which part of a command line failed)."""
+    argv = ["load_config", f"--{CONFIG_FLAG}={spec}"]
+    flag_values, holder = _config_flag(argv)
+    _run_parser(flag_values, argv)
+    _check_loaded(holder.value, spec)
+    return holder.value
+
+
+def _check_loaded(config: Any, spec: str) -> None:
+    path = spec.partition(":")[0]
+    if not pathlib.Path(path).is_file():
+        raise UserError(f"config file {path!r} not found; pass e.g. --config={CONFIG_EXAMPLE}")
+    if not isinstance(config, ConfigDict):  # config_flags holds a file it could not read, too
+        raise UserError(f"config file {path}: get_config() must return a ConfigDict")
+
+
+def _user_error(error: Exception, argv: Sequence[str], has_config: bool) -> UserError:
+    """One line naming what in `argv` made absl's parser raise `error`, and the fix."""
+    if isinstance(error, UserError):  # raised by a config file or a flag validator: already one
+        return error
+    spec = _flag_text(argv, CONFIG_FLAG) if has_config else None
+    if spec is not None:
         try:
-            return type(current)(text) if isinstance(current, float) else int(text)
-        except ValueError:
-            kind = type(current).__name__
-            raise UserError(f"config key {key!r} is a {kind}; got {text!r}") from None
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if current is None:
-            return text
-        raise UserError(f"config key {key!r}: cannot parse {text!r} as a Python literal") from None
-    if isinstance(current, tuple) and isinstance(value, list | tuple):
-        return tuple(value)
-    if isinstance(current, tuple) and not isinstance(value, tuple):
-        return (value,)
-    return value
+            config = _load_file(spec)  # is the file at fault, or what the command line adds?
+        except UserError as e:
+            return e
+        except Exception as e:
+            return UserError(f"config file {spec.partition(':')[0]}: {_describe(e)}")
+        for key in _override_keys(argv):
+            if unknown := _unknown_key(config, key):
+                return UserError(unknown)
+            if str(error).startswith(f"flag --{CONFIG_FLAG}.{key}="):
+                return UserError(_bad_value(config, key, _flag_text(argv, f"{CONFIG_FLAG}.{key}")))
+    text = _one_line(error)
+    if required := re.match(r"flag --(\S+?)=None: Flag --\S+ must have a value other than", text):
+        return UserError(f"--{required[1]} is required; see --help")
+    return UserError(f"{text.rstrip('.')}; see --help")
 
 
-def apply_override(config: ConfigDict, item: str) -> None:
-    """Applies one `a.b.c=value` (a leading `--config.` is accepted) to `config` in place."""
-    text = item.removeprefix("--").removeprefix("config.")
-    key, sep, value_text = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"bad override {item!r}: write --config.<key>=<value>")
+def _unknown_key(config: ConfigDict, key: str) -> str | None:
     node = config
     parts = key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, ConfigDict) or part not in node:
             where = ".".join(parts[:i]) or "<top>"
             valid = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "none"
-            raise UserError(f"unknown config key {key!r} (under {where} the keys are: {valid})")
-        if i < len(parts) - 1:
-            node = node[part]
-    last = parts[-1]
-    node[last] = _parse_value(key, value_text, node[last])
+            return f"unknown config key {key!r} (under {where} the keys are: {valid})"
+        node = node[part]
+    return None
 
 
-def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separates `--config.k=v` overrides from the other command-line arguments."""
-    overrides = [a for a in argv if a.startswith("--config.")]
-    rest = [a for a in argv if not a.startswith("--config.")]
-    return overrides, rest
+def _bad_value(config: ConfigDict, key: str, text: str | None) -> str:
+    current = config
+    for part in key.split("."):
+        current = current[part]
+    hint = {
+        bool: " (use true or false)",
+        tuple: " (write a Python tuple, e.g. (2,-1,1) or ('a.fa','b.fa'))",
+    }.get(type(current), "")
+    kind = type(current).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"config key {key!r} is {article} {kind}; got {text!r}{hint}"
+
+
+def _describe(error: BaseException) -> str:
+    """One line for an exception raised while loading a config file."""
+    # absl and config_flags re-raise get_config's TypeError / ValueError with a traceback in the
+    # message; the one the file raised is at the end of the chain.
+    while error.__context__ is not None and (
+        isinstance(error, flags.Error) or "Error whilst parsing config file" in str(error)
+    ):
+        error = error.__context__
+    if isinstance(error, AttributeError) and "get_config" in str(error):
+        return "it has no get_config(); see configs/ for examples"
+    text = _one_line(error)
+    if missing := re.search(r'Key "([^"]+)" does not exist', text):  # a locked ConfigDict's
+        guess = re.search(r'Did you mean "([^"]+)"', text)
+        hint = f" (did you mean {guess[1]!r}?)" if guess else ""
+        return f"unknown key {missing[1]!r}{hint}; config files change the defaults, never add keys"
+    return f"{type(error).__name__}: {text}"
+
+
+def _one_line(error: BaseException) -> str:
+    # A locked ConfigDict raises AttributeError(KeyError(message)); KeyError's str() is a repr.
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(text.split())
+
+
+def _flag_text(argv: Sequence[str], name: str) -> str | None:
+    """What the last `--name=V` or `--name V` in `argv` gives, or None."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        flag, eq, value = arg.partition("=")
+        if flag in (f"-{name}", f"--{name}"):
+            found = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return found
+
+
+def _override_keys(argv: Sequence[str]) -> list[str]:
+    prefix = f"{CONFIG_FLAG}."
+    names = (a.lstrip("-").partition("=")[0] for a in argv if a.startswith("-"))
+    return [n.removeprefix(prefix) for n in names if n.startswith(prefix)]
 
 
 def to_json(config: ConfigDict) -> str:

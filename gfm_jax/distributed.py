@@ -22,39 +22,46 @@ own part of a checkpoint (Orbax coordinates that).
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
+from absl import flags
 
 from gfm_jax.errors import UserError
 
 DEFAULT_HEARTBEAT_TIMEOUT = 60  # seconds; JAX's own default is 100
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """The multi-process flags on `flag_values` (absl); their defaults come from the environment."""
     env = os.environ.get
-    group = parser.add_argument_group("multi-process")
-    group.add_argument("--coordinator", default=env("JAX_COORDINATOR_ADDRESS"))
-    group.add_argument("--num_processes", type=int, default=env("JAX_NUM_PROCESSES"))
-    group.add_argument("--process_id", type=int, default=env("JAX_PROCESS_ID"))
-    group.add_argument(
-        "--cpu_devices",
-        type=int,
-        default=env("JAX_NUM_CPU_DEVICES"),
-        help="CPU devices per process (local multi-device runs without an accelerator)",
+    fv = flag_values
+    flags.DEFINE_string(
+        "coordinator", env("JAX_COORDINATOR_ADDRESS"), "HOST:PORT of process 0", flag_values=fv
     )
-    group.add_argument(
-        "--auto_distributed",
-        action="store_true",
-        default=env("GFM_JAX_DISTRIBUTED") == "auto",
-        help="let JAX detect the cluster (TPU pod slices, SLURM); GFM_JAX_DISTRIBUTED=auto",
+    flags.DEFINE_integer(
+        "num_processes", env("JAX_NUM_PROCESSES"), "processes in the run", flag_values=fv
     )
-    group.add_argument(
-        "--heartbeat_timeout",
-        type=int,
-        default=int(env("GFM_JAX_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)),
-        help="seconds without a heartbeat before a process counts as dead and the run stops",
+    flags.DEFINE_integer(
+        "process_id", env("JAX_PROCESS_ID"), "this process, from 0", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "cpu_devices",
+        env("JAX_NUM_CPU_DEVICES"),
+        "CPU devices per process (local multi-device runs without an accelerator)",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "auto_distributed",
+        env("GFM_JAX_DISTRIBUTED") == "auto",
+        "let JAX detect the cluster (TPU pod slices, SLURM); GFM_JAX_DISTRIBUTED=auto",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        int(env("GFM_JAX_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)),
+        "seconds without a heartbeat before a process counts as dead and the run stops",
+        flag_values=fv,
     )
 
 
@@ -70,8 +77,8 @@ def detected_cluster() -> str | None:
     return None
 
 
-def initialize(args: argparse.Namespace) -> None:
-    """Starts jax.distributed when several processes are asked for or detected."""
+def initialize(args: flags.FlagValues) -> None:
+    """Starts jax.distributed when several processes are asked for or detected (`define_flags`)."""
     if getattr(args, "cpu_devices", None):
         jax.config.update("jax_num_cpu_devices", int(args.cpu_devices))
     given = [args.coordinator, args.num_processes, args.process_id]

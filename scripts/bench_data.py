@@ -30,10 +30,12 @@ from benchmarks_md import publish  # noqa: E402
 from gfm_jax import config as config_lib  # noqa: E402
 from gfm_jax.data import fasta  # noqa: E402
 from gfm_jax.data.corpus import load_corpus  # noqa: E402
-from gfm_jax.data.pipeline import WindowPipeline  # noqa: E402
+from gfm_jax.data.pipeline import WindowPipeline, hide_gpus_from_tensorflow  # noqa: E402
 from gfm_jax.data.tokenizers import get_tokenizer  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
+
+hide_gpus_from_tensorflow()  # this script is an entry point: tf.data on the host CPU only
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MARK = "<!-- bench_data -->"

@@ -26,6 +26,45 @@ def test_unknown_config_key(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--config.train.num_steps=ten"], ["config key 'train.num_steps' is an int", "'ten'"]),
+        (["--config.data.reverse_complement=maybe"], ["'data.reverse_complement' is a bool"]),
+        (
+            ["--config=configs/pretrain/nope.py"],
+            ["config file 'configs/pretrain/nope.py' not found"],
+        ),
+        (["--config", "configs/suites/gue.py:smoke"], ["configs/suites/gue.py: TypeError"]),
+        (["--wrokdir=x"], ["Unknown command line flag 'wrokdir'"]),
+    ],
+)
+def test_bad_command_lines_of_train(tmp_path, args, needles):
+    # The last --config wins, so a bad file given after the good one is the one loaded.
+    r = run_module(
+        "gfm_jax.train",
+        "--config",
+        "configs/pretrain/tiny.py",
+        "--workdir",
+        str(tmp_path),
+        *args,
+    )
+    assert_one_line_error(r, "gfm_jax.train: error:", *needles)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_bad_command_lines_of_evaluate(tmp_path):
+    common = ["--config", "configs/tasks/splice.py", "--workdir", str(tmp_path)]
+    r = run_module("gfm_jax.evaluate", "finetune", *common, "--config.task.nmae=x")
+    assert_one_line_error(r, "unknown config key 'task.nmae'", "name")
+    r = run_module("gfm_jax.evaluate", "finetune", *common, "--config.finetune.epochs=1.5")
+    assert_one_line_error(r, "config key 'finetune.epochs' is an int; got '1.5'")
+    r = run_module("gfm_jax.evaluate", "probe", *common, "--model", "cnn")
+    assert_one_line_error(r, "--model=cnn", "pretrained|scratch")
+    r = run_module("gfm_jax.evaluate", "finetnue", *common)
+    assert_one_line_error(r, "unknown mode 'finetnue'", "finetune")
+
+
 def test_a_file_that_is_not_fasta(tmp_path):
     not_fasta = tmp_path / "labels.csv"
     not_fasta.write_text("sequence,label\nACGT,EI\n")

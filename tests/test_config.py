@@ -1,12 +1,15 @@
 import pathlib
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((ROOT / "configs").rglob("*.py"))
+TINY = str(ROOT / "configs/pretrain/tiny.py")
 
 
 def test_there_are_configs():
@@ -27,38 +30,66 @@ def test_every_config_file_loads(path):
         assert config.train.num_steps > 0 and config.model.name
 
 
-def test_smoke_mode_and_overrides():
+def test_smoke_mode_and_overrides_of_every_type():
     config = config_lib.load_config(
-        str(ROOT / "configs/pretrain/tiny.py") + ":smoke",
+        TINY + ":smoke",
         [
-            "--config.model.num_layers=3",
-            "--config.data.reverse_complement=false",
-            "--config.optim.learning_rate=3e-4",
-            "--config.mesh.shape=(2,-1,1)",
-            "--config.data.genomes=('a.fa','b.fa.gz')",
+            "--config.model.num_layers=3",  # int
+            "--config.data.reverse_complement=false",  # bool
+            "--config.optim.learning_rate=3e-4",  # float
+            "--config.optim.end_lr_fraction=1",  # float, written as an int
+            "--config.mesh.shape=(2,-1,1)",  # tuple of ints
+            "--config.data.genomes=('a.fa','b.fa.gz')",  # tuple of strings
+            "--config.data.val_records=chrM",  # one value for a tuple
+            "--config.train.init_from=runs/other",  # string
+            "--config.data.tokenizer=kmer3",
         ],
     )
-    assert config.train.num_steps == 10
-    assert config.model.num_layers == 3
+    assert config.train.num_steps == 10  # from the :smoke argument
+    assert config.model.num_layers == 3 and isinstance(config.model.num_layers, int)
     assert config.data.reverse_complement is False
     assert config.optim.learning_rate == pytest.approx(3e-4)
-    assert tuple(config.mesh.shape) == (2, -1, 1)
-    assert tuple(config.data.genomes) == ("a.fa", "b.fa.gz")
+    assert config.optim.end_lr_fraction == 1.0 and isinstance(config.optim.end_lr_fraction, float)
+    assert config.mesh.shape == (2, -1, 1)
+    assert config.data.genomes == ("a.fa", "b.fa.gz")
+    assert config.data.val_records == ("chrM",)
+    assert config.train.init_from == "runs/other" and config.data.tokenizer == "kmer3"
+    assert config.train.log_every == 5  # untouched keys keep the file's values
+    assert config.is_locked
+
+
+def test_overrides_of_a_task_config():
+    config = config_lib.load_config(
+        str(ROOT / "configs/tasks/splice.py"),
+        ["--config.seeds=(4,5)", "--config.task.test_rows=()", "--config.finetune.pooling=mean"],
+    )
+    assert config.seeds == (4, 5) and config.task.test_rows == ()
+    assert config.finetune.pooling == "mean" and config.task.train_rows == (0, 2000)
 
 
 def test_unknown_override_key_names_key_and_choices():
     with pytest.raises(UserError) as e:
-        config_lib.load_config(
-            str(ROOT / "configs/pretrain/tiny.py"), ["--config.model.num_layerz=3"]
-        )
-    assert "model.num_layerz" in str(e.value) and "num_layers" in str(e.value)
+        config_lib.load_config(TINY, ["--config.model.num_layerz=3"])
+    message = str(e.value)
+    assert "'model.num_layerz'" in message and "num_layers" in message and "\n" not in message
+    with pytest.raises(UserError, match=r"unknown config key 'trian.num_steps' \(under <top>"):
+        config_lib.load_config(TINY, ["--config.trian.num_steps=3"])
 
 
-def test_bad_override_value():
-    with pytest.raises(UserError, match="train.num_steps"):
-        config_lib.load_config(
-            str(ROOT / "configs/pretrain/tiny.py"), ["--config.train.num_steps=ten"]
-        )
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.num_steps=ten", "config key 'train.num_steps' is an int; got 'ten'"),
+        ("train.num_steps=1.5", "config key 'train.num_steps' is an int; got '1.5'"),
+        ("optim.learning_rate=fast", "config key 'optim.learning_rate' is a float; got 'fast'"),
+        ("data.reverse_complement=maybe", "is a bool; got 'maybe' (use true or false)"),
+        ("mesh.shape=(2, 1", "config key 'mesh.shape' is a tuple; got '(2, 1'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_key_and_type(override, message):
+    with pytest.raises(UserError) as e:
+        config_lib.load_config(TINY, [f"--config.{override}"])
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_typo_inside_config_file_is_an_error(tmp_path):
@@ -67,10 +98,78 @@ def test_typo_inside_config_file_is_an_error(tmp_path):
         "from gfm_jax.config import pretrain_defaults\n"
         "def get_config():\n    c = pretrain_defaults()\n    c.train.num_stepz = 3\n    return c\n"
     )
-    with pytest.raises(UserError, match="num_stepz"):
+    with pytest.raises(UserError) as e:
         config_lib.load_config(str(bad))
+    assert str(e.value).startswith(f"config file {bad}: unknown key 'num_stepz'")
+    assert "did you mean 'num_steps'?" in str(e.value)
+
+
+def test_config_file_that_raises_is_one_line(tmp_path):
+    raises = tmp_path / "raises.py"
+    raises.write_text("def get_config(mode='default'):\n    raise ValueError(f'no mode {mode}')\n")
+    with pytest.raises(UserError) as e:
+        config_lib.load_config(f"{raises}:fast")
+    assert str(e.value) == f"config file {raises}: ValueError: no mode fast"
+    # get_config without an argument, given one
+    with pytest.raises(UserError, match="gue.py: TypeError: get_config"):
+        config_lib.load_config(str(ROOT / "configs/suites/gue.py") + ":smoke")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    with pytest.raises(UserError, match="broken.py: SyntaxError"):
+        config_lib.load_config(str(broken))
+
+
+def test_each_file_loads_afresh(tmp_path):
+    # config_flags reuses one module name for every file; a file without get_config must not
+    # run the one a file loaded before it defined.
+    config_lib.load_config(TINY)
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(UserError, match="empty.py: it has no get_config()"):
+        config_lib.load_config(str(empty))
+    not_a_dict = tmp_path / "dict.py"
+    not_a_dict.write_text("def get_config():\n    return {'seed': 1}\n")
+    with pytest.raises(UserError, match="get_config.. must return a ConfigDict"):
+        config_lib.load_config(str(not_a_dict))
 
 
 def test_missing_config_file():
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="config file 'configs/pretrain/nope.py' not found"):
         config_lib.load_config("configs/pretrain/nope.py")
+    with pytest.raises(UserError, match="nope.py' not found"):
+        config_lib.load_config("configs/pretrain/nope.py", ["--config.seed=1"])
+
+
+def command_line_flags(argv: list[str]) -> flags.FlagValues:
+    """`--config` and `--workdir`, defined as the entry points define them."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+    flags.mark_flag_as_required("config", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "the run's directory", flag_values=fv, required=True)
+    return fv
+
+
+def test_parse_flags_of_a_command_line():
+    argv = ["prog", "--config", TINY + ":smoke", "--workdir", "w", "--config.train.num_steps", "7"]
+    fv = command_line_flags(argv)
+    assert config_lib.parse_flags(fv, argv) == ["prog"]
+    assert fv.config.train.num_steps == 7 and fv.config.train.eval_every == 10
+    assert fv.workdir == "w"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", "w"], "--config is required; see --help"),
+        (["--config", TINY], "--workdir is required; see --help"),
+        (
+            ["--config", TINY, "--workdir", "w", "--wrokdir=x"],
+            "Unknown command line flag 'wrokdir'",
+        ),
+    ],
+)
+def test_parse_flags_errors_are_one_line(args, message):
+    argv = ["prog", *args]
+    with pytest.raises(UserError) as e:
+        config_lib.parse_flags(command_line_flags(argv), argv)
+    assert message in str(e.value) and "\n" not in str(e.value)

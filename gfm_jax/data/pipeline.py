@@ -27,11 +27,16 @@ from gfm_jax.data.masking_spec import MaskingSpec
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 
-# tf.data runs on the host CPU only; keep TensorFlow off any accelerator JAX is using.
-tf.config.set_visible_devices([], "GPU")
-
 # Held-out windows do not depend on the training seed, so evaluations of different runs compare.
 EVAL_SEED = 0x5EED
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """Keeps TensorFlow off any accelerator JAX is using: tf.data runs on the host CPU only.
+
+    Process-wide, so entry points call it from main, before TensorFlow runs anything.
+    """
+    tf.config.set_visible_devices([], "GPU")
 
 
 class WindowPipeline:

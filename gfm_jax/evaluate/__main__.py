@@ -1,4 +1,4 @@
-"""Evaluation entry points. Every mode restores parameters only (never optimizer state).
+r"""Evaluation entry points. Every mode restores parameters only (never optimizer state).
 
     python -m gfm_jax.evaluate finetune   --config configs/tasks/splice.py --workdir DIR \
         [--model pretrained|scratch|cnn] [--seeds 0,1,2] [--config.k=v ...]
@@ -19,16 +19,21 @@ over every run there: summary.{json,csv,md,png}, test metrics as mean +- sd over
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
+from collections.abc import Sequence
+
+from absl import flags
+from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
 from gfm_jax.errors import UserError, exit_on_user_error
 
+PROG = "gfm_jax.evaluate"
 MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
+MODES = ("finetune", "probe", "suite", "embed", "vep", "perplexity", "aggregate", "report")
 
 
 def _seeds(text: str | None, default: tuple) -> list[int]:
@@ -45,66 +50,85 @@ def _seeds(text: str | None, default: tuple) -> list[int]:
     return seeds
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gfm_jax.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _define_task_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
+    """finetune / probe / suite: a config file and its overrides, the workdir, seeds, out."""
+    example = "configs/suites/gue.py" if mode == "suite" else "configs/tasks/splice.py"
+    config_flags.DEFINE_config_file(
+        "config", None, f"{mode} config, e.g. {example}", flag_values=fv, sys_argv=argv
     )
-    modes = parser.add_subparsers(dest="mode", required=True)
-    for name, models, help_text in (
-        ("finetune", MODELS["finetune"], "fine-tune and test a head on a task"),
-        ("probe", MODELS["probe"], "linear probe on frozen embeddings"),
-    ):
-        p = modes.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="task config, e.g. configs/tasks/splice.py")
-        p.add_argument(
-            "--workdir", required=True, help="pretraining workdir (its latest checkpoint)"
+    flags.mark_flag_as_required("config", flag_values=fv)
+    workdir_help = "pretraining workdir (its latest checkpoint)"
+    flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv, required=True)
+    seeds_help = "comma-separated seeds (default: the config's)"
+    flags.DEFINE_string("seeds", None, seeds_help, flag_values=fv)
+    out_help = "directory for the run JSONs (default WORKDIR/eval/TASK or SUITE)"
+    flags.DEFINE_string("out", None, out_help, flag_values=fv)
+    if mode == "suite":
+        flags.DEFINE_string(
+            "models", "pretrained,cnn", "comma-separated: pretrained,scratch,cnn", flag_values=fv
         )
-        p.add_argument("--model", default="pretrained", choices=models)
-        p.add_argument("--init", dest="model", choices=models, help=argparse.SUPPRESS)  # old name
-        p.add_argument(
-            "--seeds", default=None, help="comma-separated seeds (default: the config's)"
+        flags.DEFINE_enum("mode", "finetune", ("finetune", "probe"), "per task", flag_values=fv)
+        return
+    flags.DEFINE_enum("model", "pretrained", MODELS[mode], "the encoder", flag_values=fv)
+    flags.DEFINE_alias("init", "model", flag_values=fv)  # the old name of --model
+    distributed.define_flags(fv)
+
+
+def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
+    """The flags of `mode` on `fv`; `argv` is the command line they will parse."""
+    if mode in ("finetune", "probe", "suite"):
+        _define_task_flags(mode, fv, argv)
+        return
+
+    def string(name: str, help_string: str, default: str | None = None) -> None:
+        flags.DEFINE_string(name, default, help_string, flag_values=fv, required=default is None)
+
+    if mode != "aggregate":
+        string("workdir", "pretraining workdir (its latest checkpoint)")
+    if mode == "embed":
+        string("input", "FASTA (.fa/.fa.gz) or CSV with a sequence column")
+        string("out", "output .npy (an index .tsv is written beside it)")
+        flags.DEFINE_enum("pooling", "mean", ("mean", "cls"), "over the tokens", flag_values=fv)
+        flags.DEFINE_integer(
+            "window", 0, "FASTA window in bases (0: pretraining's)", flag_values=fv
         )
-        p.add_argument(
-            "--out", default=None, help="directory for the run JSONs (default WORKDIR/eval/TASK)"
-        )
-        distributed.add_flags(p)
-    s = modes.add_parser("suite", help="every task of a benchmark suite config, several models")
-    s.add_argument("--config", required=True, help="suite config, e.g. configs/suites/gue.py")
-    s.add_argument("--workdir", required=True)
-    s.add_argument(
-        "--models", default="pretrained,cnn", help="comma-separated: pretrained,scratch,cnn"
-    )
-    s.add_argument("--mode", dest="suite_mode", default="finetune", choices=("finetune", "probe"))
-    s.add_argument("--seeds", default=None)
-    s.add_argument("--out", default=None, help="default WORKDIR/eval/SUITE")
-    e = modes.add_parser("embed", help="embeddings of FASTA windows or CSV sequences to .npy")
-    e.add_argument("--workdir", required=True)
-    e.add_argument(
-        "--input", required=True, help="FASTA (.fa/.fa.gz) or CSV with a sequence column"
-    )
-    e.add_argument("--out", required=True, help="output .npy (an index .tsv is written beside it)")
-    e.add_argument("--pooling", default="mean", choices=("mean", "cls"))
-    e.add_argument("--window", type=int, default=0, help="FASTA window in bases (0: pretraining's)")
-    e.add_argument("--column", default="sequence", help="CSV sequence column")
-    v = modes.add_parser("vep", help="zero-shot variant-effect scores of a VCF")
-    v.add_argument("--workdir", required=True)
-    v.add_argument("--vcf", required=True)
-    v.add_argument("--fasta", required=True, help="the reference the VCF was called against")
-    v.add_argument("--out", required=True, help="output TSV (skipped variants: OUT.skipped.tsv)")
-    v.add_argument("--window", type=int, default=0, help="bases of context (0: pretraining's)")
-    pp = modes.add_parser("perplexity", help="held-out MLM loss / accuracy / bits per base")
-    pp.add_argument("--workdir", required=True)
-    pp.add_argument("--fasta", required=True, nargs="+")
-    pp.add_argument("--out", default=None, help="JSON (default WORKDIR/eval/perplexity.json)")
-    a = modes.add_parser("aggregate", help="one table over run JSONs from any number of runs")
-    a.add_argument("runs", nargs="+", help="run JSON files or directories holding them")
-    a.add_argument("--out", required=True, help="directory for summary.{json,csv,md,png}")
-    rp = modes.add_parser("report", help="print the quickstart table of a workdir")
-    rp.add_argument("--workdir", required=True)
-    rp.add_argument("--task", default="splice", help="the fine-tuning task in the table")
-    return parser
+        string("column", "CSV sequence column", "sequence")
+    elif mode == "vep":
+        string("vcf", "variants (.vcf or .vcf.gz)")
+        string("fasta", "the reference the VCF was called against")
+        string("out", "output TSV (skipped variants: OUT.skipped.tsv)")
+        flags.DEFINE_integer("window", 0, "bases of context (0: pretraining's)", flag_values=fv)
+    elif mode == "perplexity":
+        fasta_help = "held-out FASTA files (--fasta a.fa b.fa, or the flag repeated)"
+        flags.DEFINE_multi_string("fasta", None, fasta_help, flag_values=fv, required=True)
+        string("out", "JSON (default WORKDIR/eval/perplexity.json)", "")
+    elif mode == "aggregate":
+        string("out", "directory for summary.{json,csv,md,png} (after the run JSONs or dirs)")
+    elif mode == "report":
+        string("task", "the fine-tuning task in the table", "splice")
+
+
+def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
+    """(mode, its parsed flags, positional arguments) of a command line without the program."""
+    argv = list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    mode = argv[0] if argv else ""
+    if mode not in MODES:
+        given = f"unknown mode {mode!r}" if mode else "no mode given"
+        raise UserError(f"{given}; choose one of {', '.join(MODES)} (see --help)")
+    command = [f"{PROG} {mode}", *argv[1:]]
+    fv = flags.FlagValues()
+    _define_flags(mode, fv, command)
+    rest = config_lib.parse_flags(fv, command, usage=__doc__)[1:]
+    # aggregate's runs are positional, and so are perplexity's FASTA files after the first
+    # (`--fasta a.fa b.fa`, as well as `--fasta a.fa --fasta b.fa`).
+    if mode == "aggregate" and not rest:
+        raise UserError("aggregate needs run JSON files or directories holding them")
+    if mode not in ("aggregate", "perplexity") and rest:
+        raise UserError(f"unexpected arguments {rest}; see {PROG} {mode} --help")
+    return mode, fv, rest
 
 
 def _run_task(
@@ -129,76 +153,83 @@ def _task_dir(workdir: str, config) -> pathlib.Path:
     return pathlib.Path(workdir) / "eval" / name
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides, rest = config_lib.split_config_overrides(argv)
-    args = _parser().parse_args(rest)
+def _run_tasks(mode: str, args: flags.FlagValues) -> None:
+    """finetune / probe on one task config, or every task of a suite config."""
+    from gfm_jax.evaluate import results
 
-    with exit_on_user_error("gfm_jax.evaluate"):
+    config = args.config
+    if mode in ("finetune", "probe"):
+        out = pathlib.Path(args.out) if args.out else _task_dir(args.workdir, config)
+        _run_task(mode, config, args.workdir, args.model, _seeds(args.seeds, config.seeds), out)
+        import jax
+
+        if jax.process_index() == 0:
+            print(results.summarize(results.load_runs([out]), out))
+        return
+    from gfm_jax.evaluate import suites
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    allowed = MODELS[args.mode]
+    if not models or set(models) - set(allowed):
+        raise UserError(f"--models={args.models!r}: {args.mode} takes {allowed}")
+    out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / config.suite.name)
+    for task_config in suites.task_configs(config):
+        for model in models:
+            _run_task(
+                args.mode, task_config, args.workdir, model,
+                _seeds(args.seeds, config.seeds), out / task_config.task.name,
+            )  # fmt: skip
+    print(results.summarize(results.load_runs([out]), out))
+
+
+def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
+    """embed / vep / perplexity: one process on the local devices."""
+    if mode == "embed":
+        from gfm_jax.evaluate import embed
+
+        result = embed.run(
+            args.workdir, args.input, args.out, args.pooling, args.window, args.column
+        )
+        print(json.dumps(result))
+    elif mode == "vep":
+        from gfm_jax.evaluate import vep
+
+        print(json.dumps(vep.run(args.workdir, args.vcf, args.fasta, args.out, args.window)))
+    elif mode == "perplexity":
+        from gfm_jax.evaluate import perplexity
+
+        result = perplexity.run(args.workdir, [*args.fasta, *rest])
+        out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / "perplexity.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: result[k] for k in ("loss", "accuracy", "bits_per_base", "windows")}))
+        print(f"wrote {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs `argv` (default: this process's command line, without the program name)."""
+    with exit_on_user_error(PROG):
+        mode, args, rest = _parse(sys.argv[1:] if argv is None else argv)
         from gfm_jax.evaluate import results
 
-        if args.mode == "report":
+        if mode == "report":
             from gfm_jax.evaluate.report import quickstart_table
 
             print(quickstart_table(args.workdir, args.task))
             return
-        if args.mode == "aggregate":
-            print(results.summarize(results.load_runs(args.runs), args.out))
+        if mode == "aggregate":
+            print(results.summarize(results.load_runs(rest), args.out))
             return
-        if args.mode in ("finetune", "probe"):
+        if mode in ("finetune", "probe"):
             distributed.initialize(args)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
-        if args.mode in ("finetune", "probe"):
-            config = config_lib.load_config(args.config, overrides)
-            out = pathlib.Path(args.out) if args.out else _task_dir(args.workdir, config)
-            _run_task(
-                args.mode, config, args.workdir, args.model, _seeds(args.seeds, config.seeds), out
-            )
-            import jax
+        from gfm_jax.data.pipeline import hide_gpus_from_tensorflow
 
-            if jax.process_index() == 0:
-                print(results.summarize(results.load_runs([out]), out))
-        elif args.mode == "suite":
-            from gfm_jax.evaluate import suites
-
-            config = config_lib.load_config(args.config, overrides)
-            models = [m.strip() for m in args.models.split(",") if m.strip()]
-            allowed = MODELS[args.suite_mode]
-            if not models or set(models) - set(allowed):
-                raise UserError(f"--models={args.models!r}: {args.suite_mode} takes {allowed}")
-            out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / config.suite.name)
-            for task_config in suites.task_configs(config):
-                for model in models:
-                    _run_task(
-                        args.suite_mode, task_config, args.workdir, model,
-                        _seeds(args.seeds, config.seeds), out / task_config.task.name,
-                    )  # fmt: skip
-            print(results.summarize(results.load_runs([out]), out))
-        elif args.mode == "embed":
-            from gfm_jax.evaluate import embed
-
-            print(
-                json.dumps(
-                    embed.run(
-                        args.workdir, args.input, args.out, args.pooling, args.window, args.column
-                    )
-                )
-            )
-        elif args.mode == "vep":
-            from gfm_jax.evaluate import vep
-
-            print(json.dumps(vep.run(args.workdir, args.vcf, args.fasta, args.out, args.window)))
-        elif args.mode == "perplexity":
-            from gfm_jax.evaluate import perplexity
-
-            result = perplexity.run(args.workdir, args.fasta)
-            out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / "perplexity.json")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1))
-            print(
-                json.dumps({k: result[k] for k in ("loss", "accuracy", "bits_per_base", "windows")})
-            )
-            print(f"wrote {out}")
+        hide_gpus_from_tensorflow()
+        if mode in ("finetune", "probe", "suite"):
+            _run_tasks(mode, args)
+        else:
+            _run_tool(mode, args, rest)
 
 
 if __name__ == "__main__":

@@ -12,40 +12,60 @@ SwiGLU needs NT's own modelling code).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Sequence
 
+from absl import flags
+
+from gfm_jax import config as config_lib
 from gfm_jax.errors import UserError, exit_on_user_error
 
+PROG = "gfm_jax.interop"
+MODES = ("import", "export")
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="gfm_jax.interop",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    modes = parser.add_subparsers(dest="mode", required=True)
-    imp = modes.add_parser("import", help="Hugging Face directory -> gfm_jax workdir")
-    imp.add_argument(
-        "src", help="directory with config.json, model.safetensors (or .bin), vocab.txt"
-    )
-    imp.add_argument("--workdir", required=True)
-    exp = modes.add_parser("export", help="gfm_jax workdir -> Hugging Face directory")
-    exp.add_argument("--workdir", required=True)
-    exp.add_argument("--out", required=True)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    with exit_on_user_error("gfm_jax.interop"):
+
+def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
+    """(mode, its parsed flags, positional arguments) of a command line without the program."""
+    argv = list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    mode = argv[0] if argv else ""
+    if mode not in MODES:
+        given = f"unknown mode {mode!r}" if mode else "no mode given"
+        raise UserError(f"{given}; choose import or export (see --help)")
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "the gfm_jax workdir", flag_values=fv, required=True)
+    if mode == "export":
+        flags.DEFINE_string("out", None, "Hugging Face directory", flag_values=fv, required=True)
+    rest = config_lib.parse_flags(fv, [f"{PROG} {mode}", *argv[1:]], usage=__doc__)[1:]
+    if mode == "import" and len(rest) != 1:
+        raise UserError(
+            "import takes one directory with config.json, model.safetensors (or .bin) and "
+            f"vocab.txt; got {rest}"
+        )
+    if mode == "export" and rest:
+        raise UserError(f"unexpected arguments {rest}; see {PROG} export --help")
+    return mode, fv, rest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs `argv` (default: this process's command line, without the program name)."""
+    with exit_on_user_error(PROG):
+        mode, args, rest = _parse(sys.argv[1:] if argv is None else argv)
         try:
             import safetensors  # noqa: F401
         except ImportError:
             raise UserError(
                 "gfm_jax.interop needs the interop extra: pip install -e '.[interop]'"
             ) from None
+        from gfm_jax.data.pipeline import hide_gpus_from_tensorflow
         from gfm_jax.interop import workdir
 
-        if args.mode == "import":
-            result = workdir.import_checkpoint(args.src, args.workdir)
+        hide_gpus_from_tensorflow()
+        if mode == "import":
+            result = workdir.import_checkpoint(rest[0], args.workdir)
             print(json.dumps(result, indent=1))
             print(
                 "train from it with: --config.train.init_from="

@@ -1,37 +1,69 @@
-"""python -m gfm_jax.train --config configs/pretrain/tiny.py --workdir DIR [--config.k=v ...]"""
+"""python -m gfm_jax.train --config configs/pretrain/tiny.py --workdir DIR [--config.k=v ...]
+
+`--config=FILE.py[:ARG]` loads FILE's get_config(ARG); each `--config.a.b=v` then sets one key,
+parsed to the type of the value it replaces (e.g. --config.train.num_steps=10,
+--config.data.genomes="('a.fa','b.fa.gz')").
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
-from gfm_jax.errors import exit_on_user_error
+from gfm_jax.errors import UserError, exit_on_user_error
+
+PROG = "gfm_jax.train"
+FLAGS = flags.FLAGS
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides, rest = config_lib.split_config_overrides(argv)
-    parser = argparse.ArgumentParser(prog="gfm_jax.train", description=__doc__)
-    parser.add_argument(
-        "--config", required=True, help="config file, e.g. configs/pretrain/tiny.py"
+def _define_flags(argv: list[str] | None) -> None:
+    """`argv`: the command line to parse (None: sys.argv), where config_flags finds overrides."""
+    config_flags.DEFINE_config_file(
+        "config", None, "config file, e.g. configs/pretrain/tiny.py[:smoke]", sys_argv=argv
     )
-    parser.add_argument("--workdir", required=True, help="checkpoints and metrics go here")
-    distributed.add_flags(parser)
-    args = parser.parse_args(rest)
-    with exit_on_user_error("gfm_jax.train"):
-        distributed.initialize(args)
+    flags.mark_flag_as_required("config")
+    flags.DEFINE_string("workdir", None, "checkpoints and metrics go here", required=True)
+    distributed.define_flags(FLAGS)
+    flags.adopt_module_key_flags(distributed)  # --help lists them
+
+
+def _parse(argv: Sequence[str]) -> list[str]:
+    with exit_on_user_error(PROG):
+        return config_lib.parse_flags(FLAGS, argv)
+
+
+def _run(argv: Sequence[str]) -> None:
+    with exit_on_user_error(PROG):
+        if len(argv) > 1:
+            raise UserError(f"unexpected arguments {argv[1:]}; see --help")
+        if not FLAGS["verbosity"].present:  # absl.app raises it to INFO: keep library logs quiet
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        distributed.initialize(FLAGS)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
-        config = config_lib.load_config(args.config, overrides)
+        from gfm_jax.data.pipeline import hide_gpus_from_tensorflow
+
+        hide_gpus_from_tensorflow()
         from gfm_jax.train.loop import train  # after distributed start-up: imports jax users
         from gfm_jax.train.preemption import Preempted
 
         try:
-            train(config, args.workdir)
+            train(FLAGS.config, FLAGS.workdir)
         except Preempted as e:
-            print(f"gfm_jax.train: {e}", file=sys.stderr, flush=True)
+            print(f"{PROG}: {e}", file=sys.stderr, flush=True)
             raise SystemExit(e.exit_code) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs `argv` (default: this process's command line, without the program name)."""
+    full = None if argv is None else [PROG, *argv]
+    _define_flags(full)
+    app.run(_run, argv=full, flags_parser=_parse)
 
 
 if __name__ == "__main__":
