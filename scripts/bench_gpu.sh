@@ -3,27 +3,19 @@
 # flax, optax, ml-collections, pytest, torch and transformers. From the repository root:
 #     bash scripts/bench_gpu.sh [DOCS_FILE] [STEPS]
 # DOCS_FILE defaults to docs/benchmarks.md; STEPS to "checks mfu nt_v2_500m nt_v2_50m":
-#   checks      the GPU tests (cuDNN attention, the Pallas kernels), then a small odd-length
-#               shape with holes through both attention paths (fails in seconds on a broken
-#               environment), then SwiGLU's backward pass through the down projection kernel
-#               by kernel: XLA's, the Pallas kernels', the fused kernel at several block
-#               shapes (scripts/bench_pallas.py, about a minute)
+#   checks      the GPU tests (cuDNN attention against the reference), then a small odd-length
+#               shape with holes through both kernel settings (fails in seconds on a broken
+#               environment)
 #   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32, in one process
-#               (scripts/bench_mfu.py; two 500M states do not fit one H100 together, so they
-#               run one after the other; a variant that fails is a row): the default (on a GPU
-#               the Pallas kernels for the norms with the residual stream and for SwiGLU's
-#               backward pass, with the kernel profile), the default before them (the norms'
-#               written-out backward pass, XLA's SwiGLU backward pass), then SwiGLU's backward
-#               pass inside the down projection's matmul (glu_grad=fused); the A/B pair runs
-#               first so that a timeout cannot cost it
+#               (scripts/bench_mfu.py): kernels=auto (with the kernel profile), then
+#               kernels=xla, the reference, one after the other (two 500M states do not fit
+#               one H100 together)
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
-#   nt_v2_50m   the same at nt_v2_50m, with XLA attention, the published model and holes
-# On an H100 one unrolled nt_v2_500m compile took about 105 s (the first in a process 194 to
-# 243 s with its warm-up, later ones 36 to 53 s; the profile about 100 s; the checks about
-# 110 s): run "checks", then "mfu" (about 8 minutes), each a command of its own within 10
-# minutes (a fourth mfu variant does not fit one); then "nt_v2_500m",
-# then "nt_v2_50m". Each step replaces its own section, and bench_mfu.py writes
-# its table after every variant, so a failure or a timeout keeps what was measured.
+#   nt_v2_50m   the same at nt_v2_50m, with kernels=xla, the published model and holes
+# One unrolled nt_v2_500m compile takes about 2 minutes on an H100 (the first in a process about
+# 4 with its warm-up): run each step as a command of its own within 10 minutes. Each step
+# replaces its own section, and bench_mfu.py writes its table after every variant, so a
+# failure or a timeout keeps what was measured.
 set -uo pipefail
 docs=$(realpath "${1:-docs/benchmarks.md}")
 steps=${2:-checks mfu nt_v2_500m nt_v2_50m}
@@ -35,32 +27,26 @@ done
 has() { [[ " $steps " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 if has checks; then
-    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py \
-        tests/test_gpu_pallas.py || exit 1
-    # Odd length (CLS + 256, as real windows) and holes: both attention paths compile and run.
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py || exit 1
+    # Odd length (CLS + 256, as real windows) and holes: both settings compile and run.
     (cd scripts && timeout 120 python3 bench_train.py --repeats 1 --steps 2 --layers 2 \
         --hidden 128 --heads 2 --ffn 256 --tokens 257 --batch 2 --dtype bfloat16 \
-        --attention cudnn,xla --holes) || exit 1
+        --kernels auto,xla --holes) || exit 1
 fi
 cd scripts || exit 1
 failed=0
-if has checks; then
-    timeout 240 python3 bench_pallas.py --write "$docs" || failed=1
-fi
-if has mfu; then  # the profile is of the first variant, the default
+if has mfu; then  # the profile is of the first variant
     timeout 540 python3 bench_mfu.py --preset nt_v2_500m --tokens 1024 --dtype bfloat16 \
-        --variant "scan_layers=0 batch=32" \
-        --variant "scan_layers=0 batch=32 norm_grad=written glu_grad=xla" \
-        --variant "scan_layers=0 batch=32 glu_grad=fused" --repeats 3 \
-        --steps 10 --profile --write "$docs" || failed=1
+        --variant "scan_layers=0 batch=32" --variant "scan_layers=0 batch=32 kernels=xla" \
+        --repeats 3 --steps 10 --profile --write "$docs" || failed=1
 fi
 if has nt_v2_500m; then
     timeout 420 python3 bench_train.py --preset nt_v2_500m --batch 16 --tokens 1024 \
-        --dtype bfloat16 --attention cudnn --repeats 5 --steps 10 --write "$docs" || failed=1
+        --dtype bfloat16 --kernels auto --repeats 5 --steps 10 --write "$docs" || failed=1
 fi
 if has nt_v2_50m; then
     timeout 300 python3 bench_train.py --preset nt_v2_50m --batch 32 --tokens 1024 \
-        --dtype bfloat16 --attention cudnn,xla --native --holes --repeats 5 --steps 10 \
+        --dtype bfloat16 --kernels auto,xla --native --holes --repeats 5 --steps 10 \
         --write "$docs" || failed=1
 fi
 exit $failed

@@ -5,7 +5,7 @@
         --variant "scan_layers=1 remat=save_dots batch=32" --profile [--write docs/benchmarks.md]
 
 Each `--variant` is space-separated `key=value` pairs: `batch` and any `model.*` key
-(`scan_layers`, `remat`, `attention`, `matmul`, `dtype`, ...). Variants run one after
+(`scan_layers`, `remat`, `kernels`, `dtype`, ...). Variants run one after
 another, each compiled, warmed up, timed `--repeats` times over `--steps` steps (median) and
 freed before the next, so one that runs out of memory is reported as such and the others still
 run. `--profile` traces the first variant that ran with `jax.profiler` and sums device time
@@ -39,7 +39,6 @@ from benchmarks_md import publish  # noqa: E402
 from gfm_jax import host_memory  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
-from gfm_jax.models.layers import resolve_glu_grad, resolve_norm_grad  # noqa: E402
 from gfm_jax.train import flops  # noqa: E402
 
 # Kernel-name fragments -> category, first match wins (cuBLAS / CUTLASS / XLA Triton matmuls,
@@ -184,8 +183,7 @@ def main() -> None:
             "",
             f"Device: {jax.devices()[0].device_kind}, Python {platform.python_version()}, jax "
             f"{jax.__version__}. {args.preset} as published, {args.dtype}, {args.tokens} tokens, "
-            f"MLM head at the 6-sigma bound, `norm_grad={resolve_norm_grad(base.norm_grad)}` "
-            f"and `glu_grad={resolve_glu_grad(base.glu_grad)}` unless a variant sets them; "
+            f"MLM head at the 6-sigma bound, `kernels={base.kernels}` unless a variant sets it; "
             f"medians of {args.repeats} timings of {args.steps} "
             "steps, variants one after another. Peak memory is the process's so far (it only "
             "grows).",

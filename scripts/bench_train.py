@@ -115,7 +115,7 @@ def esm_step_rate(cfg: EncoderConfig, tokens: int, batch: int, steps: int):
     return measure, num_params, desc
 
 
-def esm_shape(args: argparse.Namespace, preset: str | None, attention: str) -> EncoderConfig:
+def esm_shape(args: argparse.Namespace, preset: str | None, kernels: str) -> EncoderConfig:
     """ESM's architecture (rotary, GELU FFN with biases, tied decoder) at a preset's sizes."""
     sizes = dict(
         num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads, mlp_dim=args.ffn
@@ -128,8 +128,7 @@ def esm_shape(args: argparse.Namespace, preset: str | None, attention: str) -> E
         use_bias_mlp=True,
         tie_embeddings=True,
         norm_eps=1e-5,
-        attention=attention,
-        matmul=args.matmul,
+        kernels=kernels,
         dtype=args.dtype,
         scan_layers=args.scan,
         **sizes,
@@ -138,8 +137,8 @@ def esm_shape(args: argparse.Namespace, preset: str | None, attention: str) -> E
 
 def bench_shape(args: argparse.Namespace, preset: str | None, batch: int) -> list[str]:
     """Times the gfm_jax variants beside ESM at one shape; returns that shape's table lines."""
-    variants = args.attention.split(",")
-    cfgs = {f"gfm_jax (attention {a})": esm_shape(args, preset, a) for a in variants}
+    variants = args.kernels.split(",")
+    cfgs = {f"gfm_jax (kernels {k})": esm_shape(args, preset, k) for k in variants}
     timers = {
         name: jax_step_rate(cfg, args.tokens, batch, args.steps) for name, cfg in cfgs.items()
     }
@@ -152,8 +151,7 @@ def bench_shape(args: argparse.Namespace, preset: str | None, batch: int) -> lis
     if args.native and preset:
         native = dataclasses.replace(
             EncoderConfig.from_config(presets.get(preset), args.vocab),
-            attention=variants[0],
-            matmul=args.matmul,
+            kernels=variants[0],
             dtype=args.dtype,
             scan_layers=args.scan,
         )
@@ -225,8 +223,7 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="also the preset's own model")
     parser.add_argument("--holes", action="store_true", help="also a batch with padding holes")
     parser.add_argument("--write", default=None, help="Markdown file to put the table in")
-    parser.add_argument("--attention", default="auto", help="model.attention, comma-separated")
-    parser.add_argument("--matmul", default="auto", help="model.matmul for gfm_jax")
+    parser.add_argument("--kernels", default="auto", help="model.kernels, comma-separated")
     args = parser.parse_args()
     # As `python -m gfm_jax.train` does; it applies to the whole process, so to torch as well.
     retained = host_memory.retain_freed_memory()
@@ -243,7 +240,7 @@ def main() -> None:
         + (f", GPU: {args.preset or 'custom'})" if backend == "gpu" else ")"),
         "",
         f"Device: {device}, {where}, Python {platform.python_version()}, jax {jax.__version__}. "
-        f"gfm_jax matmul: {args.matmul}, scan over layers: {args.scan}; MLM head at the masked "
+        f"scan over layers: {args.scan}; MLM head at the masked "
         "positions (a 6-sigma bound, ESM computes every position); freed host memory kept in "
         f"the process for both: {retained} (gfm_jax/host_memory.py). MFU uses "
         f"{(flops.peak_flops(args.dtype) or 0) / 1e12:,.0f} TFLOP/s as the {args.dtype} peak "

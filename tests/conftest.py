@@ -56,11 +56,16 @@ def root() -> pathlib.Path:
 
 @pytest.fixture
 def cudnn_as_xla(monkeypatch) -> list[dict]:
-    """Lets `attention="cudnn"` run on CPU: `jax.nn.dot_product_attention` computes with XLA
-    (which takes key lengths too) whatever implementation it is asked for. Returns the log of
-    calls, each {"implementation", "key_lengths", "mask", "length"}, to check what cuDNN would
-    get."""
+    """Lets the cuDNN attention path run on a CPU: `model.kernels="auto"` picks it, and
+    `jax.nn.dot_product_attention` computes with XLA (which takes key lengths too) whatever
+    implementation it is asked for. Returns the log of calls, each {"implementation",
+    "key_lengths", "mask", "length"}, to check what cuDNN would get."""
+    import importlib
+
     import jax
+
+    # The module, which `gfm_jax.ops.attention` (the function) shadows as an attribute.
+    attention_ops = importlib.import_module("gfm_jax.ops.attention")
 
     real = jax.nn.dot_product_attention
     calls = []
@@ -77,4 +82,9 @@ def cudnn_as_xla(monkeypatch) -> list[dict]:
         return real(*args, implementation="xla", **kwargs)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
+    monkeypatch.setattr(
+        attention_ops,
+        "implementation",
+        lambda kernels, dtype, length: {"auto": "cudnn"}.get(kernels, "xla"),
+    )
     return calls

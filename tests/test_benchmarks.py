@@ -23,40 +23,22 @@ def test_bench_mfu_refuses_an_unknown_variant_key_by_name():
     assert "unknown key 'bogus'" in result.stderr
 
 
-def test_bench_pallas_times_every_swiglu_down_variant_and_checks_its_values(tmp_path):
-    """On a CPU the kernels are interpreted at a small shape: every variant is a row with a
-    positive time, and each agrees with XLA's (the baseline) to bf16 rounding."""
-    docs = tmp_path / "benchmarks.md"
-    result = run_script(
-        *("bench_pallas.py", "--interpret", "--tokens", "256", "--hidden", "128"),
-        *("--features", "256", "--calls", "1", "--repeats", "1", "--write", str(docs)),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    text = docs.read_text()
-    assert text.count("<!-- bench_pallas swiglu_down -->") == 2
-    rows = [line for line in text.splitlines() if line.startswith(("| XLA", "| fused"))]
-    assert len(rows) == 2 + 6 and sum(row.startswith("| fused") for row in rows) == 6
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[1]) > 0, row
-        assert float(cells[4]) < 3e-2, row  # bf16 rounding of dh, not a wrong kernel
-
-
 @pytest.mark.slow
 def test_bench_mfu_times_each_variant_and_writes_its_section(tmp_path):
     docs = tmp_path / "benchmarks.md"
     result = run_script(
         *("bench_mfu.py", "--preset", "tiny", "--tokens", "64", "--dtype", "float32"),
-        *("--variant", "scan_layers=1 batch=2", "--variant", "attention=cudnn batch=2"),
+        *("--variant", "scan_layers=1 batch=2"),
+        *("--variant", "position=learned max_positions=8 batch=2"),
         *("--variant", "remat=full batch=4"),
         *("--repeats", "1", "--steps", "1", "--profile", "--write", str(docs)),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = docs.read_text()
     assert text.count("<!-- bench_mfu tiny -->") == 2
-    # cuDNN attention cannot run on a CPU: that variant is a row saying so, and the variant
-    # after it is still timed.
-    assert "| attention=cudnn batch=2 | failed: " in text
+    # 64 tokens do not fit 8 learned positions: that variant is a row saying so, and the
+    # variant after it is still timed.
+    assert "| position=learned max_positions=8 batch=2 | failed: " in text
     rows = [line for line in text.splitlines() if line.startswith(("| scan_layers", "| remat"))]
     assert len(rows) == 2
     for row in rows:  # tokens/s and step time are positive numbers
@@ -69,13 +51,13 @@ def test_bench_train_times_both_frameworks_and_the_batch_with_holes():
     result = run_script(
         *("bench_train.py", "--layers", "1", "--hidden", "32", "--heads", "2", "--ffn", "64"),
         *("--tokens", "65", "--batch", "2", "--repeats", "1", "--steps", "1"),
-        *("--attention", "xla,blocked", "--holes"),
+        *("--kernels", "xla,auto", "--holes"),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in (
-        "gfm_jax (attention xla)",
-        "gfm_jax (attention blocked)",
-        "gfm_jax (attention xla), padding holes",
+        "gfm_jax (kernels xla)",
+        "gfm_jax (kernels auto)",
+        "gfm_jax (kernels xla), padding holes",
         "transformers ESM (sdpa)",
     ):
         assert name in result.stdout

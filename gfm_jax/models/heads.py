@@ -30,14 +30,11 @@ class MlmHead(nn.Module):
     def __call__(self, h_BxLxD: jax.Array, embedding_VxD: jax.Array | None = None) -> jax.Array:
         c = self.config
         dtype = dtype_of(c.dtype)
-        h = dense(c.hidden_size, ("embed", "mlp"), name="dense", std=c.init_std, dtype=dtype)(
-            h_BxLxD
-        )
-        h = Norm(c.norm, c.norm_eps, dtype, c.norm_grad, name="norm")(exact_gelu(h))
+        common = dict(std=c.init_std, dtype=dtype, kernels=c.kernels)
+        h = dense(c.hidden_size, ("embed", "mlp"), name="dense", **common)(h_BxLxD)
+        h = Norm(c.norm, c.norm_eps, dtype, name="norm")(exact_gelu(h))
         if embedding_VxD is None:
-            decoder = dense(
-                c.vocab_size, ("embed", "vocab"), name="decoder", std=c.init_std, dtype=dtype
-            )
+            decoder = dense(c.vocab_size, ("embed", "vocab"), name="decoder", **common)
             return decoder(h).astype(jnp.float32)
         bias_V = self.param("decoder_bias", zeros_init(("vocab",)), (c.vocab_size,), jnp.float32)
         logits_BxLxV = jnp.einsum("bld,vd->blv", h, embedding_VxD.astype(dtype))

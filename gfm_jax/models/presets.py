@@ -1,7 +1,7 @@
 """Named model sizes. `get(name)` returns a ConfigDict that `config.model` holds.
 
-Shapes follow the public configurations (see DESIGN.md section 6); the vocabulary size is not a
-model hyperparameter here, it comes from the tokenizer chosen in `config.data.tokenizer`.
+Shapes follow the public model cards and configurations; the vocabulary size is not a model
+hyperparameter here, it comes from the tokenizer chosen in `config.data.tokenizer`.
 """
 
 from __future__ import annotations
@@ -23,18 +23,11 @@ def _base() -> dict:
         use_bias_mlp=False,
         norm="layernorm",  # layernorm | rmsnorm
         norm_eps=1e-5,
-        # auto (pallas on GPU, else xla) | xla | written | pallas (GPU, one device: the norms
-        # and the residual add as Pallas kernels; else written): the norms' backward pass
-        norm_grad="auto",
-        # auto (pallas on GPU, else xla) | xla | pallas | fused (GPU, one device): SwiGLU's
-        # backward pass as a Pallas kernel, or inside the down projection's matmul
-        glu_grad="auto",
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
         dtype="float32",  # compute dtype; parameters stay float32
-        attention="auto",  # auto (blocked on CPU, cuDNN for bf16 on GPU) | blocked | xla | cudnn
-        matmul="auto",  # auto (cpu_gemm on CPU, else xla) | xla | cpu_gemm: dense backward
+        kernels="auto",  # auto (the fastest measured per backend) | xla (see gfm_jax/ops)
         remat="none",  # none | full | save_dots
         scan_layers=False,
         tie_embeddings=False,  # MLM decoder shares the token embedding matrix

@@ -1,35 +1,21 @@
-"""Dense-layer matmuls whose backward pass XLA:CPU runs as plain row-major GEMMs.
+"""A dense layer's matmul for XLA:CPU (`model.kernels="auto"` on a CPU).
 
-A dense layer's backward pass has two matmuls: dx = dy W^T and dW = x^T dy, the second
-contracting over the token axis. Left to itself, XLA:CPU lowers that contraction to an
-Eigen dot on transposed operands, preceded by a full transpose of the widest activation, and
-runs it asynchronously beside the next YNNPACK matmul, so the two contend for the same cores.
-`cpu_gemm_dot_general` instead transposes the narrower operand (for an FFN, the 256-wide
-side rather than the 1024-wide one) behind an optimization barrier, so the weight gradient is
-one more row-major GEMM of the kind the forward pass runs, executed in turn.
-
-Only the CPU benefits: GPU BLAS takes transposed operands natively, so `auto` resolves to plain
-`lax.dot_general` there (see `resolve_matmul`).
+A dense layer's weight
+gradient x^T dy contracts over the token axis, which XLA:CPU runs as an Eigen contraction on
+transposed operands beside the next matmul, the two contending for the cores. Here the narrower
+operand is transposed instead, behind an optimization barrier, so the weight gradient is one
+more row-major GEMM like those of the forward pass. GPU BLAS takes transposed operands
+natively, so only the CPU gets this.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-MATMULS = ("auto", "xla", "cpu_gemm")
-
-
-def resolve_matmul(matmul: str) -> str:
-    """`auto` -> `cpu_gemm` on the CPU backend, else `xla`."""
-    if matmul == "auto":
-        return "cpu_gemm" if jax.default_backend() == "cpu" else "xla"
-    return matmul
 
 
 def _materialize(x: jax.Array) -> jax.Array:
@@ -91,8 +77,3 @@ def cpu_gemm_dot_general(
     contract = math.prod(rhs.shape[:n_contract])
     y = _matmul(lhs.reshape(-1, contract), rhs.reshape(contract, -1))
     return y.reshape(*batch_shape, *out_shape)
-
-
-def dot_general_for(matmul: str) -> Callable[..., jax.Array]:
-    """The dot_general a dense layer should use for `model.matmul`."""
-    return cpu_gemm_dot_general if resolve_matmul(matmul) == "cpu_gemm" else lax.dot_general
