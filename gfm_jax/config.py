@@ -14,7 +14,7 @@ import pathlib
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -268,7 +268,50 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], usage: str =
     spec = _flag_text(argv, CONFIG_FLAG)
     if CONFIG_FLAG in flag_values and spec is not None:
         _check_loaded(flag_values[CONFIG_FLAG].value, spec)
+        _check_tuple_overrides(flag_values[CONFIG_FLAG].value, spec, argv)
     return rest
+
+
+def _check_tuple_overrides(config: ConfigDict, spec: str, argv: Sequence[str]) -> None:
+    """config_flags takes any text for a tuple key, as a tuple of one string: refuses that
+    where the file's default holds numbers or tuples (`--config.seeds=x`)."""
+    keys = _override_keys(argv)
+    defaults = _load_file(spec) if keys else None
+    for key in keys:
+        default, value = _get(defaults, key), _get(config, key)
+        if not (isinstance(default, tuple) and default and isinstance(value, tuple)):
+            continue
+        if all(not isinstance(d, str) for d in default) and any(isinstance(v, str) for v in value):
+            raise UserError(_bad_value(defaults, key, _flag_text(argv, f"{CONFIG_FLAG}.{key}")))
+
+
+def _get(config: ConfigDict, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def parse_mode(
+    prog: str,
+    modes: Sequence[str],
+    argv: Sequence[str],
+    define: Callable[[str, flags.FlagValues, list[str]], None],
+    usage: str,
+) -> tuple[str, flags.FlagValues, list[str]]:
+    """(mode, its parsed flags, positional arguments) of `prog MODE --flag ...` (`argv`
+    without the program): `define(mode, flag_values, command)` declares the mode's flags."""
+    argv = list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        raise SystemExit(0)
+    mode = argv[0] if argv else ""
+    if mode not in modes:
+        given = f"unknown mode {mode!r}" if mode else "no mode given"
+        raise UserError(f"{given}; choose one of {', '.join(modes)} (see --help)")
+    command = [f"{prog} {mode}", *argv[1:]]
+    flag_values = flags.FlagValues()
+    define(mode, flag_values, command)
+    return mode, flag_values, parse_flags(flag_values, command, usage=usage)[1:]
 
 
 def _run_parser(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
@@ -350,9 +393,7 @@ def _unknown_key(config: ConfigDict, key: str) -> str | None:
 
 
 def _bad_value(config: ConfigDict, key: str, text: str | None) -> str:
-    current = config
-    for part in key.split("."):
-        current = current[part]
+    current = _get(config, key)
     hint = {
         bool: " (use true or false)",
         tuple: " (write a Python tuple, e.g. (2,-1,1) or ('a.fa','b.fa'))",

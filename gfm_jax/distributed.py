@@ -32,22 +32,34 @@ from gfm_jax.errors import UserError
 DEFAULT_HEARTBEAT_TIMEOUT = 60  # seconds; JAX's own default is 100
 
 
+def _env_int(name: str, default: int | None = None) -> int | None:
+    """An integer environment variable, or a one-line error naming it."""
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"environment variable {name}={text!r} is not an integer") from None
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
     """The multi-process flags on `flag_values` (absl); their defaults come from the environment."""
     env = os.environ.get
     fv = flag_values
+    num = _env_int
     flags.DEFINE_string(
         "coordinator", env("JAX_COORDINATOR_ADDRESS"), "HOST:PORT of process 0", flag_values=fv
     )
     flags.DEFINE_integer(
-        "num_processes", env("JAX_NUM_PROCESSES"), "processes in the run", flag_values=fv
+        "num_processes", num("JAX_NUM_PROCESSES"), "processes in the run", flag_values=fv
     )
     flags.DEFINE_integer(
-        "process_id", env("JAX_PROCESS_ID"), "this process, from 0", flag_values=fv
+        "process_id", num("JAX_PROCESS_ID"), "this process, from 0", flag_values=fv
     )
     flags.DEFINE_integer(
         "cpu_devices",
-        env("JAX_NUM_CPU_DEVICES"),
+        num("JAX_NUM_CPU_DEVICES"),
         "CPU devices per process (local multi-device runs without an accelerator)",
         flag_values=fv,
     )
@@ -59,7 +71,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     )
     flags.DEFINE_integer(
         "heartbeat_timeout",
-        int(env("GFM_JAX_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT)),
+        num("GFM_JAX_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT),
         "seconds without a heartbeat before a process counts as dead and the run stops",
         flag_values=fv,
     )

@@ -35,8 +35,6 @@ from gfm_jax.data.tokenizers import get_tokenizer  # noqa: E402
 from gfm_jax.models import presets  # noqa: E402
 from gfm_jax.models.encoder import EncoderConfig  # noqa: E402
 
-hide_gpus_from_tensorflow()  # this script is an entry point: tf.data on the host CPU only
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MARK = "<!-- bench_data -->"
 
@@ -116,6 +114,7 @@ def median_rate(fn, work: float, repeats: int) -> float:
 
 
 def main() -> None:
+    hide_gpus_from_tensorflow()  # an entry point: tf.data on the host CPU only
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

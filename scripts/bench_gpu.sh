@@ -9,12 +9,11 @@
 #   mfu         MFU of nt_v2_500m as published, layers unrolled, batch 32, in one process
 #               (scripts/bench_mfu.py): kernels=auto (with the kernel profile), then
 #               kernels=xla, the reference, one after the other (two 500M states do not fit
-#               one H100 together)
+#               one 80 GB GPU together)
 #   nt_v2_500m  gfm_jax beside transformers' ESM at ESM's nt_v2_500m architecture
 #   nt_v2_50m   the same at nt_v2_50m, with kernels=xla, the published model and holes
-# One unrolled nt_v2_500m compile takes about 2 minutes on an H100 (the first in a process about
-# 4 with its warm-up): run each step as a command of its own within 10 minutes. Each step
-# replaces its own section, and bench_mfu.py writes its table after every variant, so a
+# One unrolled nt_v2_500m compile takes minutes (the first in a process longer, with its
+# warm-up): run each step as a command of its own. Each step replaces its own section, and bench_mfu.py writes its table after every variant, so a
 # failure or a timeout keeps what was measured.
 set -uo pipefail
 docs=$(realpath "${1:-docs/benchmarks.md}")

@@ -23,6 +23,9 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 from gfm_jax import config as config_lib  # noqa: E402
+from gfm_jax.data.pipeline import hide_gpus_from_tensorflow  # noqa: E402
+
+hide_gpus_from_tensorflow()  # as the entry points do: tf.data never takes JAX's accelerator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,12 +63,9 @@ def cudnn_as_xla(monkeypatch) -> list[dict]:
     `jax.nn.dot_product_attention` computes with XLA (which takes key lengths too) whatever
     implementation it is asked for. Returns the log of calls, each {"implementation",
     "key_lengths", "mask", "length"}, to check what cuDNN would get."""
-    import importlib
-
     import jax
 
-    # The module, which `gfm_jax.ops.attention` (the function) shadows as an attribute.
-    attention_ops = importlib.import_module("gfm_jax.ops.attention")
+    from gfm_jax.ops import attention as attention_ops
 
     real = jax.nn.dot_product_attention
     calls = []

@@ -63,6 +63,27 @@ def test_bench_train_times_both_frameworks_and_the_batch_with_holes():
         assert name in result.stdout
 
 
+@pytest.mark.slow
+def test_bench_kernels_times_each_kept_kernel_alone_and_within_auto(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    result = run_script(
+        *("bench_kernels.py", "--preset", "tiny", "--vocab", "12", "--tokens", "256"),
+        *("--batch", "2", "--repeats", "1", "--steps", "1", "--write", str(docs)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = docs.read_text()
+    assert text.count("<!-- kernels cpu -->") == 2
+    names = [row.split("|")[1].strip() for row in text.splitlines() if row.startswith("| ")]
+    assert names[2:] == [  # after the header: what `auto` runs on a CPU at 256 tokens
+        "kernels=xla (the reference)",
+        "the reference + blocked",
+        "the reference + cpu_gemm",
+        "kernels=auto without blocked",
+        "kernels=auto without cpu_gemm",
+        "kernels=auto (all of them)",
+    ]
+
+
 def test_hlo_bytes_counts_what_each_kernel_reads_and_writes(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     hlo_bytes = importlib.import_module("hlo_bytes")

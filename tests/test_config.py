@@ -84,6 +84,9 @@ def test_unknown_override_key_names_key_and_choices():
         ("optim.learning_rate=fast", "config key 'optim.learning_rate' is a float; got 'fast'"),
         ("data.reverse_complement=maybe", "is a bool; got 'maybe' (use true or false)"),
         ("mesh.shape=(2, 1", "config key 'mesh.shape' is a tuple; got '(2, 1'"),
+        # config_flags would keep any text as a tuple of one string
+        ("mesh.shape=abc", "config key 'mesh.shape' is a tuple; got 'abc'"),
+        ("mesh.rules=foo", "config key 'mesh.rules' is a tuple; got 'foo'"),
     ],
 )
 def test_a_value_of_the_wrong_type_names_key_and_type(override, message):
@@ -173,3 +176,15 @@ def test_parse_flags_errors_are_one_line(args, message):
     with pytest.raises(UserError) as e:
         config_lib.parse_flags(command_line_flags(argv), argv)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_environment_defaults_of_the_distributed_flags_are_checked(monkeypatch):
+    from gfm_jax import distributed
+
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "abc")
+    with pytest.raises(UserError, match="JAX_NUM_PROCESSES='abc' is not an integer"):
+        distributed.define_flags(flags.FlagValues())
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    fv = flags.FlagValues()
+    distributed.define_flags(fv)
+    assert fv["num_processes"].default == 2

@@ -69,14 +69,10 @@ def test_cudnn_attention_values_and_gradients_match_the_reference(
 ):
     q, k, v, mask, cotangent = _inputs(length, mask_kind)
     slopes = alibi_slopes(HEADS) if position == "alibi" else None
-    token_mask = (
-        ops.TokenMask(mask, None, length, keys_prefix=mask_kind != "holes") if layout else mask
-    )
+    token_mask = ops.TokenMask(mask, length, keys_prefix=mask_kind != "holes") if layout else mask
 
     def cudnn(q, k, v):
-        return ops.attention(
-            q, k, v, token_mask, kernels="auto", alibi_slopes_N=slopes, causal=causal
-        )
+        return ops.attend(q, k, v, token_mask, kernels="auto", alibi_slopes_N=slopes, causal=causal)
 
     def reference(q, k, v):
         f32 = (x.astype(jnp.float32) for x in (q, k, v))

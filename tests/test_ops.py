@@ -1,7 +1,6 @@
 """The ops behind `model.kernels` (gfm_jax/ops): each implementation against a plain einsum
 reference written here, values and gradients, and the forms that make the CPU kernels fast."""
 
-import importlib
 import re
 
 import jax
@@ -12,10 +11,9 @@ from jax import lax
 
 from gfm_jax import ops
 from gfm_jax.models.attention import alibi_slopes
+from gfm_jax.ops import attention as attention_ops
 from gfm_jax.ops.blocked_attention import blocked_attention
 from gfm_jax.ops.cpu_gemm import cpu_gemm_dot_general
-
-attention_ops = importlib.import_module("gfm_jax.ops.attention")  # the function shadows it
 
 
 def einsum_attention(q, k, v, keep_BxL, slopes=None, causal=False):
@@ -61,7 +59,7 @@ def test_xla_attention_equals_the_einsum_reference(position, causal):
     mask = padded_mask(16, "holes")
     slopes = alibi_slopes(4) if position == "alibi" else None
     assert_values_and_grads_close(
-        lambda q, k, v: ops.attention(
+        lambda q, k, v: ops.attend(
             q, k, v, mask, kernels="xla", alibi_slopes_N=slopes, causal=causal
         ),
         lambda q, k, v: einsum_attention(q, k, v, mask, slopes, causal),
@@ -105,11 +103,29 @@ def test_cudnn_path_takes_key_lengths_only_where_they_say_the_mask(
     slopes = alibi_slopes(4) if position == "alibi" else None
     kw = dict(kernels="auto", alibi_slopes_N=slopes, causal=causal)
     assert_values_and_grads_close(
-        lambda q, k, v: ops.attention(q, k, v, mask, **kw),
+        lambda q, k, v: ops.attend(q, k, v, mask, **kw),
         lambda q, k, v: einsum_attention(q, k, v, mask, slopes, causal),
         qkv(),
     )
     assert {c["implementation"] for c in cudnn_as_xla} == {"cudnn", "xla"}  # both branches
+
+
+@pytest.mark.parametrize("mask_kind", ["right_padded", "holes", "empty_row"])
+def test_cudnn_path_runs_key_lengths_exactly_where_the_mask_is_a_prefix(mask_kind):
+    """A stand-in whose dense-mask branch returns zeros shows which branch ran."""
+    q, k, v = qkv()
+    mask = padded_mask(16, mask_kind)
+
+    def by(q, k, v, implementation, **kw):
+        if implementation == "xla":
+            return jnp.zeros_like(q)
+        return jax.nn.dot_product_attention(q, k, v, implementation="xla", **kw)
+
+    out = jax.jit(lambda *a: attention_ops._by_lengths_or_mask(by, *a, mask))(q, k, v)
+    if mask_kind == "right_padded":
+        np.testing.assert_allclose(out, einsum_attention(q, k, v, mask), atol=1e-5)
+    else:
+        assert not np.any(out)
 
 
 def test_cudnn_fallback_branch_keeps_no_score_sized_residual():

@@ -1,5 +1,4 @@
 import dataclasses
-import importlib
 import json
 
 import jax
@@ -17,6 +16,7 @@ from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.evaluate import pretrained
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
+from gfm_jax.ops import attention as attention_ops
 from gfm_jax.train import optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
@@ -73,7 +73,7 @@ def test_sharded_meshes_match_one_device(real_batches, monkeypatch):
         assert_runs_close(run_steps(sharding.make_mesh(shape), real_batches), reference, 1e-5)
     # The CPU's blocked attention, here at 64 tokens, runs per (batch, head) shard under
     # shard_map; beside the plain-XLA reference on one device: same numbers.
-    monkeypatch.setattr(importlib.import_module("gfm_jax.ops.attention"), "BLOCKED_MIN_LENGTH", 0)
+    monkeypatch.setattr(attention_ops, "BLOCKED_MIN_LENGTH", 0)
     blocked = run_steps(sharding.make_mesh((2, 2, 2)), real_batches, kernels="auto")
     reference = run_steps(
         sharding.make_mesh((1, 1, 1), jax.devices()[:1]), real_batches, kernels="xla"

@@ -13,6 +13,7 @@ needs no iterator state. `to_global` turns a host batch into a global `jax.Array
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import jax
@@ -34,9 +35,12 @@ EVAL_SEED = 0x5EED
 def hide_gpus_from_tensorflow() -> None:
     """Keeps TensorFlow off any accelerator JAX is using: tf.data runs on the host CPU only.
 
-    Process-wide, so entry points call it from main, before TensorFlow runs anything.
+    Process-wide, so entry points call it from main. Once TensorFlow has started (a second
+    call in one process), its devices are fixed and this leaves them as they are.
     """
-    tf.config.set_visible_devices([], "GPU")
+    # TensorFlow raises "Visible devices cannot be modified after being initialized".
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
 
 
 class WindowPipeline:

@@ -84,7 +84,10 @@ def read_csv(task: ml_collections.ConfigDict) -> tuple[pathlib.Path, Raw]:
         n = len(raw.sequences)
         split = [""] * n
         for name, key in (("train", "train_rows"), ("test", "test_rows")):
-            start, end = (int(b) for b in task[key])
+            bounds = tuple(task[key])
+            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
+                raise UserError(f"task.{key}={bounds}: give (start, end), e.g. (0, 2000)")
+            start, end = bounds
             if not 0 <= start < end <= n:
                 raise UserError(
                     f"task.{key}={tuple(task[key])} is outside the {n} data rows of {path}"

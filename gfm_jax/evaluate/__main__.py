@@ -110,18 +110,7 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
 
 def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
     """(mode, its parsed flags, positional arguments) of a command line without the program."""
-    argv = list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0)
-    mode = argv[0] if argv else ""
-    if mode not in MODES:
-        given = f"unknown mode {mode!r}" if mode else "no mode given"
-        raise UserError(f"{given}; choose one of {', '.join(MODES)} (see --help)")
-    command = [f"{PROG} {mode}", *argv[1:]]
-    fv = flags.FlagValues()
-    _define_flags(mode, fv, command)
-    rest = config_lib.parse_flags(fv, command, usage=__doc__)[1:]
+    mode, fv, rest = config_lib.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
     # aggregate's runs are positional, and so are perplexity's FASTA files after the first
     # (`--fasta a.fa b.fa`, as well as `--fasta a.fa --fasta b.fa`).
     if mode == "aggregate" and not rest:

@@ -25,21 +25,15 @@ PROG = "gfm_jax.interop"
 MODES = ("import", "export")
 
 
-def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
-    """(mode, its parsed flags, positional arguments) of a command line without the program."""
-    argv = list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0)
-    mode = argv[0] if argv else ""
-    if mode not in MODES:
-        given = f"unknown mode {mode!r}" if mode else "no mode given"
-        raise UserError(f"{given}; choose import or export (see --help)")
-    fv = flags.FlagValues()
+def _define_flags(mode: str, fv: flags.FlagValues, command: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "the gfm_jax workdir", flag_values=fv, required=True)
     if mode == "export":
         flags.DEFINE_string("out", None, "Hugging Face directory", flag_values=fv, required=True)
-    rest = config_lib.parse_flags(fv, [f"{PROG} {mode}", *argv[1:]], usage=__doc__)[1:]
+
+
+def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
+    """(mode, its parsed flags, positional arguments) of a command line without the program."""
+    mode, fv, rest = config_lib.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
     if mode == "import" and len(rest) != 1:
         raise UserError(
             "import takes one directory with config.json, model.safetensors (or .bin) and "

@@ -103,7 +103,7 @@ class SelfAttention(nn.Module):
         q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
         if self.position == "rope":
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out_BxLxNxH = ops.attention(
+        out_BxLxNxH = ops.attend(
             q,
             k,
             v,

@@ -1,4 +1,4 @@
-"""Attention: one entry point, `attention`, whatever kernel runs it.
+"""Attention: one entry point, `attend`, whatever kernel runs it.
 
 Implementations, chosen by `implementation(kernels, dtype, length)`:
 - `xla`, the reference: `jax.nn.dot_product_attention(implementation="xla")`.
@@ -51,9 +51,9 @@ class TokenMask:
     Outputs at padding are unspecified."""
 
     keep_BxL: jax.Array
+    length: int = flax.struct.field(pytree_node=False)  # the tokens' own, before any padding
     order_BxL: jax.Array | None = None  # original index of each token; None: unchanged
-    length: int = flax.struct.field(pytree_node=False, default=0)  # before any padding
-    keys_prefix: bool = flax.struct.field(pytree_node=False, default=False)
+    keys_prefix: bool = flax.struct.field(pytree_node=False, default=False)  # kept come first
 
     @classmethod
     def create(
@@ -63,12 +63,12 @@ class TokenMask:
         ALiBi, whose bias needs the original order) each row's kept tokens first."""
         length = keep_BxL.shape[1]
         if implementation(kernels, dtype, length) != "cudnn":
-            return cls(keep_BxL, None, length, False)
+            return cls(keep_BxL, length)
         keep_BxL = jnp.pad(keep_BxL, ((0, 0), (0, length % 2)))  # an added token is masked
         if not reorder:
-            return cls(keep_BxL, None, length, False)
+            return cls(keep_BxL, length)
         order_BxL = jnp.argsort(~keep_BxL, axis=-1, stable=True)
-        return cls(jnp.take_along_axis(keep_BxL, order_BxL, axis=1), order_BxL, length, True)
+        return cls(jnp.take_along_axis(keep_BxL, order_BxL, axis=1), length, order_BxL, True)
 
     def enter(self, x_BxLxD: jax.Array) -> jax.Array:
         """Token features into this layout."""
@@ -93,7 +93,7 @@ def alibi_bias(slopes_N: jax.Array, length: int) -> jax.Array:
     return -slopes_N[None, :, None, None] * distance_LxL[None, None]
 
 
-def attention(
+def attend(
     q_BxLxNxH: jax.Array,
     k_BxLxNxH: jax.Array,
     v_BxLxNxH: jax.Array,
@@ -107,9 +107,10 @@ def attention(
 ) -> jax.Array:
     """softmax(q k^T / sqrt(H) - ALiBi) v over the kept keys, in q's dtype.
 
-    `mask`: a `TokenMask`, or a [B, L] boolean array of kept keys."""
+    `mask`: a `TokenMask`, or a [B, L] boolean array of kept keys. cuDNN runs at even lengths
+    only; the encoder's `TokenMask` pads odd windows, and other odd inputs take XLA's path."""
     if not isinstance(mask, TokenMask):
-        mask = TokenMask(mask, None, mask.shape[1], False)
+        mask = TokenMask(mask, mask.shape[1])
     length = q_BxLxNxH.shape[1]
     impl = implementation(kernels, q_BxLxNxH.dtype, length)
     if impl == "blocked":

@@ -10,7 +10,7 @@ backward pass is cache-resident too and memory stays O(B N L H). The blocks are 
 `streams` independent scans, which XLA:CPU runs concurrently on different cores.
 
 Supports key padding masks, causal masking and ALiBi (the bias is rebuilt per block from the
-slopes). Numerically it is the same softmax as `reference_attention`, in float32.
+slopes). Numerically it is the same softmax as the XLA reference, in float32.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-NEG_INF = -1e30  # as reference_attention: finite, so fully masked rows stay finite
+NEG_INF = -1e30  # finite, so fully masked rows stay finite
 
 
 def _scores(q_GxQxH, k_GxKxH, keep_GxK, slopes_G, causal: bool) -> jax.Array:
@@ -60,11 +60,10 @@ def _forward_block(causal: bool, q, k, v, keep, slopes):
 def _backward_block(causal: bool, q, k, v, keep, slopes, lse, delta, d_out):
     # Every matmul here contracts the last axis of its left operand, the form XLA:CPU hands
     # to YNNPACK. The textbook order (P, then dV = P^T dO and dK = dS^T Q) contracts over the
-    # query axis of P, which XLA:CPU runs as much slower Eigen contractions (about 15% of the
-    # CPU benchmark's train step). So the probabilities are recomputed transposed, P^T
-    # [G, K, Q], which makes dV and dK plain products, and dQ comes from dQ^T = K^T dS^T.
-    # The barriers keep XLA from folding the two small [G, H, L] transposes back into the
-    # dot (tests/test_matmul.py checks the compiled form).
+    # query axis of P, which XLA:CPU runs as much slower Eigen contractions. So the
+    # probabilities are recomputed transposed, P^T [G, K, Q], which makes dV and dK plain
+    # products, and dQ comes from dQ^T = K^T dS^T. The barriers keep XLA from folding the two
+    # small [G, H, L] transposes back into the dot (tests/test_ops.py checks the compiled form).
     p_t = jnp.exp(_scores_t(q, k, keep, slopes, causal) - lse[:, None, :])
     d_v = jnp.einsum("gkq,gqh->gkh", p_t, d_out)
     d_p_t = jnp.einsum("gkh,gqh->gkq", v, d_out)
@@ -128,7 +127,7 @@ def blocked_attention(
     """Softmax(q k^T / sqrt(H) + alibi) v with keys masked where mask_BxL is False.
 
     `heads_per_block` (batch x head) pairs form one block: 4 keeps a block's 4 x L x L float32
-    scores (4 MB at L = 512) near the cache. Works on the local shard (see SelfAttention).
+    scores (4 MB at L = 512) near the cache. Works on the local shard (see ops.attention).
     """
     batch, length, heads, head_dim = q_BxLxNxH.shape
     pairs = batch * heads

@@ -1,11 +1,10 @@
 """A dense layer's matmul for XLA:CPU (`model.kernels="auto"` on a CPU).
 
-A dense layer's weight
-gradient x^T dy contracts over the token axis, which XLA:CPU runs as an Eigen contraction on
-transposed operands beside the next matmul, the two contending for the cores. Here the narrower
-operand is transposed instead, behind an optimization barrier, so the weight gradient is one
-more row-major GEMM like those of the forward pass. GPU BLAS takes transposed operands
-natively, so only the CPU gets this.
+A dense layer's weight gradient x^T dy contracts over the token axis, which XLA:CPU runs as an
+Eigen contraction on transposed operands beside the next matmul, the two contending for the
+cores. Here the narrower operand is transposed instead, behind an optimization barrier, so the
+weight gradient is one more row-major GEMM like those of the forward pass. GPU BLAS takes
+transposed operands natively, so only the CPU gets this.
 """
 
 from __future__ import annotations

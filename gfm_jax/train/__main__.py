@@ -62,7 +62,8 @@ def _run(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs `argv` (default: this process's command line, without the program name)."""
     full = None if argv is None else [PROG, *argv]
-    _define_flags(full)
+    with exit_on_user_error(PROG):  # flag defaults read the environment
+        _define_flags(full)
     app.run(_run, argv=full, flags_parser=_parse)
 
 
