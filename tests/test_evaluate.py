@@ -292,7 +292,18 @@ def test_tfds_format_reads_the_prepared_builder(tmp_path):
             ["--config.task.kind=token_classification"],
             "one ASCII letter per base",
         ),
-        ("sequence,label,split\nACGT,EI,train\nACGT,IE,holdout\n", [], "split 'holdout'"),
+        ("sequence,label,split\nACGT,EI,train\nACGT,IE,holdout\n", [], "line 3: split 'holdout'"),
+        # Lines as an editor numbers them (the header is line 1), a quoted field spanning two.
+        (
+            'sequence,label,split\n"AC\nGT",EI,train\nAC,,test\nGG,IE,test\n',
+            [],
+            r"task.csv:4: the label is empty",
+        ),
+        (
+            'sequence,label,split\nACGT,EI,train\n"ACGT,IE,test\nGGCC,EI,test\n',
+            [],
+            "line 3: .*quote",
+        ),
     ],
 )
 def test_bad_task_files(tmp_path, content, overrides, message):

@@ -77,6 +77,19 @@ def test_binary_and_missing_files(tmp_path):
         fasta.read_fasta(binary)
     with pytest.raises(UserError, match="not found"):
         fasta.read_fasta(tmp_path / "absent.fa")
+    with pytest.raises(UserError, match="is a directory; name the FASTA files in it"):
+        fasta.read_fasta(tmp_path)
+
+
+def test_a_utf8_byte_order_mark_before_the_first_header_is_read_past(tmp_path):
+    path = tmp_path / "bom.fa"
+    path.write_bytes(b"\xef\xbb\xbf>chr1 from an editor\nACGT\n>chr2\nGG\n")
+    records = fasta.read_fasta(path)
+    assert [(r.name, r.sequence()) for r in records] == [("chr1", "ACGT"), ("chr2", "GG")]
+    # Only at the start of the file: elsewhere the mark is not a base.
+    path.write_bytes(b">chr1\nAC\xef\xbb\xbfGT\n")
+    with pytest.raises(UserError, match="bom.fa:2"):
+        fasta.read_fasta(path)
 
 
 def test_corpus_splits_are_disjoint_and_cover_records():

@@ -18,7 +18,7 @@ def test_task_splits_equal_load_task_and_the_cache_is_reused(tmp_path):
         assert [r["sequence"].decode() for r in rows] == list(expected.sequences)
         np.testing.assert_array_equal([r["label"] for r in rows], expected.labels)
         assert [f"splice.csv:{r['row']}" for r in rows] == list(expected.rows)
-    prepared = tmp_path / "gfm_task" / "splice" / "1.1.0"  # versioned
+    prepared = tmp_path / "gfm_task" / "splice" / "1.2.0"  # versioned
     info = prepared / "dataset_info.json"
     stamp = info.stat().st_mtime_ns
     again = tfds_datasets.load_task("splice", "test", str(tmp_path))

@@ -73,6 +73,8 @@ def encode_text(text: str) -> np.ndarray:
 
 
 def _open_lines(path: pathlib.Path) -> Iterator[bytes]:
+    if path.is_dir():
+        raise UserError(f"FASTA file {str(path)!r} is a directory; name the FASTA files in it")
     if not path.is_file():
         raise UserError(f"FASTA file {str(path)!r} not found; check data.genomes in the config")
     with open(path, "rb") as f:
@@ -110,6 +112,8 @@ def read_fasta(path: str | pathlib.Path, iupac: str = "n") -> list[Record]:
 
     for line_no, raw in enumerate(_open_lines(path), start=1):
         line = raw.rstrip(b"\r\n").strip()
+        if line_no == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
         if not line:
             continue
         if line.startswith(b">"):

@@ -45,10 +45,20 @@ def _read_csv_file(path: pathlib.Path, task: ml_collections.ConfigDict, split: s
     """Appends the rows of one CSV; `split` '' means: take it from a `split` column if any."""
     if not path.is_file():
         raise UserError(f"task file {str(path)!r} not found; set task.path in the task config")
+    rows, lines = [], []  # each row, and the file line it starts on (the header is line 1)
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+        reader = csv.DictReader(f, strict=True)
+        try:
+            columns = list(reader.fieldnames or [])
+            start = reader.line_num + 1
+            for r in reader:
+                rows.append(r)
+                lines.append(start)
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise UserError(
+                f"{path}, line {start}: {e} (a quote opened there is not closed?); fix the CSV"
+            ) from None
     if not columns:
         raise UserError(f"{path} is empty; a task CSV needs a header such as 'sequence,label'")
     for key, col in (
@@ -59,20 +69,20 @@ def _read_csv_file(path: pathlib.Path, task: ml_collections.ConfigDict, split: s
             raise UserError(f"{path}: no column {col!r} (set by {key}); the columns are {columns}")
     if not rows:
         raise UserError(f"{path} has a header but no rows; add examples")
-    for i, r in enumerate(rows):
+    for r, line in zip(rows, lines, strict=True):
         row_split = split
         if not row_split and "split" in columns:
             value = (r["split"] or "").strip().lower()
             if value not in SPLIT_NAMES:
                 raise UserError(
-                    f"{path}, data row {i + 1}: split {value!r}; use one of {sorted(SPLIT_NAMES)}"
+                    f"{path}, line {line}: split {value!r}; use one of {sorted(SPLIT_NAMES)}"
                 )
             row_split = SPLIT_NAMES[value]
         raw.add(
             r[task.sequence_column] or "",
             r[task.label_column] or "",
             row_split,
-            f"{path.name}:{i + 1}",
+            f"{path.name}:{line}",
         )
 
 

@@ -52,6 +52,9 @@ class Task:
 def parse_labels(kind: str, raw: Raw) -> tuple[np.ndarray, tuple[str, ...]]:
     """Label texts -> class indices (and the sorted class names), numbers, or per-base labels."""
     if kind == "classification":
+        for text, row in zip(raw.labels, raw.rows, strict=True):
+            if not text.strip():
+                raise UserError(f"{row}: the label is empty; fill it in or remove the row")
         names = tuple(sorted(set(raw.labels)))
         index = {n: i for i, n in enumerate(names)}
         return np.array([index[x] for x in raw.labels], np.int32), names

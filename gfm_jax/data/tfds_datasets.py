@@ -5,7 +5,7 @@ Two builders, registered with TFDS when this module is imported:
 - `gfm_task/<name>`: a downstream CSV task (`splice`), with the train / validation /
   test split exactly as `tasks.load_task` makes it (StatLog row ranges, duplicates and leakage
   dropped, validation rows fixed by split_seed 0). Features: `sequence` (text), `label` (class),
-  `row` (the 1-based data row of the CSV, for tracing an example back).
+  `row` (the CSV line the example starts on, the header being line 1).
 - `gfm_eval_windows/<name>`: fixed held-out MLM windows of a genome set, exactly the batches
   `WindowPipeline("val")` gives (they depend only on the data config, never on a training seed),
   so a tokenizer or model can be scored on the same windows by name: `inputs`, `targets`,
@@ -67,10 +67,11 @@ class WindowsConfig(tfds.core.BuilderConfig):
 class GfmTask(tfds.core.GeneratorBasedBuilder):
     """Downstream sequence-classification tasks shipped with gfm_jax."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "StatLog split, test rows seen in training dropped, 10% val.",
         "1.1.0": "Duplicate training rows kept once before the validation rows are drawn.",
+        "1.2.0": "`row` is the CSV line a row starts on (the header is line 1).",
     }
     BUILDER_CONFIGS = [
         TaskConfig(
@@ -110,7 +111,7 @@ class GfmTask(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: Split):
         for sequence, label, row in zip(split.sequences, split.labels, split.rows, strict=True):
-            number = int(row.rpartition(":")[2])  # "splice.csv:17" -> 17
+            number = int(row.rpartition(":")[2])  # "splice.csv:17" -> line 17
             yield number, {"sequence": sequence, "label": int(label), "row": number}
 
 
