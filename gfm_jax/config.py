@@ -171,6 +171,34 @@ MICRO_OVERRIDES: dict[str, object] = {
 }
 
 
+def check_pretrain(c: ConfigDict) -> None:
+    """Values no pretraining run can use, refused before anything is compiled or written."""
+    t, o = c.train, c.optim
+    checks = [
+        (o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive"),
+        (o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more"),
+        (t.num_steps >= 1, f"train.num_steps={t.num_steps} must be at least 1"),
+        (t.stop_at_step >= 0, f"train.stop_at_step={t.stop_at_step} must be 0 (off) or a step"),
+        (t.global_batch_size >= 1, f"train.global_batch_size={t.global_batch_size} must be >= 1"),
+        (t.micro_batches >= 1, f"train.micro_batches={t.micro_batches} must be at least 1"),
+    ]
+    checks += [
+        (t[key] >= 1, f"train.{key}={t[key]} must be at least 1")
+        for key in ("log_every", "eval_every", "checkpoint_every", "eval_batches")
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def check_mode(mode: str, modes: Sequence[str] = ("default", "smoke")) -> str:
+    """A config file's `:mode` argument, refused by name when the file has no such mode."""
+    if mode not in modes:
+        choices = ", ".join(modes)
+        raise UserError(f"unknown config mode {mode!r} (after ':' in --config); choose {choices}")
+    return mode
+
+
 def apply_smoke_mode(c: ConfigDict) -> ConfigDict:
     """Shrinks a pretraining config to a 10-step check of a set-up (the `:smoke` argument)."""
     c.train.num_steps = 10

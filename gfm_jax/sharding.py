@@ -93,6 +93,20 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
 
 
+def check_batch_divides(global_batch: int, micro_batches: int, sharding: NamedSharding) -> None:
+    """Each micro-batch must split evenly over the mesh axes of the batch (else XLA refuses the
+    step at compile time)."""
+    axes = sharding.spec[0] if sharding.spec else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    shards = math.prod(sharding.mesh.shape[a] for a in axes)
+    if global_batch % (micro_batches * shards):
+        raise UserError(
+            f"train.global_batch_size={global_batch} does not split into "
+            f"train.micro_batches={micro_batches} x {shards} batch shards (mesh axes "
+            f"{axes or '()'}); make it a multiple of {micro_batches * shards}"
+        )
+
+
 def describe(tree: Any, shardings: Any) -> str:
     """One line per array: path, shape, dtype and PartitionSpec."""
     lines, total = [], 0

@@ -26,6 +26,15 @@ def test_unknown_config_key(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_a_batch_the_devices_do_not_divide_stops_before_compiling(tmp_path):
+    r = run_module(
+        *("gfm_jax.train", "--config", "configs/pretrain/tiny.py:smoke"),
+        *("--workdir", str(tmp_path), "--cpu_devices", "3"),
+    )
+    assert_one_line_error(r, "train.global_batch_size=16", "multiple of 3")
+    assert not (tmp_path / "ckpt").exists()
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [

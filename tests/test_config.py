@@ -188,3 +188,46 @@ def test_environment_defaults_of_the_distributed_flags_are_checked(monkeypatch):
     fv = flags.FlagValues()
     distributed.define_flags(fv)
     assert fv["num_processes"].default == 2
+
+
+def test_an_unknown_config_mode_is_refused_by_name():
+    for spec in ("configs/pretrain/tiny.py:smokek", "configs/tasks/splice.py:fast"):
+        with pytest.raises(UserError, match="unknown config mode .* choose default, smoke"):
+            config_lib.load_config(str(ROOT / spec))
+    assert config_lib.load_config(TINY + ":smoke").train.num_steps == 10
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.learning_rate=-0.001", "optim.learning_rate=-0.001 must be positive"),
+        ("train.num_steps=0", "train.num_steps=0 must be at least 1"),
+        ("train.micro_batches=0", "train.micro_batches=0 must be at least 1"),
+        ("train.eval_every=0", "train.eval_every=0 must be at least 1"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_before_anything_is_written(override, message):
+    from gfm_jax.train.loop import train
+
+    config = config_lib.load_config(TINY, [f"--config.{override}"])
+    with pytest.raises(UserError, match=message):
+        config_lib.check_pretrain(config)
+    workdir = ROOT / "runs" / "never_written"
+    with pytest.raises(UserError, match=message):
+        train(config, workdir)
+    assert not workdir.exists()
+
+
+def test_a_batch_the_mesh_does_not_divide_is_named_with_the_fix():
+    import jax
+
+    from gfm_jax import sharding
+
+    mesh = sharding.make_mesh((2, 2, 2))  # 8 CPU devices: batches split 4 ways
+    batch = sharding.batch_sharding(mesh, config_lib.DEFAULT_RULES)
+    sharding.check_batch_divides(16, 2, batch)
+    with pytest.raises(UserError, match="global_batch_size=6 .* multiple of 4"):
+        sharding.check_batch_divides(6, 1, batch)
+    with pytest.raises(UserError, match="micro_batches=4 x 4 batch shards"):
+        sharding.check_batch_divides(8, 4, batch)
+    assert len(jax.devices()) == 8

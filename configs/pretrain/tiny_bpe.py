@@ -7,7 +7,7 @@ A 1024-token vocabulary trained on the training segments at start (a few seconds
 count half in the loss. Smoke mode: `configs/pretrain/tiny_bpe.py:smoke`.
 """
 
-from gfm_jax.config import apply_smoke_mode, pretrain_defaults
+from gfm_jax.config import apply_smoke_mode, check_mode, pretrain_defaults
 
 
 def get_config(mode: str = "default"):
@@ -24,4 +24,4 @@ def get_config(mode: str = "default"):
     c.train.eval_batches = 4
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 20
-    return apply_smoke_mode(c) if mode == "smoke" else c
+    return apply_smoke_mode(c) if check_mode(mode) == "smoke" else c

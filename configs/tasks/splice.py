@@ -10,7 +10,7 @@ test rows whose sequence occurs in the training rows are dropped; 10% of the tra
 (fixed by task.split_seed) choose the epoch. Three seeds by default (mean +- sd in the summary).
 """
 
-from gfm_jax.config import finetune_defaults
+from gfm_jax.config import check_mode, finetune_defaults
 
 
 def get_config(mode: str = "default"):
@@ -24,7 +24,7 @@ def get_config(mode: str = "default"):
     c.optim.warmup_steps = 10
     # Fixed-length windows with the junction mid-window: the CNN keeps positions (flatten).
     c.cnn.pooling = "flatten"
-    if mode == "smoke":
+    if check_mode(mode) == "smoke":
         c.finetune.epochs = 1
         c.seeds = (0,)
     return c

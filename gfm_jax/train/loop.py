@@ -72,6 +72,7 @@ class MetricsWriter:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Runs (or resumes) pretraining; returns the final held-out metrics."""
+    config_lib.check_pretrain(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t_cfg = config.train
@@ -122,6 +123,9 @@ def _setup_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Da
     batch_sharding = sharding.batch_sharding(mesh, rules)
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
     host_batch_size(config.train.global_batch_size, jax.process_count())
+    sharding.check_batch_divides(
+        config.train.global_batch_size, int(config.train.micro_batches), batch_sharding
+    )
     corpus = load_corpus(config.data.genomes, config.data.iupac, config.data.cache_dir, log)
     log(corpus.summary())
     tokenizer = tokenizer_for_run(config.data, corpus, workdir)
