@@ -140,6 +140,18 @@ def test_val_windows_do_not_depend_on_the_training_seed(corpus):
     assert fasta.N not in np.unique(a["targets"])  # built-in genomes have no N
 
 
+def test_corpus_summary_lists_the_longest_records_only(tmp_path):
+    (rec,) = fasta.read_fasta(builtin_path("lambda_phage_NC_001416.fa.gz"))
+    text = rec.sequence()
+    path = tmp_path / "pieces.fa"  # 1,000 real pieces of lambda, lengths 100 .. 1,099
+    path.write_text("".join(f">piece{i}\n{text[i : i + 100 + i]}\n" for i in range(1000)))
+    lines = load_corpus([str(path)]).summary().splitlines()
+    assert lines[0].startswith("corpus: 1 files, 1000 records")
+    listed = [line.split(":")[0].strip() for line in lines[1:-1]]
+    assert listed == [f"pieces.fa/piece{i}" for i in range(980, 1000)]  # the 20 longest, in order
+    assert lines[-1] == "  ... and 980 shorter records (the 20 longest are listed)"
+
+
 def test_half_n_genome_windows_respect_the_n_threshold(tmp_path):
     # Real lambda sequence with its second half replaced by N.
     (rec,) = fasta.read_fasta(builtin_path("lambda_phage_NC_001416.fa.gz"))

@@ -171,12 +171,15 @@ class Corpus:
         edges = np.flatnonzero(np.diff(is_n.astype(np.int8)))
         return edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
 
-    def summary(self) -> str:
+    def summary(self, most: int = 20) -> str:
+        """A line for the corpus, then one per record, the `most` longest when there are more."""
         upper = self.codes & ~np.uint8(fasta.SOFT_MASK_BIT)
         lines = [
             f"corpus: {len(self.files)} files, {len(self.names)} records, {self.codes.size:,} bases"
         ]
-        for name, off, length in zip(self.names, self.offsets, self.lengths, strict=True):
+        shown = sorted(np.argsort(-np.asarray(self.lengths), kind="stable")[:most])
+        for i in shown:
+            name, off, length = self.names[i], self.offsets[i], self.lengths[i]
             rec = upper[off : off + length]
             soft = self.codes[off : off + length] >= fasta.SOFT_MASK_BIT
             gc = np.isin(rec, (fasta.C, fasta.G)).mean()
@@ -184,6 +187,9 @@ class Corpus:
                 f"  {name}: {length:,} bp, GC {gc:.1%}, N {np.mean(rec == fasta.N):.2%}, "
                 f"soft-masked {soft.mean():.1%}"
             )
+        if len(self.names) > most:
+            rest = len(self.names) - most
+            lines.append(f"  ... and {rest:,} shorter records (the {most} longest are listed)")
         return "\n".join(lines)
 
 
