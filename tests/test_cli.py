@@ -86,6 +86,7 @@ def test_a_file_that_is_not_fasta(tmp_path):
         f"--config.data.genomes=('{not_fasta}',)",
     )
     assert_one_line_error(r, "labels.csv:1", "FASTA")
+    assert not (tmp_path / "w").exists()  # a failed start leaves no workdir behind
 
 
 @pytest.mark.parametrize("mode", ["finetune", "report"])

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,26 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     """Runs (or resumes) pretraining; returns the final held-out metrics."""
     config_lib.check_pretrain(config)
     workdir = pathlib.Path(workdir)
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(config, workdir)
+    except BaseException:
+        if created and jax.process_index() == 0:
+            _remove_if_unused(workdir)
+        raise
+
+
+def _remove_if_unused(workdir: pathlib.Path) -> None:
+    """Removes a workdir this run created when the run failed before its first checkpoint, so
+    that a failed start leaves nothing behind to resume from."""
+    ckpt = workdir / "ckpt"
+    if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     t_cfg = config.train
     data = _setup_data(config, workdir)
     model = _setup_model(config, data)
