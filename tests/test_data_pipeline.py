@@ -152,6 +152,13 @@ def test_corpus_summary_lists_the_longest_records_only(tmp_path):
     assert lines[-1] == "  ... and 980 shorter records (the 20 longest are listed)"
 
 
+def test_a_genome_file_of_n_only_is_refused_by_name(tmp_path):
+    path = tmp_path / "gap.fa"
+    path.write_text(">gap1\n" + "N" * 5000 + "\n>gap2\n" + "n" * 300 + "\n")
+    with pytest.raises(UserError, match="gap.fa: every base is N .* remove it from data.genomes"):
+        load_corpus(["builtin", str(path)])
+
+
 def test_half_n_genome_windows_respect_the_n_threshold(tmp_path):
     # Real lambda sequence with its second half replaced by N.
     (rec,) = fasta.read_fasta(builtin_path("lambda_phage_NC_001416.fa.gz"))

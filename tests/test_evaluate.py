@@ -620,6 +620,18 @@ def test_perplexity_cli(ckpt, cli, tmp_path):
     assert 0.0 < r["loss"] < 3.0 and 0.0 <= r["accuracy"] <= 1.0 and r["checkpoint_step"] == 2
 
 
+def test_perplexity_names_n_as_the_reason_for_no_window(tmp_path):
+    from gfm_jax.evaluate.perplexity import tile_windows
+
+    all_n, short = tmp_path / "all_n.fa", tmp_path / "short.fa"
+    all_n.write_text(">gap\n" + "N" * 20_000 + "\n")
+    short.write_text(">s\nACGT\n")
+    with pytest.raises(UserError, match="all 156 full 128-base windows have more than 10% N"):
+        tile_windows([str(all_n)], 128, 0.1)
+    with pytest.raises(UserError, match="no full 128-base window to score; give longer records"):
+        tile_windows([str(short)], 128, 0.1)
+
+
 @pytest.mark.slow
 def test_suite_runs_every_task_of_a_local_layout(ckpt, cli, tmp_path):
     rows = splice_rows(300)

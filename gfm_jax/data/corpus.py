@@ -193,6 +193,10 @@ class Corpus:
         return "\n".join(lines)
 
 
+def _all_n(codes: np.ndarray) -> bool:
+    return bool(np.all((codes & ~np.uint8(fasta.SOFT_MASK_BIT)) == fasta.N))
+
+
 def load_corpus(
     specs: Sequence[str], iupac: str = "n", cache_dir: str = "", log: Any = None
 ) -> Corpus:
@@ -208,6 +212,11 @@ def load_corpus(
             file_records, how = genome_cache.read_records(path, iupac, directory)
             if log is not None and how != "off":
                 log(f"{path}: encoded cache {how} ({directory})")
+            if all(_all_n(rec.codes) for rec in file_records):
+                raise UserError(
+                    f"{path}: every base is N (no A, C, G or T to learn from); "
+                    "remove it from data.genomes"
+                )
             for rec in file_records:
                 records.append((f"{path.name}/{rec.name}", rec.codes, len(files)))
             files.append(path.name)

@@ -51,6 +51,12 @@ def tile_windows(paths: list[str], window: int, max_n_fraction: float) -> tuple[
             kept.append(w[ok])
     codes = np.concatenate(kept) if kept else np.zeros((0, window), np.uint8)
     counts["windows"] = len(codes)
+    if not len(codes) and counts["too_many_n"]:
+        raise UserError(
+            f"{paths}: all {counts['too_many_n']} full {window}-base windows have more than "
+            f"{max_n_fraction:.0%} N (the checkpoint's data.max_n_fraction); give sequence "
+            "that is not N"
+        )
     if not len(codes):
         raise UserError(f"{paths}: no full {window}-base window to score; give longer records")
     return codes, counts

@@ -10,11 +10,18 @@ import math
 
 import numpy as np
 
+from gfm_jax.errors import UserError
+
 
 def unigram_baseline(targets: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     """The best context-free predictor of the targets (their token distribution): its loss,
     the entropy in nats, and its accuracy, the frequency of the commonest token."""
     ids = targets[weights > 0]
+    if ids.size == 0:
+        raise UserError(
+            "the held-out windows hold no targets (every base N or padding); "
+            "check data.genomes, data.max_n_fraction and data.val_fraction"
+        )
     p = np.bincount(ids).astype(np.float64)
     p = p[p > 0] / p.sum()
     return {"unigram_entropy": float(-(p * np.log(p)).sum()), "unigram_accuracy": float(p.max())}
