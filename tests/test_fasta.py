@@ -109,3 +109,14 @@ def test_a_truncated_gzip_file_is_a_clear_error(tmp_path):
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(UserError, match=r"cut.fa.gz: cannot read .*is the gzip file complete"):
         fasta.read_fasta(path)
+
+
+def test_a_bad_letter_is_reported_with_how_many_more_lines_have_one(tmp_path):
+    path = tmp_path / "protein.fa"
+    path.write_text(">p1\nACGT\nMKVLE\n>p2\nQQQQ\n>p3\nACGT\nLLLL\n")
+    with pytest.raises(UserError) as e:
+        fasta.read_fasta(path)
+    assert str(e.value).startswith(
+        f"{path}:3: 'L' is not a nucleotide or IUPAC code"
+    )  # M, K, V: IUPAC
+    assert "(and 2 more lines like it)" in str(e.value)

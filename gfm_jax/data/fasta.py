@@ -100,11 +100,14 @@ def read_fasta(path: str | pathlib.Path, iupac: str = "n") -> list[Record]:
     seen: dict[str, int] = {}
     header: tuple[str, str, int] | None = None
     chunks: list[bytes] = []
+    bad_lines: list[tuple[int, int]] = []  # (line number, first bad byte)
 
     def finish() -> None:
         if header is None:
             return
         name, description, line_no = header
+        if not chunks and bad_lines:
+            return  # the bad letters are the error to report
         if not chunks:
             raise UserError(f"{path}:{line_no}: record {name!r} has no sequence; remove it")
         codes = np.frombuffer(b"".join(chunks).translate(_CODE_TABLE), np.uint8).copy()
@@ -136,22 +139,31 @@ def read_fasta(path: str | pathlib.Path, iupac: str = "n") -> list[Record]:
                 "is this a FASTA file?"
             )
         bad = line.replace(b" ", b"").translate(None, allowed)
-        if bad:
-            shown = chr(bad[0]) if 32 <= bad[0] < 127 else f"byte 0x{bad[0]:02x}"
-            if chr(bad[0]).upper() in _IUPAC_AMBIGUOUS:
-                raise UserError(
-                    f"{path}:{line_no}: IUPAC ambiguity code {shown!r} while data.iupac='error'; "
-                    "set data.iupac='n' to read it as N, or fix the sequence"
-                )
-            raise UserError(
-                f"{path}:{line_no}: {shown!r} is not a nucleotide or IUPAC code; "
-                "fix the sequence or remove the line"
-            )
+        if bad:  # reported once the whole file is read, with how many lines share the fault
+            bad_lines.append((line_no, bad[0]))
+            continue
         chunks.append(line.replace(b" ", b""))
+    if bad_lines:
+        raise UserError(_bad_letter_message(path, bad_lines))
     finish()
     if not records:
         raise UserError(f"{path}: no FASTA records found; is this a FASTA file?")
     return records
+
+
+def _bad_letter_message(path: pathlib.Path, bad_lines: list[tuple[int, int]]) -> str:
+    line_no, byte = bad_lines[0]
+    shown = chr(byte) if 32 <= byte < 127 else f"byte 0x{byte:02x}"
+    more = f" (and {len(bad_lines) - 1:,} more lines like it)" if len(bad_lines) > 1 else ""
+    if chr(byte).upper() in _IUPAC_AMBIGUOUS:
+        return (
+            f"{path}:{line_no}: IUPAC ambiguity code {shown!r} while data.iupac='error'{more}; "
+            "set data.iupac='n' to read it as N, or fix the sequence"
+        )
+    return (
+        f"{path}:{line_no}: {shown!r} is not a nucleotide or IUPAC code{more}; "
+        "fix the sequence or remove the line"
+    )
 
 
 def _decode_header(path: pathlib.Path, line_no: int, line: bytes) -> str:
