@@ -25,19 +25,23 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from gfm_jax.errors import UserError
 
 ITEMS = ("params", "opt_state", "meta")
-# What Orbax / TensorStore raise for a step whose files are missing, truncated or garbled.
-READ_ERRORS = (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError, TypeError)
+# What Orbax / TensorStore raise for a step whose files are missing, truncated or garbled:
+# many types, down to a bare Exception for a damaged array file; any of them means the step
+# cannot be read (an interrupt is not an Exception, so it still stops the run).
+READ_ERRORS = (Exception,)
 
 
 class CorruptCheckpoint(UserError):
     """A checkpoint step exists but cannot be read."""
 
     def __init__(self, directory: pathlib.Path, step: int, cause: Exception):
-        reason = str(cause).splitlines()[0][:300] if str(cause) else type(cause).__name__
+        text = str(cause).split(" See full TensorStore details")[0]
+        reason = text.splitlines()[0][:200] if text else type(cause).__name__
         super().__init__(
             f"checkpoint step {step} in {directory} cannot be restored ({reason}); it is "
-            "corrupt, truncated or from another model. Pass --config.train.fallback_on_corrupt="
-            f"True to resume from the step before it, or delete {directory / str(step)}"
+            f"corrupt, truncated or from another model. Delete {directory / str(step)} to use "
+            "the step before it (training can instead resume from that step with "
+            "--config.train.fallback_on_corrupt=True)"
         )
         self.step = step
 

@@ -23,6 +23,15 @@ from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
 from gfm_jax.train import state as state_lib
 
+
+def damage_one_array_file(step_dir: pathlib.Path) -> None:
+    """Cuts the largest data file of the step's params in half: one damaged array, the rest
+    intact (what a bad disk block does)."""
+    files = [p for p in (step_dir / "params").rglob("*") if p.is_file() and "/d/" in str(p)]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
 ONE_DEVICE = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
 
 
@@ -261,13 +270,35 @@ def test_init_from_loads_params_only_and_refuses_another_shape(tmp_path):
     assert r.returncode == 2 and "data.tokenizer" in r.stderr
 
 
-def test_a_truncated_params_file_is_reported_with_its_step(tmp_path):
+@pytest.mark.parametrize("damage", [truncate_arrays, damage_one_array_file])
+def test_a_truncated_params_file_is_reported_with_its_step(tmp_path, damage):
     save_on_eight_devices(tmp_path)
-    truncate_arrays(tmp_path / "ckpt" / "3")
+    damage(tmp_path / "ckpt" / "3")
     _, _, boxed, shardings = small_state(ONE_DEVICE)
     abstract = state_lib.abstract_arrays(boxed.params, shardings.params)
     with pytest.raises(checkpoint.CorruptCheckpoint, match="checkpoint step 3 in .*ckpt"):
         checkpoint.restore_params(tmp_path, abstract)
+
+
+@pytest.mark.slow  # three processes
+def test_one_damaged_array_file_is_one_line_everywhere_and_training_falls_back(tmp_path):
+    steps = {"train.num_steps": 8, "train.checkpoint_every": 4}
+    r = run_module("gfm_jax.train", *train_args(str(tmp_path), **steps))
+    assert r.returncode == 0, r.stderr
+    damage_one_array_file(tmp_path / "ckpt" / "8")
+    fasta = tmp_path / "s.fa"
+    fasta.write_text(">s\n" + "ACGT" * 40 + "\n")
+    r = run_module(
+        "gfm_jax.evaluate", "embed", "--workdir", str(tmp_path), "--input", str(fasta),
+        "--out", str(tmp_path / "e.npy"),
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if "error:" in x]
+    assert "checkpoint step 8" in line and f"Delete {tmp_path / 'ckpt' / '8'}" in line
+    more = {**steps, "train.fallback_on_corrupt": True, "train.num_steps": 12}
+    r = run_module("gfm_jax.train", *train_args(str(tmp_path), **more))
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {tmp_path / 'ckpt'}/4" in r.stdout
 
 
 def test_retention_keeps_the_last_steps_and_the_best_by_the_held_out_metric(tmp_path):

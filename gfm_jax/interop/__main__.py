@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from gfm_jax import config as config_lib
-from gfm_jax.errors import UserError, exit_on_user_error
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.interop"
 MODES = ("import", "export")
@@ -46,6 +46,7 @@ def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs `argv` (default: this process's command line, without the program name)."""
+    quiet_late_callbacks()
     with exit_on_user_error(PROG):
         mode, args, rest = _parse(sys.argv[1:] if argv is None else argv)
         try:
