@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -20,12 +22,38 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def exit_on_user_error(program: str) -> Iterator[None]:
-    """Turns a `UserError` into `program: error: <message>` on stderr and exit code 2."""
+    """Turns a `UserError` into `program: error: <message>` on stderr and exit code 2, and
+    Ctrl-C (where `stop_on_signals` did not take it) into one line and exit code 130."""
     try:
         yield
     except UserError as e:
         print(f"{program}: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        _stop(program, signal.SIGINT)
+
+
+def _stop(program: str, signum: int) -> None:
+    print(f"{program}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not an exception: one raised from a signal handler is lost when it lands inside a
+    # callback (JAX's garbage-collection hook), and interpreter shutdown with XLA and
+    # TensorFlow threads cut off mid-way can crash. Nothing is left to save here: the training
+    # loop installs its own handlers, which save a step first.
+    os._exit(128 + signum)
+
+
+def stop_on_signals(program: str) -> None:
+    """Process-wide, for entry points: SIGINT (Ctrl-C) or SIGTERM during start-up or
+    evaluation stops the process at once with one line and exit code 128 + signal."""
+
+    def stop(signum: int, frame: Any) -> None:
+        del frame
+        _stop(program, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def quiet_late_callbacks() -> None:

@@ -127,6 +127,17 @@ def test_sigterm_saves_the_current_step_and_exits_nonzero(tmp_path):
     assert pretrained.describe(tmp_path).step == steps[0]
 
 
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
+    workdir = tmp_path / "w"
+    process = start_training(workdir, **{"train.num_steps": 5000})
+    wait_for(workdir.exists, process)  # train() has started: set-up, compile, step-0 eval
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert len([line for line in stderr.splitlines() if "stopped by SIGINT" in line]) == 1
+
+
 def small_state(mesh):
     config = config_lib.load_config("configs/pretrain/tiny.py", micro_overrides())
     model = MaskedLM(EncoderConfig.from_config(config.model, 12), mesh, config_lib.DEFAULT_RULES)

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
 
 PROG = "gfm_jax.evaluate"
 MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
@@ -197,7 +197,6 @@ def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs `argv` (default: this process's command line, without the program name)."""
-    quiet_late_callbacks()
     with exit_on_user_error(PROG):
         mode, args, rest = _parse(sys.argv[1:] if argv is None else argv)
         from gfm_jax.evaluate import results
@@ -223,4 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # Process-wide, for the program only (tests call main() in their own process).
+    quiet_late_callbacks()
+    stop_on_signals(PROG)
     main()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from gfm_jax import config as config_lib
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
 
 PROG = "gfm_jax.interop"
 MODES = ("import", "export")
@@ -46,7 +46,6 @@ def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs `argv` (default: this process's command line, without the program name)."""
-    quiet_late_callbacks()
     with exit_on_user_error(PROG):
         mode, args, rest = _parse(sys.argv[1:] if argv is None else argv)
         try:
@@ -73,4 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # Process-wide, for the program only (tests call main() in their own process).
+    quiet_late_callbacks()
+    stop_on_signals(PROG)
     main()

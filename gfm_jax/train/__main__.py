@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
 
 PROG = "gfm_jax.train"
 FLAGS = flags.FLAGS
@@ -61,7 +61,6 @@ def _run(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs `argv` (default: this process's command line, without the program name)."""
-    quiet_late_callbacks()
     full = None if argv is None else [PROG, *argv]
     with exit_on_user_error(PROG):  # flag defaults read the environment
         _define_flags(full)
@@ -69,4 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # Process-wide, for the program only (tests call main() in their own process).
+    quiet_late_callbacks()
+    stop_on_signals(PROG)
     main()
