@@ -34,14 +34,21 @@ READ_ERRORS = (Exception,)
 class CorruptCheckpoint(UserError):
     """A checkpoint step exists but cannot be read."""
 
-    def __init__(self, directory: pathlib.Path, step: int, cause: Exception):
+    def __init__(
+        self, directory: pathlib.Path, step: int, cause: Exception, earlier: int | None = None
+    ):
         text = str(cause).split(" See full TensorStore details")[0]
         reason = text.splitlines()[0][:200] if text else type(cause).__name__
+        where = directory / str(step)
+        fix = (
+            f"delete {where} to use step {earlier} (training can instead resume from step "
+            f"{earlier} with --config.train.fallback_on_corrupt=True)"
+            if earlier is not None
+            else f"no earlier step is kept: delete {where} and train again"
+        )
         super().__init__(
             f"checkpoint step {step} in {directory} cannot be restored ({reason}); it is "
-            f"corrupt, truncated or from another model. Delete {directory / str(step)} to use "
-            "the step before it (training can instead resume from that step with "
-            "--config.train.fallback_on_corrupt=True)"
+            f"corrupt, truncated or from another model; {fix}"
         )
         self.step = step
 
@@ -124,7 +131,8 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**items))
         except READ_ERRORS as e:
-            raise CorruptCheckpoint(self.directory, step, e) from None
+            earlier = [s for s in self.manager.all_steps() if s < step]
+            raise CorruptCheckpoint(self.directory, step, e, max(earlier, default=None)) from None
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any):
         """Restores (params, opt_state, meta) of `step` into the abstract arrays' shardings."""

@@ -191,6 +191,27 @@ def check_pretrain(c: ConfigDict) -> None:
             raise UserError(message)
 
 
+def check_finetune(c: ConfigDict) -> None:
+    """Values no fine-tuning or probe run can use, refused before a checkpoint is read."""
+    f, o = c.finetune, c.optim
+    checks = [
+        (f.epochs >= 1, f"finetune.epochs={f.epochs} must be at least 1"),
+        (f.batch_size >= 1, f"finetune.batch_size={f.batch_size} must be at least 1"),
+        (o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive"),
+        (o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more"),
+        (0 <= c.task.val_fraction < 1, f"task.val_fraction={c.task.val_fraction}: give [0, 1)"),
+        (c.probe.max_iterations >= 1, "probe.max_iterations must be at least 1"),
+        (f.pooling in ("cls", "mean"), f"finetune.pooling={f.pooling!r}: choose cls or mean"),
+        (
+            c.cnn.pooling in ("meanmax", "flatten"),
+            f"cnn.pooling={c.cnn.pooling!r}: choose meanmax or flatten",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
 def check_mode(mode: str, modes: Sequence[str] = ("default", "smoke")) -> str:
     """A config file's `:mode` argument, refused by name when the file has no such mode."""
     if mode not in modes:

@@ -305,7 +305,7 @@ def test_one_damaged_array_file_is_one_line_everywhere_and_training_falls_back(t
     )  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     (line,) = [x for x in r.stderr.splitlines() if "error:" in x]
-    assert "checkpoint step 8" in line and f"Delete {tmp_path / 'ckpt' / '8'}" in line
+    assert "checkpoint step 8" in line and f"delete {tmp_path / 'ckpt' / '8'} to use step 4" in line
     more = {**steps, "train.fallback_on_corrupt": True, "train.num_steps": 12}
     r = run_module("gfm_jax.train", *train_args(str(tmp_path), **more))
     assert r.returncode == 0, r.stderr

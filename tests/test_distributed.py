@@ -150,7 +150,10 @@ def test_killing_one_process_stops_the_other_and_a_restart_resumes(tmp_path):
             if p.poll() is None:
                 p.kill()
     assert procs[0].returncode != 0 and waited < 60, (procs[0].returncode, waited)
-    assert "another task died" in out or "unhealthy" in out, out[-2000:]
+    # JAX's coordination service names the dead task; under load the step's collective with
+    # the dead peer may abort the process first (a fatal-error dump instead of the message).
+    reasons = ("another task died", "unhealthy", "heartbeat timeout", "Fatal Python error: Abort")
+    assert any(r in out for r in reasons), out[:3000]
     # Restarting both processes resumes from the last complete checkpoint.
     last = max(int(p.name) for p in (tmp_path / "w" / "ckpt").iterdir() if p.name.isdigit())
     two_processes(tmp_path / "w", tmp_path / "logs", **{**long_run, "train.num_steps": last + 3})

@@ -292,7 +292,11 @@ def test_tfds_format_reads_the_prepared_builder(tmp_path):
             ["--config.task.kind=token_classification"],
             "one ASCII letter per base",
         ),
-        ("sequence,label,split\nACGT,EI,train\nACGT,IE,holdout\n", [], "line 3: split 'holdout'"),
+        (
+            "sequence,label,split\nACGT,EI,train\nACGT,IE,holdout\n",
+            [],
+            "task.csv:3: split 'holdout'",
+        ),
         # Lines as an editor numbers them (the header is line 1), a quoted field spanning two.
         (
             'sequence,label,split\n"AC\nGT",EI,train\nAC,,test\nGG,IE,test\n',
@@ -302,7 +306,7 @@ def test_tfds_format_reads_the_prepared_builder(tmp_path):
         (
             'sequence,label,split\nACGT,EI,train\n"ACGT,IE,test\nGGCC,EI,test\n',
             [],
-            "line 3: .*quote",
+            "task.csv:3: .*quote",
         ),
     ],
 )

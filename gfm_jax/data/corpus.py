@@ -157,9 +157,11 @@ class Corpus:
             raise UserError(f"data.size_temperature={temperature}: must be positive")
         raw = np.where(sizes > 0, raw, 0.0)  # a file with no window of this length cannot be drawn
         if raw.sum() <= 0:
+            longest = int(self.lengths.max()) if self.lengths.size else 0
             raise UserError(
-                f"no file has a window of {window_len} bases with positive weight; lower "
-                "data.window_len or check data.weights"
+                f"no file of data.genomes ({', '.join(self.files)}) has a training window of "
+                f"{window_len} bases with positive weight (longest record {longest:,} bases, "
+                "less its held-out part); lower data.window_len or check data.weights"
             )
         return raw / raw.sum()
 

@@ -57,7 +57,7 @@ def _read_csv_file(path: pathlib.Path, task: ml_collections.ConfigDict, split: s
                 start = reader.line_num + 1
         except csv.Error as e:
             raise UserError(
-                f"{path}, line {start}: {e} (a quote opened there is not closed?); fix the CSV"
+                f"{path}:{start}: {e} (a quote opened there is not closed?); fix the CSV"
             ) from None
     if not columns:
         raise UserError(f"{path} is empty; a task CSV needs a header such as 'sequence,label'")
@@ -75,7 +75,7 @@ def _read_csv_file(path: pathlib.Path, task: ml_collections.ConfigDict, split: s
             value = (r["split"] or "").strip().lower()
             if value not in SPLIT_NAMES:
                 raise UserError(
-                    f"{path}, line {line}: split {value!r}; use one of {sorted(SPLIT_NAMES)}"
+                    f"{path}:{line}: split {value!r}; use one of {sorted(SPLIT_NAMES)}"
                 )
             row_split = SPLIT_NAMES[value]
         raw.add(

@@ -86,7 +86,7 @@ def encode_split(
         try:
             encoded.append(np.concatenate([[tokenizer.cls_id], tokenizer.encode(seq)]))
         except UserError as e:
-            raise UserError(f"{path}, {row}: {e}") from None
+            raise UserError(f"{row} (of {path}): {e}; fix or remove the row") from None
     length = max((len(e) for e in encoded), default=1)
     ids = np.full((len(encoded), length), tokenizer.pad_id, np.int32)
     mask = np.zeros((len(encoded), length), bool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pathlib
+from collections.abc import Iterator
 
 from gfm_jax.errors import UserError
 
@@ -43,36 +44,57 @@ def read_vcf(path: str | pathlib.Path) -> tuple[list[Variant], list[tuple[str, s
     """(variants, unplaceable) where unplaceable holds (description, reason) pairs."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise UserError(f"VCF {str(path)!r} not found")
+        raise UserError(f"VCF {str(path)!r} not found; check --vcf")
+    variants, unplaceable = [], []
+    for n, line in _lines(path):
+        if line.startswith("#") or not line.strip():
+            continue
+        chrom, pos, vid, ref, alts = _fields(path, n, line)
+        for alt in alts.upper().split(","):
+            if alt and not set(alt) - _BASES:
+                variants.append(Variant(chrom, pos, vid, ref, alt, n))
+            else:
+                unplaceable.append(
+                    (f"{chrom}:{pos} {_short(ref)}>{alt}", "symbolic or missing ALT allele")
+                )
+    if not variants and not unplaceable:
+        raise UserError(f"{path} holds no variant lines; is this a VCF file?")
+    return variants, unplaceable
+
+
+def _lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a plain or gzip VCF; unreadable bytes are one error line."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    variants, unplaceable = [], []
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, start=1):
-            if line.startswith("#") or not line.strip():
-                continue
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) < 5:
-                raise UserError(
-                    f"{path}, line {n}: {len(cols)} tab-separated columns; a VCF line needs "
-                    "CHROM POS ID REF ALT"
-                )
-            chrom, pos_text, vid, ref, alts = cols[:5]
-            try:
-                pos = int(pos_text)
-            except ValueError:
-                raise UserError(f"{path}, line {n}: POS {pos_text!r} is not an integer") from None
-            ref = ref.upper()
-            if not ref or set(ref) - _BASES:
-                raise UserError(f"{path}, line {n}: REF {ref[:20]!r} is not a base sequence")
-            for alt in alts.upper().split(","):
-                if alt and not set(alt) - _BASES:
-                    variants.append(Variant(chrom, pos, vid, ref, alt, n))
-                else:
-                    unplaceable.append(
-                        (f"{chrom}:{pos} {_short(ref)}>{alt}", "symbolic or missing ALT allele")
-                    )
-    if not variants and not unplaceable:
-        raise UserError(f"{path} holds no variant lines")
-    return variants, unplaceable
+    n = 0
+    try:
+        with opener(path, "rt") as f:
+            for n, line in enumerate(f, start=1):
+                yield n, line
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path}:{n + 1}: cannot read ({e}); is it a complete VCF (plain or gzip)?"
+        ) from None
+
+
+def _fields(path: pathlib.Path, n: int, line: str) -> tuple[str, int, str, str, str]:
+    cols = line.rstrip("\n").split("\t")
+    if len(cols) < 5:
+        raise UserError(
+            f"{path}:{n}: {len(cols)} tab-separated columns; a VCF line needs "
+            "CHROM POS ID REF ALT (tab-separated); fix or remove the line"
+        )
+    chrom, pos_text, vid, ref, alts = cols[:5]
+    try:
+        pos = int(pos_text)
+    except ValueError:
+        raise UserError(
+            f"{path}:{n}: POS {pos_text!r} is not an integer; fix the line"
+        ) from None
+    ref = ref.upper()
+    if not ref or set(ref) - _BASES:
+        raise UserError(
+            f"{path}:{n}: REF {ref[:20]!r} is not a base sequence; fix or remove the line"
+        )
+    return chrom, pos, vid, ref, alts

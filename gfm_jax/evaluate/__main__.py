@@ -19,6 +19,11 @@ over every run there: summary.{json,csv,md,png}, test metrics as mean +- sd over
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the libraries below import is one line too
+    from gfm_jax.errors import stop_on_signals
+
+    stop_on_signals("gfm_jax.evaluate")
+
 import json
 import pathlib
 import sys
@@ -29,7 +34,7 @@ from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.evaluate"
 MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
@@ -38,6 +43,8 @@ MODES = ("finetune", "probe", "suite", "embed", "vep", "perplexity", "aggregate"
 
 def _seeds(text: str | None, default: tuple) -> list[int]:
     if text is None:
+        if not default:
+            raise UserError("config key 'seeds' is empty; give e.g. --seeds 0,1,2")
         return [int(s) for s in default]
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -209,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if mode == "aggregate":
             print(results.summarize(results.load_runs(rest), args.out))
             return
+        if mode in ("finetune", "probe", "suite"):
+            config_lib.check_finetune(args.config)  # before the heavy imports
         if mode in ("finetune", "probe"):
             distributed.initialize(args)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
@@ -224,5 +233,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     # Process-wide, for the program only (tests call main() in their own process).
     quiet_late_callbacks()
-    stop_on_signals(PROG)
     main()

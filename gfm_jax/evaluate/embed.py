@@ -117,7 +117,10 @@ def read_inputs(path: str, window: int, column: str = "sequence") -> tuple[list[
         with open(p, newline="") as f:
             reader = csv.DictReader(f)
             if column not in (reader.fieldnames or []):
-                raise UserError(f"{p}: no column {column!r}; the columns are {reader.fieldnames}")
+                raise UserError(
+                    f"{p}: no column {column!r}; the columns are {reader.fieldnames} "
+                    "(choose one with --column)"
+                )
             rows = list(reader)
         if not rows:
             raise UserError(f"{p} has no rows to embed")

@@ -169,7 +169,7 @@ def check_against_reference(
         return genome[v.chrom][v.pos - 1 : v.pos - 1 + len(v.ref)]
 
     bad = [
-        f"{v.label()} (reference has {at(v)[:12] or 'nothing: past its end'})"
+        f"line {v.line} {v.label()} (reference has {at(v)[:12] or 'nothing: past its end'})"
         for v in variants
         if at(v) != v.ref
     ]
@@ -178,6 +178,7 @@ def check_against_reference(
             f"{vcf}: {len(bad)} REF alleles do not match {ref}: "
             + "; ".join(bad[:20])
             + ("; ..." if len(bad) > 20 else "")
+            + "; use the reference the VCF was called against"
         )
 
 

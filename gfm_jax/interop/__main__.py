@@ -12,6 +12,11 @@ SwiGLU needs NT's own modelling code).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the libraries below import is one line too
+    from gfm_jax.errors import stop_on_signals
+
+    stop_on_signals("gfm_jax.interop")
+
 import json
 import sys
 from collections.abc import Sequence
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from gfm_jax import config as config_lib
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.interop"
 MODES = ("import", "export")
@@ -74,5 +79,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     # Process-wide, for the program only (tests call main() in their own process).
     quiet_late_callbacks()
-    stop_on_signals(PROG)
     main()

@@ -7,6 +7,11 @@ parsed to the type of the value it replaces (e.g. --config.train.num_steps=10,
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first: Ctrl-C while the libraries below import is one line too
+    from gfm_jax.errors import stop_on_signals
+
+    stop_on_signals("gfm_jax.train")
+
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +21,7 @@ from ml_collections import config_flags
 
 from gfm_jax import config as config_lib
 from gfm_jax import distributed, host_memory
-from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks, stop_on_signals
+from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.train"
 FLAGS = flags.FLAGS
@@ -44,6 +49,7 @@ def _run(argv: Sequence[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; see --help")
         if not FLAGS["verbosity"].present:  # absl.app raises it to INFO: keep library logs quiet
             absl_logging.set_verbosity(absl_logging.WARNING)
+        config_lib.check_pretrain(FLAGS.config)  # before the heavy imports: a quick answer
         distributed.initialize(FLAGS)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
         from gfm_jax.data.pipeline import hide_gpus_from_tensorflow
@@ -70,5 +76,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     # Process-wide, for the program only (tests call main() in their own process).
     quiet_late_callbacks()
-    stop_on_signals(PROG)
     main()
