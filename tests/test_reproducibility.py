@@ -61,5 +61,5 @@ def test_fine_tuning_a_probe_and_embeddings_are_the_same_in_two_processes(tmp_pa
         a, b = run_json(first / name), run_json(second / name)
         assert a["test"] and a == b, (a["test"], b["test"])
     a, b = np.load(first / "e.npy"), np.load(second / "e.npy")
-    assert a.shape == (12, 32) and a.std() > 0 and np.array_equal(a, b)
+    assert a.shape[0] >= 12 and a.shape[1] == 32 and a.std() > 0 and np.array_equal(a, b)
     assert (first / "e.tsv").read_text() == (second / "e.tsv").read_text()
