@@ -449,6 +449,21 @@ CONFIG = [
         fast=True,
     ),
     Case(
+        "config flags for vep",
+        lambda t, w: vep(t, t, "v.vcf", VCF_HEADER) + ["--config.train.num_steps=1"],
+        ("'config.train.num_steps'", "--help"),
+        fast=True,
+    ),
+    Case(
+        "config flags for perplexity",
+        lambda t, w: (
+            ["gfm_jax.evaluate", "perplexity", "--workdir", str(t), "--fasta", "a.fa"]
+            + ["--config=configs/pretrain/tiny.py"]
+        ),
+        ("Unknown command line flag 'config'", "--help"),
+        fast=True,
+    ),
+    Case(
         "seeds not integers",
         lambda t, w: finetune(t)[:-2] + ["--seeds", "a,b"],
         ("--seeds='a,b'", "give integers"),

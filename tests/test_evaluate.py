@@ -544,6 +544,16 @@ def test_embed_cli_fasta_windows_and_csv_rows(ckpt, cli, tmp_path):
     assert np.load(csv_out).shape == (3186, 32)
 
 
+def test_embed_warns_about_inputs_that_are_mostly_n(ckpt, tmp_path, capsys):
+    from gfm_jax.evaluate import embed
+
+    fasta = tmp_path / "n.fa"
+    fasta.write_text(">n\n" + "N" * 60 + "ACGT\n>s\n" + "ACGTTGCA" * 8 + "\n")
+    result = embed.run(str(ckpt), str(fasta), str(tmp_path / "e.npy"), "mean", 0, "sequence")
+    assert result["mostly_n"] == 1 and result["shape"] == [2, 32]
+    assert "1 of 2 inputs are more than half N (first: n:0-64)" in capsys.readouterr().err
+
+
 def test_vep_scores_every_snv_of_the_saureus_vcf(ckpt, cli, tmp_path):
     out = tmp_path / "scores.tsv"
     stdout = cli("vep", "--workdir", ckpt, "--vcf", VCF, "--fasta", REF, "--out", out)

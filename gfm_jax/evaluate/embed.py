@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -143,6 +144,13 @@ def run(workdir: str, input_path: str, out: str, pooling: str, window: int, colu
     if window <= 0:
         window, _ = pretrained.window(loaded)
     sequences, names = read_inputs(input_path, window, column)
+    mostly_n = [n for n, s in zip(names, sequences, strict=True) if s.count("N") > len(s) / 2]
+    if mostly_n:
+        print(
+            f"warning: {len(mostly_n)} of {len(sequences)} inputs are more than half N (first: "
+            f"{mostly_n[0]}); their embeddings carry little but the N token",
+            file=sys.stderr,
+        )
     emb = embed_sequences(loaded, sequences, names, pooling)
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,4 +167,5 @@ def run(workdir: str, input_path: str, out: str, pooling: str, window: int, colu
         "index": str(index),
         "shape": list(emb.shape),
         "pooling": pooling,
+        "mostly_n": len(mostly_n),
     }
