@@ -171,8 +171,15 @@ MICRO_OVERRIDES: dict[str, object] = {
 }
 
 
+def check_kind(c: ConfigDict, block: str, kind: str, example: str) -> None:
+    """Refuses a config of another kind (a task config given to pretraining, ...) by name."""
+    if block not in c:
+        raise UserError(f"--config is not {kind} config (it has no '{block}'); pass e.g. {example}")
+
+
 def check_pretrain(c: ConfigDict) -> None:
     """Values no pretraining run can use, refused before anything is compiled or written."""
+    check_kind(c, "train", "a pretraining", "--config=configs/pretrain/tiny.py")
     t, o = c.train, c.optim
     checks = [
         (o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive"),
@@ -193,6 +200,7 @@ def check_pretrain(c: ConfigDict) -> None:
 
 def check_finetune(c: ConfigDict) -> None:
     """Values no fine-tuning or probe run can use, refused before a checkpoint is read."""
+    check_kind(c, "finetune", "a task", "--config=configs/tasks/splice.py")
     f, o = c.finetune, c.optim
     checks = [
         (f.epochs >= 1, f"finetune.epochs={f.epochs} must be at least 1"),
@@ -200,7 +208,7 @@ def check_finetune(c: ConfigDict) -> None:
         (o.learning_rate > 0, f"optim.learning_rate={o.learning_rate} must be positive"),
         (o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more"),
         (0 <= c.task.val_fraction < 1, f"task.val_fraction={c.task.val_fraction}: give [0, 1)"),
-        (c.probe.max_iterations >= 1, "probe.max_iterations must be at least 1"),
+        (c.probe.max_iterations >= 1, f"probe.max_iterations={c.probe.max_iterations}: give 1+"),
         (f.pooling in ("cls", "mean"), f"finetune.pooling={f.pooling!r}: choose cls or mean"),
         (
             c.cnn.pooling in ("meanmax", "flatten"),
@@ -467,7 +475,9 @@ def _describe(error: BaseException) -> str:
         guess = re.search(r'Did you mean "([^"]+)"', text)
         hint = f" (did you mean {guess[1]!r}?)" if guess else ""
         return f"unknown key {missing[1]!r}{hint}; config files change the defaults, never add keys"
-    return f"{type(error).__name__}: {text}"
+    if isinstance(error, TypeError) and "get_config()" in text:
+        return f"{text} (the ':' argument after the file goes to get_config: drop or fix it)"
+    return f"{type(error).__name__}: {text}; fix the file"
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,11 +1,12 @@
-"""How far fine-tuning results move with the CPU features and threads XLA uses.
+"""How far fine-tuning results move with the CPU features and cores XLA uses.
 
     python scripts/drift.py --workdir runs/quickstart [--models pretrained,cnn] [--seeds 0,1,2]
 
 Fine-tunes the quickstart task (configs/tasks/splice.py) from one checkpoint under each setting
 below, each in its own process, and prints test accuracy per seed plus the largest move from
 the first setting. The settings stand in for other machines: XLA compiles for the CPU it finds,
-and the instruction set (FMA or not) and the thread count change how sums are rounded.
+and the instruction set (FMA or not) and the number of cores it sees change how sums round.
+The table in docs/evaluation.md is `--settings "default,1 core,AVX without FMA"`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # name -> (extra XLA_FLAGS, CPU cores the process may use; None: all)
 SETTINGS = {
     "default": ("", None),
-    "1 thread": ("", {0}),
+    "1 core": ("", {0}),
     "AVX without FMA": ("--xla_cpu_max_isa=AVX", None),
     # Eigen's matmuls and convolutions on one thread, with all cores / with one core.
     "single-threaded Eigen": ("--xla_cpu_multi_thread_eigen=false", None),
@@ -39,7 +40,11 @@ def finetune(workdir: str, model: str, seed: int, setting: str, out: pathlib.Pat
         *("--out", str(out)),
     ]
     preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, preexec_fn=preexec)
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, preexec_fn=preexec
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{model} seed {seed} under {setting!r} failed:\n{done.stderr[-2000:]}")
     (path,) = out.glob(f"*_{model}_seed{seed}.json")
     result = json.loads(path.read_text())
     return {"accuracy": result["test"]["accuracy"], "epoch": result["best_epoch"]}
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="names from SETTINGS")
     args = parser.parse_args()
+    workdir = str(pathlib.Path(args.workdir).resolve())  # the runs start in the repository root
     settings = args.settings.split(",")
     if unknown := set(settings) - set(SETTINGS):
         parser.error(f"--settings: unknown {sorted(unknown)}; choose from {list(SETTINGS)}")
@@ -62,7 +68,7 @@ def main() -> None:
         for model in args.models.split(","):
             for seed in seeds:
                 runs = [
-                    finetune(args.workdir, model, seed, s, pathlib.Path(tmp) / f"{i}")
+                    finetune(workdir, model, seed, s, pathlib.Path(tmp) / f"{i}")
                     for i, s in enumerate(settings)
                 ]
                 move = max(abs(r["accuracy"] - runs[0]["accuracy"]) for r in runs)

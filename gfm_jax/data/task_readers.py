@@ -74,9 +74,7 @@ def _read_csv_file(path: pathlib.Path, task: ml_collections.ConfigDict, split: s
         if not row_split and "split" in columns:
             value = (r["split"] or "").strip().lower()
             if value not in SPLIT_NAMES:
-                raise UserError(
-                    f"{path}:{line}: split {value!r}; use one of {sorted(SPLIT_NAMES)}"
-                )
+                raise UserError(f"{path}:{line}: split {value!r}; use one of {sorted(SPLIT_NAMES)}")
             row_split = SPLIT_NAMES[value]
         raw.add(
             r[task.sequence_column] or "",

@@ -63,22 +63,25 @@ def read_vcf(path: str | pathlib.Path) -> tuple[list[Variant], list[tuple[str, s
 
 
 def _lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a plain or gzip VCF; unreadable bytes are one error line."""
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
+    """(line number, text) of a plain or gzip VCF, each line decoded on its own so that a bad
+    byte is reported at its line; a file that cannot be read is one error line."""
     n = 0
     try:
-        with opener(path, "rt") as f:
-            for n, line in enumerate(f, start=1):
-                yield n, line
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                yield n, raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}:{n}: not UTF-8 text ({e.reason}); is this a VCF file?") from None
+    except (OSError, EOFError) as e:
         raise UserError(
-            f"{path}:{n + 1}: cannot read ({e}); is it a complete VCF (plain or gzip)?"
+            f"{path}: cannot read after line {n} ({e}); is it a complete VCF (plain or gzip)?"
         ) from None
 
 
 def _fields(path: pathlib.Path, n: int, line: str) -> tuple[str, int, str, str, str]:
+    """CHROM, POS, ID, REF (uppercase) and ALT of line `n`, checked."""
     cols = line.rstrip("\n").split("\t")
     if len(cols) < 5:
         raise UserError(
@@ -89,9 +92,7 @@ def _fields(path: pathlib.Path, n: int, line: str) -> tuple[str, int, str, str, 
     try:
         pos = int(pos_text)
     except ValueError:
-        raise UserError(
-            f"{path}:{n}: POS {pos_text!r} is not an integer; fix the line"
-        ) from None
+        raise UserError(f"{path}:{n}: POS {pos_text!r} is not an integer; fix the line") from None
     ref = ref.upper()
     if not ref or set(ref) - _BASES:
         raise UserError(

@@ -216,8 +216,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if mode == "aggregate":
             print(results.summarize(results.load_runs(rest), args.out))
             return
-        if mode in ("finetune", "probe", "suite"):
-            config_lib.check_finetune(args.config)  # before the heavy imports
+        if mode in ("finetune", "probe", "suite"):  # before TensorFlow and the model code load
+            config_lib.check_finetune(args.config)
+            _seeds(args.seeds, args.config.seeds)
+        if mode == "suite":
+            config_lib.check_kind(args.config, "suite", "a suite", "--config=configs/suites/gue.py")
         if mode in ("finetune", "probe"):
             distributed.initialize(args)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -44,7 +45,9 @@ def run_file(out_dir: str | pathlib.Path, result: dict[str, Any]) -> pathlib.Pat
 def write_run(out_dir: str | pathlib.Path, result: dict[str, Any]) -> pathlib.Path:
     path = run_file(out_dir, result)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=float))
+    partial = path.with_name(path.name + ".partial")  # a stop mid-write leaves no half JSON
+    partial.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(partial, path)
     return path
 
 
@@ -58,7 +61,10 @@ def load_runs(paths: Iterable[str | pathlib.Path]) -> list[dict[str, Any]]:
         for f in files:
             if f.name.startswith("summary"):
                 continue
-            r = json.loads(f.read_text())
+            try:
+                r = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{f}: not a run JSON ({e}); delete it or rerun that run") from None
             if isinstance(r, dict) and {"mode", "model", "seed", "test"} <= set(r):
                 runs.append(r)
     if not runs:

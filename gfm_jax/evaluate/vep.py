@@ -168,8 +168,9 @@ def check_against_reference(
     def at(v: Variant) -> str:
         return genome[v.chrom][v.pos - 1 : v.pos - 1 + len(v.ref)]
 
+    name = pathlib.Path(vcf).name
     bad = [
-        f"line {v.line} {v.label()} (reference has {at(v)[:12] or 'nothing: past its end'})"
+        f"{name}:{v.line} {v.label()} (reference has {at(v)[:12] or 'nothing: past its end'})"
         for v in variants
         if at(v) != v.ref
     ]

@@ -49,7 +49,7 @@ def _run(argv: Sequence[str]) -> None:
             raise UserError(f"unexpected arguments {argv[1:]}; see --help")
         if not FLAGS["verbosity"].present:  # absl.app raises it to INFO: keep library logs quiet
             absl_logging.set_verbosity(absl_logging.WARNING)
-        config_lib.check_pretrain(FLAGS.config)  # before the heavy imports: a quick answer
+        config_lib.check_pretrain(FLAGS.config)  # before TensorFlow and the model code load
         distributed.initialize(FLAGS)
         host_memory.retain_freed_memory()  # before XLA allocates: see host_memory.py
         from gfm_jax.data.pipeline import hide_gpus_from_tensorflow
