@@ -52,6 +52,17 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
     )
 
 
+def damage_array_files(step_dir: pathlib.Path) -> None:
+    """Cuts the largest data file of each OCDBT tree of a step's params in half (what a bad
+    disk block does). Which tree holds the arrays a restore reads depends on how the step was
+    written, so each tree loses one file."""
+    for tree in (step_dir / "params").glob("**/d"):
+        files = [p for p in tree.iterdir() if p.is_file()]
+        if files:
+            largest = max(files, key=lambda p: (p.stat().st_size, p.name))
+            largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     return ROOT

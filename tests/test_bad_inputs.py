@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import ROOT, micro_overrides, run_module
+from conftest import ROOT, damage_array_files, micro_overrides, run_module
 
 LAMBDA = "gfm_jax/data/builtin_files/lambda_phage_NC_001416.fa.gz"
 LAMBDA_RECORD = "gi|9626243|ref|NC_001416.1|"
@@ -109,10 +109,6 @@ def damaged(tmp: pathlib.Path, work: pathlib.Path | None, damage: Callable) -> p
 def largest_params_file(step: pathlib.Path) -> pathlib.Path:
     files = [p for p in (step / "params").rglob("*") if p.is_file()]
     return max(files, key=lambda p: (p.stat().st_size, str(p)))
-
-
-def truncate(path: pathlib.Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def cut_gzip(text: str) -> bytes:
@@ -511,8 +507,8 @@ CHECKPOINTS = [
         ("no checkpoint in {tmp}/none", "train first"),
     ),
     Case(
-        "one params file truncated",
-        lambda t, w: embed(t, damaged(t, w, lambda s: truncate(largest_params_file(s)))),
+        "params data files truncated",
+        lambda t, w: embed(t, damaged(t, w, damage_array_files)),
         (
             "checkpoint step 2 in {tmp}/w/ckpt cannot be restored",
             "delete {tmp}/w/ckpt/2",
@@ -522,7 +518,7 @@ CHECKPOINTS = [
         needs_checkpoint=True,
     ),
     Case(
-        "one params file deleted",
+        "largest params file deleted",
         lambda t, w: embed(t, damaged(t, w, lambda s: largest_params_file(s).unlink())),
         ("checkpoint step 2", "delete {tmp}/w/ckpt/2"),
         needs_checkpoint=True,

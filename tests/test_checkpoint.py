@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, micro_overrides, run_module
+from conftest import ROOT, damage_array_files, micro_overrides, run_module
 
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
@@ -22,15 +22,6 @@ from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
 from gfm_jax.train import state as state_lib
-
-
-def damage_one_array_file(step_dir: pathlib.Path) -> None:
-    """Cuts the largest data file of the step's params in half: one damaged array, the rest
-    intact (what a bad disk block does)."""
-    files = [p for p in (step_dir / "params").rglob("*") if p.is_file() and "/d/" in str(p)]
-    largest = max(files, key=lambda p: p.stat().st_size)
-    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
-
 
 ONE_DEVICE = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
 
@@ -281,7 +272,7 @@ def test_init_from_loads_params_only_and_refuses_another_shape(tmp_path):
     assert r.returncode == 2 and "data.tokenizer" in r.stderr
 
 
-@pytest.mark.parametrize("damage", [truncate_arrays, damage_one_array_file])
+@pytest.mark.parametrize("damage", [truncate_arrays, damage_array_files])
 def test_a_truncated_params_file_is_reported_with_its_step(tmp_path, damage):
     save_on_eight_devices(tmp_path)
     damage(tmp_path / "ckpt" / "3")
@@ -296,7 +287,7 @@ def test_one_damaged_array_file_is_one_line_everywhere_and_training_falls_back(t
     steps = {"train.num_steps": 8, "train.checkpoint_every": 4}
     r = run_module("gfm_jax.train", *train_args(str(tmp_path), **steps))
     assert r.returncode == 0, r.stderr
-    damage_one_array_file(tmp_path / "ckpt" / "8")
+    damage_array_files(tmp_path / "ckpt" / "8")
     fasta = tmp_path / "s.fa"
     fasta.write_text(">s\n" + "ACGT" * 40 + "\n")
     r = run_module(
