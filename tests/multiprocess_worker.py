@@ -31,8 +31,7 @@ def main() -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from gfm_jax import config as config_lib
-    from gfm_jax import sharding
+    from gfm_jax import command_line, sharding
     from gfm_jax.data.corpus import load_corpus
     from gfm_jax.data.pipeline import WindowPipeline, to_global
     from gfm_jax.data.tokenizers import get_tokenizer
@@ -45,7 +44,7 @@ def main() -> None:
     stop = StopRequests()
     assert stop.multiprocess and stop.stop_after(1) is None
     stop.close()
-    config = config_lib.load_config("configs/pretrain/tiny.py", ["--config.data.window_len=64"])
+    config = command_line.load_config("configs/pretrain/tiny.py", ["--config.data.window_len=64"])
     pipe = WindowPipeline(load_corpus(["builtin"]), get_tokenizer("char"), config.data, seed=0)
     mesh = sharding.make_mesh((2, -1, 1))
     batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, damage_array_files, micro_overrides, run_module
 
-from gfm_jax import checkpoint, sharding
+from gfm_jax import checkpoint, command_line, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
@@ -130,7 +130,7 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
 
 
 def small_state(mesh):
-    config = config_lib.load_config("configs/pretrain/tiny.py", micro_overrides())
+    config = command_line.load_config("configs/pretrain/tiny.py", micro_overrides())
     model = MaskedLM(EncoderConfig.from_config(config.model, 12), mesh, config_lib.DEFAULT_RULES)
     tx = optim.make_optimizer(config.optim, 10)
     init = lambda rng: model.init(rng, np.zeros((1, 16), np.int32))["params"]  # noqa: E731

@@ -4,6 +4,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from gfm_jax import command_line
 from gfm_jax import config as config_lib
 from gfm_jax.errors import UserError
 
@@ -18,7 +19,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_file_loads(path):
-    config = config_lib.load_config(str(path))
+    config = command_line.load_config(str(path))
     if path.parent.name == "pretrain":
         assert config.seed == 0
     else:  # downstream configs: several seeds, reported as mean +- sd
@@ -31,7 +32,7 @@ def test_every_config_file_loads(path):
 
 
 def test_smoke_mode_and_overrides_of_every_type():
-    config = config_lib.load_config(
+    config = command_line.load_config(
         TINY + ":smoke",
         [
             "--config.model.num_layers=3",  # int
@@ -59,7 +60,7 @@ def test_smoke_mode_and_overrides_of_every_type():
 
 
 def test_overrides_of_a_task_config():
-    config = config_lib.load_config(
+    config = command_line.load_config(
         str(ROOT / "configs/tasks/splice.py"),
         ["--config.seeds=(4,5)", "--config.task.test_rows=()", "--config.finetune.pooling=mean"],
     )
@@ -69,11 +70,11 @@ def test_overrides_of_a_task_config():
 
 def test_unknown_override_key_names_key_and_choices():
     with pytest.raises(UserError) as e:
-        config_lib.load_config(TINY, ["--config.model.num_layerz=3"])
+        command_line.load_config(TINY, ["--config.model.num_layerz=3"])
     message = str(e.value)
     assert "'model.num_layerz'" in message and "num_layers" in message and "\n" not in message
     with pytest.raises(UserError, match=r"unknown config key 'trian.num_steps' \(under <top>"):
-        config_lib.load_config(TINY, ["--config.trian.num_steps=3"])
+        command_line.load_config(TINY, ["--config.trian.num_steps=3"])
 
 
 @pytest.mark.parametrize(
@@ -91,7 +92,7 @@ def test_unknown_override_key_names_key_and_choices():
 )
 def test_a_value_of_the_wrong_type_names_key_and_type(override, message):
     with pytest.raises(UserError) as e:
-        config_lib.load_config(TINY, [f"--config.{override}"])
+        command_line.load_config(TINY, [f"--config.{override}"])
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -102,7 +103,7 @@ def test_typo_inside_config_file_is_an_error(tmp_path):
         "def get_config():\n    c = pretrain_defaults()\n    c.train.num_stepz = 3\n    return c\n"
     )
     with pytest.raises(UserError) as e:
-        config_lib.load_config(str(bad))
+        command_line.load_config(str(bad))
     assert str(e.value).startswith(f"config file {bad}: unknown key 'num_stepz'")
     assert "did you mean 'num_steps'?" in str(e.value)
 
@@ -111,36 +112,36 @@ def test_config_file_that_raises_is_one_line(tmp_path):
     raises = tmp_path / "raises.py"
     raises.write_text("def get_config(mode='default'):\n    raise ValueError(f'no mode {mode}')\n")
     with pytest.raises(UserError) as e:
-        config_lib.load_config(f"{raises}:fast")
+        command_line.load_config(f"{raises}:fast")
     assert str(e.value) == f"config file {raises}: ValueError: no mode fast; fix the file"
     # get_config without an argument, given one
     with pytest.raises(UserError, match="gue.py: get_config.*drop or fix it"):
-        config_lib.load_config(str(ROOT / "configs/suites/gue.py") + ":smoke")
+        command_line.load_config(str(ROOT / "configs/suites/gue.py") + ":smoke")
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config(:\n")
     with pytest.raises(UserError, match="broken.py: SyntaxError"):
-        config_lib.load_config(str(broken))
+        command_line.load_config(str(broken))
 
 
 def test_each_file_loads_afresh(tmp_path):
     # config_flags reuses one module name for every file; a file without get_config must not
     # run the one a file loaded before it defined.
-    config_lib.load_config(TINY)
+    command_line.load_config(TINY)
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
     with pytest.raises(UserError, match="empty.py: it has no get_config()"):
-        config_lib.load_config(str(empty))
+        command_line.load_config(str(empty))
     not_a_dict = tmp_path / "dict.py"
     not_a_dict.write_text("def get_config():\n    return {'seed': 1}\n")
     with pytest.raises(UserError, match="get_config.. must return a ConfigDict"):
-        config_lib.load_config(str(not_a_dict))
+        command_line.load_config(str(not_a_dict))
 
 
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file 'configs/pretrain/nope.py' not found"):
-        config_lib.load_config("configs/pretrain/nope.py")
+        command_line.load_config("configs/pretrain/nope.py")
     with pytest.raises(UserError, match="nope.py' not found"):
-        config_lib.load_config("configs/pretrain/nope.py", ["--config.seed=1"])
+        command_line.load_config("configs/pretrain/nope.py", ["--config.seed=1"])
 
 
 def command_line_flags(argv: list[str]) -> flags.FlagValues:
@@ -155,7 +156,7 @@ def command_line_flags(argv: list[str]) -> flags.FlagValues:
 def test_parse_flags_of_a_command_line():
     argv = ["prog", "--config", TINY + ":smoke", "--workdir", "w", "--config.train.num_steps", "7"]
     fv = command_line_flags(argv)
-    assert config_lib.parse_flags(fv, argv) == ["prog"]
+    assert command_line.parse_flags(fv, argv) == ["prog"]
     assert fv.config.train.num_steps == 7 and fv.config.train.eval_every == 10
     assert fv.workdir == "w"
 
@@ -174,7 +175,7 @@ def test_parse_flags_of_a_command_line():
 def test_parse_flags_errors_are_one_line(args, message):
     argv = ["prog", *args]
     with pytest.raises(UserError) as e:
-        config_lib.parse_flags(command_line_flags(argv), argv)
+        command_line.parse_flags(command_line_flags(argv), argv)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -193,8 +194,8 @@ def test_environment_defaults_of_the_distributed_flags_are_checked(monkeypatch):
 def test_an_unknown_config_mode_is_refused_by_name():
     for spec in ("configs/pretrain/tiny.py:smokek", "configs/tasks/splice.py:fast"):
         with pytest.raises(UserError, match="unknown config mode .* choose default, smoke"):
-            config_lib.load_config(str(ROOT / spec))
-    assert config_lib.load_config(TINY + ":smoke").train.num_steps == 10
+            command_line.load_config(str(ROOT / spec))
+    assert command_line.load_config(TINY + ":smoke").train.num_steps == 10
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_an_unknown_config_mode_is_refused_by_name():
 def test_values_no_run_can_use_are_refused_before_anything_is_written(override, message):
     from gfm_jax.train.loop import train
 
-    config = config_lib.load_config(TINY, [f"--config.{override}"])
+    config = command_line.load_config(TINY, [f"--config.{override}"])
     with pytest.raises(UserError, match=message):
         config_lib.check_pretrain(config)
     workdir = ROOT / "runs" / "never_written"

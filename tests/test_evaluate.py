@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import micro_overrides, run_module
 
+from gfm_jax import command_line
 from gfm_jax import config as config_lib
 from gfm_jax.data import builtin, tasks
 from gfm_jax.data.tokenizers import get_tokenizer
@@ -167,7 +168,7 @@ def test_regression_finetune_keeps_the_epoch_with_the_lowest_validation_mse(tmp_
     from gfm_jax.evaluate import finetune
 
     path = write_csv(tmp_path / "gc.csv", _gc_rows(), ("sequence", "label", "split", "gc"))
-    config = config_lib.load_config(
+    config = command_line.load_config(
         SPLICE,
         [
             f"--config.task.path={path}",
@@ -200,7 +201,7 @@ def test_an_unknown_select_metric_is_a_one_line_error(cli, tmp_path):
 
 
 def test_splice_statlog_split_removes_duplicates_and_leakage_and_fixes_validation():
-    config = config_lib.load_config(SPLICE)
+    config = command_line.load_config(SPLICE)
     task = tasks.load_task(config.task)
     assert task.label_names == ("EI", "IE", "N")
     train = set(task.train.sequences)
@@ -211,9 +212,9 @@ def test_splice_statlog_split_removes_duplicates_and_leakage_and_fixes_validatio
     assert "duplicate training rows" in notes and "test rows" in notes
     assert len(task.train) + len(task.val) < 2000 and 0 < 1186 - len(task.test) < 200
     # The validation rows depend on task.split_seed only, never on a training seed.
-    again = tasks.load_task(config_lib.load_config(SPLICE).task)
+    again = tasks.load_task(command_line.load_config(SPLICE).task)
     assert again.val.sequences == task.val.sequences
-    other = config_lib.load_config(SPLICE, ["--config.task.split_seed=1"])
+    other = command_line.load_config(SPLICE, ["--config.task.split_seed=1"])
     assert tasks.load_task(other.task).val.sequences != task.val.sequences
     enc = tasks.encode_split(get_tokenizer("char"), task.test, task.path)
     assert enc["ids"].shape == (len(task.test), 61) and enc["mask"].all()  # CLS + 60 nt
@@ -261,7 +262,7 @@ def test_every_directory_layout_reads_the_same_examples(tmp_path):
 
 
 def test_tfds_format_reads_the_prepared_builder(tmp_path):
-    csv_task = tasks.load_task(config_lib.load_config(SPLICE).task)
+    csv_task = tasks.load_task(command_line.load_config(SPLICE).task)
     config = config_lib.finetune_defaults()
     config.task.format, config.task.path = "tfds", "gfm_task/splice"
     config.task.tfds_data_dir = str(tmp_path)
@@ -313,7 +314,7 @@ def test_tfds_format_reads_the_prepared_builder(tmp_path):
 def test_bad_task_files(tmp_path, content, overrides, message):
     path = tmp_path / "task.csv"
     path.write_text(content)
-    config = config_lib.load_config(
+    config = command_line.load_config(
         SPLICE, [f"--config.task.path={path}", "--config.task.test_rows=()", *overrides]
     )
     with pytest.raises(UserError, match=message):
@@ -474,7 +475,7 @@ def _one_hot_bases(sequences: list[str]) -> np.ndarray:
 
 def test_probe_solvers_on_splice_bases_and_their_l2_scale():
     # Logistic regression on one-hot bases of the splice task: far above the majority class.
-    task = tasks.load_task(config_lib.load_config(SPLICE).task)
+    task = tasks.load_task(command_line.load_config(SPLICE).task)
     x = {k: _one_hot_bases(getattr(task, k).sequences).reshape(-1, 240) for k in ("train", "test")}
     y = {"train": task.train.labels, "test": task.test.labels}
     w, b = probe.fit_logistic(x["train"], y["train"], 3, 1e-3, 500)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from gfm_jax import config as config_lib
+from gfm_jax import command_line
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.pipeline import WindowPipeline
 from gfm_jax.data.tokenizers import get_tokenizer
@@ -48,7 +48,7 @@ def test_two_processes_build_their_halves_of_the_single_process_batches(tmp_path
         assert p.returncode == 0, out[-3000:]
     got = np.load(tmp_path / "global_batches.npz")
 
-    config = config_lib.load_config("configs/pretrain/tiny.py", ["--config.data.window_len=64"])
+    config = command_line.load_config("configs/pretrain/tiny.py", ["--config.data.window_len=64"])
     pipe = WindowPipeline(load_corpus(["builtin"]), get_tokenizer("char"), config.data, seed=0)
     single = list(
         pipe.dataset("train", global_batch=16, first_step=3, last_step=8).as_numpy_iterator()

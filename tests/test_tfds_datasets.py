@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gfm_jax import command_line
 from gfm_jax import config as config_lib
 from gfm_jax.data import tasks, tfds_datasets
 from gfm_jax.data.corpus import load_corpus
@@ -12,7 +13,7 @@ from gfm_jax.errors import UserError
 
 
 def test_task_splits_equal_load_task_and_the_cache_is_reused(tmp_path):
-    task = tasks.load_task(config_lib.load_config("configs/tasks/splice.py").task)
+    task = tasks.load_task(command_line.load_config("configs/tasks/splice.py").task)
     for split, expected in (("train", task.train), ("validation", task.val), ("test", task.test)):
         rows = list(tfds_datasets.load_task("splice", split, str(tmp_path)).as_numpy_iterator())
         assert [r["sequence"].decode() for r in rows] == list(expected.sequences)
@@ -77,6 +78,6 @@ def test_processes_preparing_one_dataset_at_once_take_turns(tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-2000:]
-    task = tasks.load_task(config_lib.load_config("configs/tasks/splice.py").task)
+    task = tasks.load_task(command_line.load_config("configs/tasks/splice.py").task)
     assert [int(out.split()[-1]) for out, _ in outputs] == [len(task.test)] * 2
     assert not list(tmp_path.rglob("*incomplete*"))  # no temporary build left behind

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 from conftest import micro_overrides, run_module
 
+from gfm_jax import command_line, sharding
 from gfm_jax import config as config_lib
-from gfm_jax import sharding
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.pipeline import WindowPipeline, to_global
@@ -25,7 +25,7 @@ from gfm_jax.train.loop import train
 
 def micro_config(**extra):
     extra = {"train.peak_tflops": 0.2, **extra}  # CPUs are not in the peak table
-    return config_lib.load_config("configs/pretrain/tiny.py", micro_overrides(**extra))
+    return command_line.load_config("configs/pretrain/tiny.py", micro_overrides(**extra))
 
 
 @pytest.fixture(scope="module")

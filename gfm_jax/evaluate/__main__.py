@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from gfm_jax import command_line, distributed, host_memory
 from gfm_jax import config as config_lib
-from gfm_jax import distributed, host_memory
 from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.evaluate"
@@ -117,7 +117,7 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
 
 def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
     """(mode, its parsed flags, positional arguments) of a command line without the program."""
-    mode, fv, rest = config_lib.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
+    mode, fv, rest = command_line.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
     # aggregate's runs are positional, and so are perplexity's FASTA files after the first
     # (`--fasta a.fa b.fa`, as well as `--fasta a.fa --fasta b.fa`).
     if mode == "aggregate" and not rest:

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from gfm_jax import config as config_lib
 from gfm_jax import sharding
 from gfm_jax.data import tasks
 from gfm_jax.data.pipeline import host_batch_size, to_global
@@ -129,8 +130,6 @@ def _build(
     else:
         pre = pretrained.describe(workdir)
         tokenizer = pre.tokenizer
-        if f_cfg.pooling not in ("mean", "cls"):
-            raise UserError(f"finetune.pooling={f_cfg.pooling!r}: choose mean or cls")
         if per_token:
             model = TokenClassifier(pre.model_config, task.num_outputs, mesh, rules)
         else:
@@ -235,6 +234,7 @@ def finetune(
     """Fine-tunes on `config.task` with one seed; returns the test metrics and their recipe."""
     if model_name not in MODELS:
         raise UserError(f"--model={model_name!r}: choose one of {MODELS}")
+    config_lib.check_finetune(config)
     t0 = time.perf_counter()
     f_cfg = config.finetune
     # Refused before the task loads and the model compiles, not at the first batch.

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from gfm_jax import config as config_lib
+from gfm_jax import command_line
 from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.interop"
@@ -38,7 +38,7 @@ def _define_flags(mode: str, fv: flags.FlagValues, command: list[str]) -> None:
 
 def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
     """(mode, its parsed flags, positional arguments) of a command line without the program."""
-    mode, fv, rest = config_lib.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
+    mode, fv, rest = command_line.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
     if mode == "import" and len(rest) != 1:
         raise UserError(
             "import takes one directory with config.json, model.safetensors (or .bin) and "

@@ -19,8 +19,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from gfm_jax import command_line, distributed, host_memory
 from gfm_jax import config as config_lib
-from gfm_jax import distributed, host_memory
 from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.train"
@@ -40,7 +40,7 @@ def _define_flags(argv: list[str] | None) -> None:
 
 def _parse(argv: Sequence[str]) -> list[str]:
     with exit_on_user_error(PROG):
-        return config_lib.parse_flags(FLAGS, argv)
+        return command_line.parse_flags(FLAGS, argv)
 
 
 def _run(argv: Sequence[str]) -> None:
