@@ -126,6 +126,18 @@ class Checkpointer:
             force=True,
         )
 
+    def save_params(self, step: int, params: Any, meta: dict) -> None:
+        """Saves `params` and `meta` only (no optimizer state: a fine-tuned or imported model)
+        and waits until they are written."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
     def _read(self, step: int, **items: Any) -> Any:
         """Restores the named items of `step`; an unreadable step raises CorruptCheckpoint."""
         try:

@@ -200,6 +200,11 @@ def check_pretrain(c: ConfigDict) -> None:
     _refuse(checks)
 
 
+POOLINGS = ("cls", "mean", "max")
+STRANDS = ("forward", "both")
+ADAPTERS = ("none", "lora", "ia3")
+
+
 def check_finetune(c: ConfigDict) -> None:
     """Values no fine-tuning or probe run can use, refused before a checkpoint is read."""
     check_kind(c, "finetune", "a task", "--config=configs/tasks/splice.py")
@@ -210,7 +215,28 @@ def check_finetune(c: ConfigDict) -> None:
         (f.batch_size >= 1, f"finetune.batch_size={f.batch_size} must be at least 1"),
         (0 <= c.task.val_fraction < 1, f"task.val_fraction={c.task.val_fraction}: give [0, 1)"),
         (c.probe.max_iterations >= 1, f"probe.max_iterations={c.probe.max_iterations}: give 1+"),
-        (f.pooling in ("cls", "mean"), f"finetune.pooling={f.pooling!r}: choose cls or mean"),
+        (f.pooling in POOLINGS, f"finetune.pooling={f.pooling!r}: choose {', '.join(POOLINGS)}"),
+        (f.strand in STRANDS, f"finetune.strand={f.strand!r}: choose forward or both"),
+        (
+            f.strand == "forward" or not c.task.stranded,
+            f"--strand both averages the two strands' predictions, but the labels of task "
+            f"{c.task.name or c.task.path!r} depend on the strand (task.stranded=True); use "
+            "--strand forward (or --config.task.stranded=False for a task whose labels do not)",
+        ),
+        (
+            f.strand == "forward" or c.task.kind != "token_classification",
+            "--strand both averages per-sequence predictions; token_classification has one "
+            "label per base: use --strand forward",
+        ),
+        (
+            f.adapter in ADAPTERS,
+            f"finetune.adapter={f.adapter!r}: choose one of {', '.join(ADAPTERS)}",
+        ),
+        (
+            f.adapter == "none" or not f.freeze_backbone,
+            "finetune.adapter trains the adapters and the head on a frozen backbone already; "
+            "drop finetune.freeze_backbone=True",
+        ),
         (
             c.cnn.pooling in ("meanmax", "flatten"),
             f"cnn.pooling={c.cnn.pooling!r}: choose meanmax or flatten",
@@ -258,6 +284,7 @@ def _task_defaults() -> ConfigDict:
     t.val_fraction = 0.1
     t.split_seed = 0
     t.drop_test_duplicates = True  # drop test / val rows whose sequence occurs in train
+    t.stranded = True  # labels depend on the strand: --strand both is refused
     return t
 
 
@@ -272,6 +299,16 @@ def finetune_defaults() -> ConfigDict:
     f.batch_size = 64
     f.pooling = "cls"  # cls (the first token) | mean (over non-padding tokens)
     f.freeze_backbone = False  # True: train the head only (the encoder gets no update)
+    # Parameter-efficient fine-tuning (models/adapters.py): none | lora | ia3. The backbone is
+    # frozen; the adapters and the head train.
+    f.adapter = "none"
+    f.lora_rank = 8
+    f.lora_alpha = 16.0
+    f.lora_targets = ("query", "key", "value", "out", "gate", "up", "down")
+    # forward | both: average the predictions (probe, embed: the pooled embeddings) of each
+    # sequence and its reverse complement; refused for tasks with task.stranded=True.
+    f.strand = "forward"
+    f.save = True  # keep the best epoch's trained parameters beside the run JSON
     # The validation metric that picks the best epoch ("" = accuracy for classification,
     # spearman for regression); the test split is evaluated once, with that epoch.
     f.select_metric = ""

@@ -36,6 +36,15 @@ def _code_table() -> bytes:
 
 
 _CODE_TABLE = _code_table()
+_COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
+
+
+def reverse_complement(text: str) -> str:
+    """The reverse complement of a sequence's text (case kept; IUPAC letters other than N are
+    left as they are)."""
+    return text.translate(_COMPLEMENT)[::-1]
+
+
 _VALID_LETTERS = bytes(i for i in range(256) if _CODE_TABLE[i] != 0xFF)
 _STRICT_LETTERS = bytes(i for i in _VALID_LETTERS if chr(i).upper() not in _IUPAC_AMBIGUOUS)
 IUPAC_POLICIES = ("n", "error")

@@ -63,6 +63,11 @@ class Tokenizer(abc.ABC):
     def ids_from_codes(self, codes_BxL: tf.Tensor) -> tf.Tensor:
         """uint8 base codes [B, L] -> int32 ids [B, num_tokens(L)], padded with pad_id."""
 
+    def complement_ids(self) -> tuple[int, ...] | None:
+        """The id of each token's complement (specials and N map to themselves), or None where
+        reverse complementing a sequence is not a permutation of its tokens (k-mers, BPE)."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild this tokenizer."""
         return {"name": self.name, "vocab_size": self.vocab_size}
@@ -109,6 +114,12 @@ class CharTokenizer(Tokenizer):
 
     def num_tokens(self, window_len: int) -> int:
         return window_len
+
+    def complement_ids(self) -> tuple[int, ...]:
+        ids = list(range(self.vocab_size))
+        a, c, g, t = range(self._first, self._first + 4)
+        ids[a], ids[t], ids[c], ids[g] = t, a, g, c
+        return tuple(ids)
 
     def bases_for_tokens(self, tokens: int) -> int:
         return tokens

@@ -139,7 +139,7 @@ def _run_task(
     import jax
 
     for seed in seeds:
-        result = run(config, workdir, model, seed)
+        result = run(config, workdir, model, seed, *([out] if mode == "finetune" else []))
         if jax.process_index() == 0:  # every process holds the same result; one writes it
             print(f"wrote {results.write_run(out, result)}", flush=True)
 

@@ -2,7 +2,9 @@
 
 Models (`model`):
 - `pretrained`: the workdir's encoder (only the checkpoint's `params` item is read, never the
-  optimizer state) under a new head; `finetune.freeze_backbone` trains the head only.
+  optimizer state) under a new head; `finetune.freeze_backbone` trains the head only, and
+  `finetune.adapter` (lora, ia3) trains adapters in the frozen encoder and the head. Frozen
+  parameters get no gradient (stop_gradient) and no optimizer state (optax.multi_transform).
 - `scratch`: the same architecture and tokenizer, randomly initialised: what pretraining adds.
 - `cnn`: the non-pretrained CNN baseline (models/cnn.py) on single-base tokens.
 
@@ -10,7 +12,9 @@ The heads: pooled linear layer (classification, regression) or one linear layer 
 (token classification). The step is the pretraining step machinery (`jax.jit` with shardings,
 donation), so fine-tuning runs on any mesh and in several processes. The epoch with the best
 validation `finetune.select_metric` (in its direction: lowest mse, highest accuracy; see
-metrics.DIRECTIONS) is kept; the test rows are evaluated once, with it.
+metrics.DIRECTIONS) is kept; the test rows are evaluated once, with it. `finetune.strand=both`
+averages each validation and test sequence's prediction with its reverse complement's. With
+`finetune.save`, the kept epoch's trained parameters go to a checkpoint (see finetuned.py).
 
 Steps: `_build` (model, tokenizer, encoded splits), `_build_state` (sharded state, restored
 encoder, compiled step), `_evaluator` (metrics of a split), `_run_epochs` (train, select).
@@ -30,11 +34,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gfm_jax import config as config_lib
 from gfm_jax import sharding
-from gfm_jax.data import tasks
+from gfm_jax.data import fasta, tasks
 from gfm_jax.data.pipeline import host_batch_size, to_global
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.errors import UserError
-from gfm_jax.evaluate import metrics, pretrained
+from gfm_jax.evaluate import finetuned, metrics, pretrained, results
+from gfm_jax.models import adapters
 from gfm_jax.models.cnn import CnnClassifier
 from gfm_jax.models.heads import SequenceClassifier, TokenClassifier
 from gfm_jax.train import losses, optim
@@ -69,8 +74,12 @@ def _batches(data: dict[str, np.ndarray], batch_size: int, order: np.ndarray):
         yield batch
 
 
-def _objective(model: Any, kind: str):
+def _objective(model: Any, kind: str, trainable):
     def objective(params: Any, batch: dict) -> dict:
+        # Frozen parameters are constants: XLA computes no gradient for their weights.
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, x: x if trainable(path) else jax.lax.stop_gradient(x), params
+        )
         out = model.apply({"params": params}, batch["ids"], batch["mask"])
         if kind == "regression":
             return losses.regression_sums(out[:, 0], batch["labels"], batch["weights"])
@@ -83,15 +92,14 @@ def _objective(model: Any, kind: str):
     return objective
 
 
-def _frozen_backbone(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx` on every parameter but the encoder's, which get no update (and no weight decay)."""
+def _train_only(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+    """`tx` on the parameters `trainable(path)` accepts; the others get no update, no weight
+    decay and no optimizer state."""
 
     def labels(params: Any) -> Any:
-        def subtree(name: str, tree: Any) -> Any:
-            label = "frozen" if name == "encoder" else "train"
-            return jax.tree.map(lambda _: label, tree)
-
-        return {k: subtree(k, v) for k, v in params.items()}
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if trainable(path) else "frozen", params
+        )
 
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
@@ -108,6 +116,7 @@ class _Run:
     mesh: Any
     rules: tuple
     pre: pretrained.Pretrained | None  # None for the CNN
+    trainable: Any  # trainable(path) -> bool: which parameters fine-tuning updates
 
     @property
     def per_token(self) -> bool:
@@ -130,23 +139,33 @@ def _build(
     else:
         pre = pretrained.describe(workdir)
         tokenizer = pre.tokenizer
+        model_config = dataclasses.replace(pre.model_config, adapter=finetuned.adapter_of(f_cfg))
         if per_token:
-            model = TokenClassifier(pre.model_config, task.num_outputs, mesh, rules)
+            model = TokenClassifier(model_config, task.num_outputs, mesh, rules)
         else:
-            model = SequenceClassifier(
-                pre.model_config, task.num_outputs, f_cfg.pooling, mesh, rules
-            )
+            model = SequenceClassifier(model_config, task.num_outputs, f_cfg.pooling, mesh, rules)
+    splits = [("train", task.train), ("val", task.val), ("test", task.test)]
+    if f_cfg.strand == "both":
+        splits += [(f"{n}_rc", reverse_complemented(s)) for n, s in splits[1:]]
     data = tasks.pad_to_one_length(
         {
             name: tasks.encode_split(tokenizer, split, task.path, task.kind)
-            for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
+            for name, split in splits
         },
         tokenizer.pad_id,
     )
-    return _Run(config, task, model, tokenizer, data, mesh, rules, pre)
+    trainable = finetuned.trainable_fn(finetuned.training_mode(f_cfg, model_name))
+    return _Run(config, task, model, tokenizer, data, mesh, rules, pre, trainable)
 
 
-def _build_state(run: _Run, workdir: str, model_name: str, seed: int, frozen: bool):
+def reverse_complemented(split: tasks.Split) -> tasks.Split:
+    rc = tuple(fasta.reverse_complement(s) for s in split.sequences)
+    return dataclasses.replace(
+        split, sequences=rc, rows=tuple(f"{r} (reverse)" for r in split.rows)
+    )
+
+
+def _build_state(run: _Run, workdir: str, model_name: str, seed: int):
     """The sharded train state (the pretrained encoder restored into it), its shardings, the
     compiled train step and the batch sharding."""
     f_cfg, example = run.config.finetune, run.data["train"]
@@ -156,18 +175,23 @@ def _build_state(run: _Run, workdir: str, model_name: str, seed: int, frozen: bo
         return run.model.init(rng, example["ids"][:1], example["mask"][:1])["params"]
 
     steps_per_epoch = -(-len(run.task.train) // f_cfg.batch_size)
-    tx = optim.make_optimizer(run.config.optim, steps_per_epoch * f_cfg.epochs)
-    if frozen:
-        tx = _frozen_backbone(tx)
+    tx = _train_only(optim.make_optimizer(run.config.optim, steps_per_epoch * f_cfg.epochs),
+                     run.trainable)  # fmt: skip
     state, shardings = state_lib.create_sharded_state(
         init_params, tx, jax.random.key(seed), run.mesh, run.rules
     )
     if model_name == "pretrained":
         encoder = pretrained.load_params(workdir, run.pre, run.mesh, run.rules)["encoder"]
+        # The adapters keep their initial values; every other encoder weight is the base's.
+        fresh_adapters, _ = adapters.split(state.params["encoder"])
+        encoder = finetuned.merge_trees(encoder, fresh_adapters)
         state = state.replace(params={**state.params, "encoder": encoder})
-        log(f"encoder from {workdir} step {run.pre.step}" + (" (frozen)" if frozen else ""))
+        mode = finetuned.training_mode(f_cfg, model_name)
+        log(
+            f"encoder from {workdir} step {run.pre.step}" + ("" if mode == "full" else f" ({mode})")
+        )
     train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(_objective(run.model, run.task.kind), tx),
+        step_lib.make_train_step(_objective(run.model, run.task.kind, run.trainable), tx),
         shardings,
         batch_sharding,
     )
@@ -183,13 +207,18 @@ def _evaluator(run: _Run, shardings: Any, batch_sharding: Any):
         out_shardings=NamedSharding(run.mesh, PartitionSpec()),
     )
 
-    def evaluate(params: Any, split: str) -> dict[str, float]:
+    def outputs(params: Any, split: str) -> np.ndarray:
         d = run.data[split]
         outs = [
             np.asarray(predict(params, to_global(b, batch_sharding)))
             for b in _batches(d, batch_size, np.arange(len(d["ids"])))
         ]
-        out, labels = np.concatenate(outs)[: len(d["ids"])], d["labels"]
+        return np.concatenate(outs)[: len(d["ids"])]
+
+    def evaluate(params: Any, split: str) -> dict[str, float]:
+        out, labels = outputs(params, split), run.data[split]["labels"]
+        if f"{split}_rc" in run.data:  # strand averaging: the mean of both strands' outputs
+            out = (out + outputs(params, f"{split}_rc")) / 2
         if run.per_token:
             keep = labels != tasks.IGNORE
             out, labels = out[keep], labels[keep]
@@ -229,12 +258,21 @@ def _run_epochs(run: _Run, state: Any, train_step, evaluate, batch_sharding, see
 
 
 def finetune(
-    config: ml_collections.ConfigDict, workdir: str, model_name: str = "pretrained", seed: int = 0
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    model_name: str = "pretrained",
+    seed: int = 0,
+    out_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tunes on `config.task` with one seed; returns the test metrics and their recipe."""
+    """Fine-tunes on `config.task` with one seed; returns the test metrics and their recipe.
+    With `out_dir` (and finetune.save), the kept epoch's trained parameters go to a directory
+    there named as the run's JSON."""
     if model_name not in MODELS:
         raise UserError(f"--model={model_name!r}: choose one of {MODELS}")
     config_lib.check_finetune(config)
+    if model_name == "cnn" and config.finetune.adapter != "none":
+        raise UserError("finetune.adapter adapts the encoder; the CNN has none (use --model "
+                        "pretrained, or finetune.adapter=none)")  # fmt: skip
     t0 = time.perf_counter()
     f_cfg = config.finetune
     # Refused before the task loads and the model compiles, not at the first batch.
@@ -249,23 +287,31 @@ def finetune(
         f" {len(task.train)} / val {len(task.val)} / test {len(task.test)}; model {model_name},"
         f" seed {seed}"
     )
-    frozen = bool(f_cfg.freeze_backbone) and model_name != "cnn"
-    state, shardings, train_step, batch_sharding = _build_state(
-        run, workdir, model_name, seed, frozen
-    )
+    mode = finetuned.training_mode(f_cfg, model_name)
+    state, shardings, train_step, batch_sharding = _build_state(run, workdir, model_name, seed)
+    sizes = finetuned.trained_sizes(state, run.trainable)
     evaluate = _evaluator(run, shardings, batch_sharding)
     epoch, params, history = _run_epochs(
         run, state, train_step, evaluate, batch_sharding, seed, select
     )
     test = evaluate(params, "test")
+    label = run_label(model_name, mode, f_cfg.strand)
+    save_dir = None
+    if out_dir and f_cfg.save:
+        name = {"task": task.name, "mode": "finetune", "model": label, "seed": seed}
+        save_dir = results.run_file(out_dir, name).with_suffix("")
+        meta = finetuned.meta_of(run.config, run.task, model_name, workdir, run.pre, run.tokenizer)
+        finetuned.save(save_dir, params, run.trainable, meta)
+        log(f"fine-tuned parameters in {save_dir}")
     log(
         f"test ({model_name}, seed {seed}, best epoch {epoch}): "
         + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     )
     return {
         "mode": "finetune",
-        # A frozen backbone is another model in every table (and another file name).
-        "model": f"{model_name}_frozen" if frozen else model_name,
+        # A frozen backbone, an adapter or strand averaging is another model in every table
+        # (and another file name).
+        "model": label,
         "seed": seed,
         "task": task.name,
         "task_path": task.path,
@@ -273,7 +319,11 @@ def finetune(
         "workdir": str(workdir),
         "checkpoint_step": run.pre.step if run.pre else None,
         "tokenizer": run.tokenizer.name,
-        "frozen_backbone": frozen,
+        "frozen_backbone": mode != "full",
+        "training": mode,
+        "strand": f_cfg.strand,
+        **sizes,
+        "checkpoint": str(save_dir) if save_dir else None,
         "label_names": list(task.label_names),
         "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
         "notes": list(task.notes),
@@ -285,3 +335,10 @@ def finetune(
         "config": config.to_dict(),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def run_label(model_name: str, mode: str, strand: str) -> str:
+    """The model's name in tables: `pretrained`, `pretrained_lora`, `pretrained_frozen`, ...,
+    with `_both_strands` when predictions average the two strands."""
+    label = model_name if mode == "full" else f"{model_name}_{mode}"
+    return f"{label}_both_strands" if strand == "both" else label

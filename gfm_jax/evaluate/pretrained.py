@@ -29,11 +29,17 @@ class Pretrained:
 
 def describe(workdir: str | pathlib.Path) -> Pretrained:
     """Reads only the `meta` item of the latest checkpoint."""
-    step, meta = checkpoint.read_meta(workdir)
+    return from_meta(*checkpoint.read_meta(workdir))
+
+
+def from_meta(step: int, meta: dict) -> Pretrained:
+    """The model and tokenizer a checkpoint's `meta` item describes."""
     tokenizer = from_spec(meta["tokenizer"])
     model = config_lib.ConfigDict(meta["config"]["model"])
     causal = meta["config"]["train"].get("objective", "mlm") == "causal"
-    model_config = EncoderConfig.from_config(model, tokenizer.vocab_size, causal)
+    model_config = EncoderConfig.from_config(
+        model, tokenizer.vocab_size, causal, tokenizer.complement_ids()
+    )
     return Pretrained(step, model_config, tokenizer, meta)
 
 

@@ -47,15 +47,10 @@ from gfm_jax.errors import UserError
 from gfm_jax.evaluate import embed, pretrained
 from gfm_jax.models.heads import MaskedLM
 
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 COLUMNS = (
     "chrom", "pos", "id", "ref", "alt", "kind", "llr_forward", "llr_reverse", "llr",
     "embed_l2", "embed_cosine", "note",
 )  # fmt: skip
-
-
-def reverse_complement(text: str) -> str:
-    return text.translate(_COMPLEMENT)[::-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +97,9 @@ def strand_items(tokenizer: Tokenizer, ref_window: str, alt_window: str) -> list
     """[forward, reverse-complement] masked items of one variant (None: no LLR on that strand)."""
     return [
         masked_item(tokenizer, ref_window, alt_window),
-        masked_item(tokenizer, reverse_complement(ref_window), reverse_complement(alt_window)),
+        masked_item(
+            tokenizer, fasta.reverse_complement(ref_window), fasta.reverse_complement(alt_window)
+        ),
     ]
 
 
@@ -206,7 +203,11 @@ def score_variants(
     logps = make_logprobs(loaded)([it for _, _, it in items])
     for (i, strand, it), logp in zip(items, logps, strict=True):
         llr_Nx2[i, strand] = llr(it, logp)
-    texts = [w for _, r, a in pairs for w in (r, a, reverse_complement(r), reverse_complement(a))]
+    texts = [
+        w
+        for _, r, a in pairs
+        for w in (r, a, fasta.reverse_complement(r), fasta.reverse_complement(a))
+    ]
     names = [f"{v.label()} window {i}" for v, _, _ in pairs for i in range(4)]
     emb = embed.embed_sequences(loaded, texts, names, "mean")
     emb = emb.reshape(len(pairs), 2, 2, -1)  # variant, strand, (ref, alt), D

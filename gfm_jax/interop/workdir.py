@@ -61,7 +61,9 @@ def import_checkpoint(src: str | pathlib.Path, workdir: str | pathlib.Path) -> d
     for key, value in overrides.items():
         config.model[key] = value
     config.data.tokenizer = tokenizer.name
-    model_cfg = EncoderConfig.from_config(config.model, tokenizer.vocab_size)
+    model_cfg = EncoderConfig.from_config(
+        config.model, tokenizer.vocab_size, complement=tokenizer.complement_ids()
+    )
     _check_shapes(params, model_cfg, src)
     meta = {
         "step": 0,

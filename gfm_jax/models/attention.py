@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfm_jax import ops
+from gfm_jax.models.adapters import NO_ADAPTER, Adapter, Ia3Scale, LoraDelta
 from gfm_jax.models.layers import Dtype, dense, fused_projections
 
 RopeTables = tuple[jax.Array, jax.Array]
@@ -86,6 +87,7 @@ class SelfAttention(nn.Module):
     kernels: str = "auto"
     mesh: Any = None
     rules: Sequence = ()
+    adapter: Adapter = NO_ADAPTER
 
     @nn.compact
     def __call__(
@@ -99,8 +101,14 @@ class SelfAttention(nn.Module):
             (self.num_heads, self.head_dim),
             ("embed", "heads", "kv"),
             **common,
+            adapter=self.adapter,
         )
         q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
+        shape, names = (self.num_heads, self.head_dim), ("heads", "kv")
+        if self.adapter.ia3("key"):
+            k = Ia3Scale(shape, names, name="key_ia3")(k)
+        if self.adapter.ia3("value"):
+            v = Ia3Scale(shape, names, name="value_ia3")(v)
         if self.position == "rope":
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         out_BxLxNxH = ops.attend(
@@ -115,4 +123,9 @@ class SelfAttention(nn.Module):
             rules=self.rules,
         )
         out = dense(self.hidden_size, ("heads", "kv", "embed"), name="out", axis=(-2, -1), **common)
-        return out(out_BxLxNxH)
+        y_BxLxD = out(out_BxLxNxH)
+        if self.adapter.lora("out"):
+            lora = LoraDelta(self.hidden_size, ("heads", "kv", "embed"), (-2, -1), self.adapter,
+                             self.dtype, name="out_lora")  # fmt: skip
+            y_BxLxD = y_BxLxD + lora(out_BxLxNxH)
+        return y_BxLxD

@@ -5,6 +5,13 @@ One backbone for both objectives: bidirectional attention for masked-LM, or caus
 embeddings added to the token embeddings. Layers are a Python loop, or one `nn.scan` over
 stacked parameters (`scan_layers`: one compiled block, faster compiles for deep models); remat
 policies trade memory for recomputation.
+
+`rc_equivariant` (one-base-per-token vocabularies): the blocks run on the sequence and on its
+reverse complement with the same weights, and the output concatenates the forward stream with
+the reverse stream mapped back to forward positions, [B, L, 2D]. Reverse complementing the
+input then reverses the output's positions and swaps its two halves (the complement map on
+channels), exactly, by construction: the two-strand parameter sharing of Caduceus-PS, with
+attention blocks in place of Mamba.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import ml_collections
 
 from gfm_jax import ops
 from gfm_jax.errors import UserError
+from gfm_jax.models.adapters import NO_ADAPTER, Adapter
 from gfm_jax.models.attention import RopeTables, SelfAttention, rope_tables
 from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
 
@@ -55,6 +63,9 @@ class EncoderConfig:
     causal: bool = False
     tie_embeddings: bool = False  # MLM decoder = token embeddings transposed (+ bias)
     init_std: float = 0.02
+    rc_equivariant: bool = False
+    complement: tuple[int, ...] | None = None  # token id -> its complement's (tokenizer's)
+    adapter: Adapter = NO_ADAPTER  # LoRA / IA3 for fine-tuning (models/adapters.py)
 
     @property
     def head_dim(self) -> int:
@@ -62,14 +73,19 @@ class EncoderConfig:
 
     @classmethod
     def from_config(
-        cls, model: ml_collections.ConfigDict, vocab_size: int, causal: bool = False
+        cls,
+        model: ml_collections.ConfigDict,
+        vocab_size: int,
+        causal: bool = False,
+        complement: tuple[int, ...] | None = None,
     ) -> EncoderConfig:
-        """From a `config.model` block; `causal` comes from `train.objective`, not the model.
-        Keys that are not fields (such as a saved config's retired kernel settings) are
-        ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "causal"}
+        """From a `config.model` block; `causal` comes from `train.objective`, not the model,
+        `complement` from the tokenizer. Keys that are not fields (such as a saved config's
+        retired kernel settings) are ignored."""
+        derived = {"vocab_size", "causal", "complement", "adapter"}
+        fields = {f.name for f in dataclasses.fields(cls)} - derived
         values = {k: v for k, v in model.items() if k in fields}
-        cfg = cls(vocab_size=vocab_size, causal=causal, **values)
+        cfg = cls(vocab_size=vocab_size, causal=causal, complement=complement, **values)
         cfg.validate()
         return cfg
 
@@ -93,6 +109,14 @@ class EncoderConfig:
             one_of("remat", tuple(REMAT_POLICIES)),
             one_of("kernels", ops.KERNELS),
             one_of("dtype", ("float32", "bfloat16", "float16")),
+            (
+                not self.rc_equivariant or self.complement is not None,
+                "model.rc_equivariant needs a one-token-per-base tokenizer (char, char_rna)",
+            ),
+            (
+                not (self.rc_equivariant and self.causal),
+                "model.rc_equivariant needs train.objective='mlm' (a causal model has a strand)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -125,6 +149,7 @@ class Block(nn.Module):
             kernels=c.kernels,
             mesh=self.mesh,
             rules=self.rules,
+            adapter=c.adapter,
             name="attn",
         )(h, mask, rope)
         x_BxLxD = self._constrain(x_BxLxD + h)
@@ -137,6 +162,7 @@ class Block(nn.Module):
             c.init_std,
             dtype,
             c.kernels,
+            c.adapter,
             name="mlp",
         )(h)
         return self._constrain(x_BxLxD + h)
@@ -152,29 +178,74 @@ class ScannedBlock(nn.Module):
     mesh: Any = None
     rules: Sequence = ()
 
+    emit: bool = False  # also return each layer's output (stacked by the scan)
+
     @nn.compact
     def __call__(self, x_BxLxD, mask, rope):
         block = _remat(Block, self.config)(self.config, self.mesh, self.rules, name="block")
-        return block(x_BxLxD, mask, rope), None
+        x_BxLxD = block(x_BxLxD, mask, rope)
+        return x_BxLxD, x_BxLxD if self.emit else None
 
 
 def _remat(cls: type[nn.Module], c: EncoderConfig) -> type[nn.Module]:
     return cls if c.remat == "none" else nn.remat(cls, policy=REMAT_POLICIES[c.remat])
 
 
+def reversal_index(mask_BxL: jax.Array) -> jax.Array:
+    """Per row, the position each position maps to when the bases are reversed: the first
+    token (CLS) and the padding stay, positions 1 .. n-1 of the n real tokens swap ends."""
+    n_Bx1 = jnp.sum(mask_BxL, axis=1, keepdims=True, dtype=jnp.int32)
+    j_1xL = jnp.arange(mask_BxL.shape[1], dtype=jnp.int32)[None, :]
+    return jnp.where((j_1xL >= 1) & (j_1xL < n_Bx1), n_Bx1 - j_1xL, j_1xL)
+
+
+def reverse_complement_ids(
+    ids_BxL: jax.Array, mask_BxL: jax.Array, complement: Sequence[int]
+) -> jax.Array:
+    """The token ids of each row's reverse complement (CLS first, padding last, as before)."""
+    reversed_BxL = jnp.take_along_axis(ids_BxL, reversal_index(mask_BxL), axis=1)
+    return jnp.asarray(complement, jnp.int32)[reversed_BxL]
+
+
 class Encoder(nn.Module):
-    """ids [B, L] (+ padding mask) -> hidden states [B, L, D] after the final norm."""
+    """ids [B, L] (+ padding mask) -> hidden states [B, L, D] after the final norm ([B, L, 2D]
+    with `rc_equivariant`). With `all_layers`, a list: the embeddings, then each block's output,
+    the last one after the final norm (the usual output)."""
 
     config: EncoderConfig
     mesh: Any = None
     rules: Sequence = ()
 
     @nn.compact
-    def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, ids_BxL: jax.Array, mask_BxL: jax.Array | None = None, all_layers: bool = False
+    ) -> jax.Array | list[jax.Array]:
         c = self.config
-        dtype = dtype_of(c.dtype)
         if mask_BxL is None:
             mask_BxL = jnp.ones(ids_BxL.shape, jnp.bool_)
+        if not c.rc_equivariant:
+            return self._stream(ids_BxL, mask_BxL, all_layers)
+        # Both strands as one batch through the same weights; the reverse strand's outputs go
+        # back to forward positions and sit beside the forward ones.
+        rc_ids_BxL = reverse_complement_ids(ids_BxL, mask_BxL, c.complement)
+        both = self._stream(
+            jnp.concatenate([ids_BxL, rc_ids_BxL]), jnp.concatenate([mask_BxL, mask_BxL]),
+            all_layers,
+        )  # fmt: skip
+        index_BxLx1 = reversal_index(mask_BxL)[..., None]
+
+        def join(h_2BxLxD: jax.Array) -> jax.Array:
+            forward, reverse = jnp.split(h_2BxLxD, 2)
+            reverse = jnp.take_along_axis(reverse, index_BxLx1, axis=1)
+            return jnp.concatenate([forward, reverse], axis=-1)
+
+        return [join(h) for h in both] if all_layers else join(both)
+
+    def _stream(
+        self, ids_BxL: jax.Array, mask_BxL: jax.Array, all_layers: bool
+    ) -> jax.Array | list[jax.Array]:
+        c = self.config
+        dtype = dtype_of(c.dtype)
         x_BxLxD = self._embed(ids_BxL).astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
         # The tokens in the layout the attention kernel takes (see ops.TokenMask).
@@ -183,6 +254,7 @@ class Encoder(nn.Module):
         rope = None
         if c.position == "rope":
             rope = rope_tables(x_BxLxD.shape[1], c.head_dim, c.rope_base, mask.order_BxL)
+        states = [x_BxLxD]
         if c.scan_layers:
             stack = nn.scan(
                 ScannedBlock,
@@ -192,13 +264,20 @@ class Encoder(nn.Module):
                 length=c.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BxLxD, _ = stack(c, self.mesh, self.rules, name="layers")(x_BxLxD, mask, rope)
+            scanned = stack(c, self.mesh, self.rules, all_layers, name="layers")
+            x_BxLxD, per_layer = scanned(x_BxLxD, mask, rope)
+            if all_layers:
+                states += list(per_layer)
         else:
             for i in range(c.num_layers):
                 block = _remat(Block, c)(c, self.mesh, self.rules, name=f"layer_{i}")
                 x_BxLxD = block(x_BxLxD, mask, rope)
-        x_BxLxD = mask.exit(x_BxLxD)
-        return Norm(c.norm, c.norm_eps, dtype, name="final_norm")(x_BxLxD)
+                states.append(x_BxLxD)
+        final_norm = Norm(c.norm, c.norm_eps, dtype, name="final_norm")
+        out_BxLxD = final_norm(mask.exit(x_BxLxD))
+        if not all_layers:
+            return out_BxLxD
+        return [mask.exit(h) for h in states[:-1]] + [out_BxLxD]
 
     def _embed(self, ids_BxL: jax.Array) -> jax.Array:
         """Token embeddings, plus learned position embeddings where the model has them."""

@@ -64,7 +64,14 @@ class MaskedLM(nn.Module):
         embedding = None
         if self.config.tie_embeddings:
             embedding = nn.meta.unbox(encoder.variables["params"]["embed"]["embedding"])
-        return MlmHead(self.config, name="mlm_head")(h, embedding)
+        head = MlmHead(self.config, name="mlm_head")
+        if not self.config.rc_equivariant:
+            return head(h, embedding)
+        # One head on both strands' halves; the reverse half predicts complements, so the
+        # logits stay equivariant: reverse-complemented input -> reversed, complemented logits.
+        forward, reverse = jnp.split(h, 2, axis=-1)
+        complement_V = jnp.asarray(self.config.complement, jnp.int32)
+        return 0.5 * (head(forward, embedding) + head(reverse, embedding)[..., complement_V])
 
 
 def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
@@ -74,11 +81,23 @@ def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
     return total_BxD / jnp.maximum(jnp.sum(w_BxLx1, axis=1), 1.0)
 
 
+def pool(h_BxLxD: jax.Array, mask_BxL: jax.Array, pooling: str) -> jax.Array:
+    """[B, D] float32: `cls` the first position, `mean` / `max` over the positions `mask_BxL`."""
+    if pooling == "cls":
+        return h_BxLxD[:, 0].astype(jnp.float32)
+    if pooling == "mean":
+        return masked_mean(h_BxLxD, mask_BxL)
+    if pooling == "max":
+        h = jnp.where(mask_BxL[..., None], h_BxLxD.astype(jnp.float32), -jnp.inf)
+        return jnp.max(h, axis=1)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
 class SequenceClassifier(nn.Module):
     """Encoder -> pooling -> linear layer to class logits (float32).
 
-    `pooling="mean"` averages the non-padding positions; `"cls"` takes the first position (the
-    CLS token every sequence starts with).
+    `pooling="mean"` / `"max"` pool the non-padding positions; `"cls"` takes the first
+    position (the CLS token every sequence starts with).
     """
 
     config: EncoderConfig
@@ -90,12 +109,7 @@ class SequenceClassifier(nn.Module):
     @nn.compact
     def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
         h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
-        if self.pooling == "mean":
-            pooled_BxD = masked_mean(h, mask_BxL)
-        elif self.pooling == "cls":
-            pooled_BxD = h[:, 0].astype(jnp.float32)
-        else:
-            raise ValueError(f"unknown pooling {self.pooling!r}")
+        pooled_BxD = pool(h, mask_BxL, self.pooling)
         return dense(self.num_classes, ("embed", "classes"), name="head")(pooled_BxD)
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax import ops
+from gfm_jax.models.adapters import NO_ADAPTER, Adapter, Ia3Scale, LoraDelta
 
 Dtype = Any
 LogicalNames = tuple[str | None, ...]
@@ -123,11 +124,13 @@ def fused_projections(
     std: float,
     dtype: Dtype,
     kernels: str,
+    adapter: Adapter = NO_ADAPTER,
 ) -> jax.Array:
     """Several projections of x as one matmul (q/k/v; gate/up): [B, L, D] ->
     [B, L, len(names), *features]. One wide matmul runs faster than several narrow ones, while
     checkpoints keep one kernel and bias per projection, named as `dense` layers would be.
-    Call it inside a compact method: the parameters belong to the caller."""
+    LoRA updates (`adapter`) are added per projection. Call it inside a compact method: the
+    parameters belong to the caller."""
     params = [
         ProjectionParams(x_BxLxD.shape[-1], features, axes, use_bias, std, name=n)() for n in names
     ]
@@ -135,6 +138,14 @@ def fused_projections(
     y = ops.dot_general(kernels)(x_BxLxD.astype(dtype), kernel_DxPxF, (((2,), (0,)), ((), ())))
     if use_bias:
         y = y + jnp.stack([b for _, b in params]).astype(dtype)
+    if any(adapter.lora(n) for n in names):
+        deltas = [
+            LoraDelta(features, axes, -1, adapter, dtype, name=f"{n}_lora")(x_BxLxD.astype(dtype))
+            if adapter.lora(n)
+            else jnp.zeros_like(y[:, :, 0])
+            for n in names
+        ]
+        y = y + jnp.stack(deltas, axis=2)
     return y
 
 
@@ -154,20 +165,30 @@ class Mlp(nn.Module):
     std: float = 0.02
     dtype: Dtype = jnp.float32
     kernels: str = "auto"
+    adapter: Adapter = NO_ADAPTER
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         common = dict(use_bias=self.use_bias, std=self.std, dtype=self.dtype, kernels=self.kernels)
         if self.activation in ("swiglu", "geglu"):
             gate_up_BxLx2xF = fused_projections(
-                x_BxLxD, ("gate", "up"), (self.mlp_dim,), ("embed", "mlp"), **common
-            )
+                x_BxLxD, ("gate", "up"), (self.mlp_dim,), ("embed", "mlp"), **common,
+                adapter=self.adapter,
+            )  # fmt: skip
             act = nn.silu if self.activation == "swiglu" else exact_gelu
             h_BxLxF = act(gate_up_BxLx2xF[:, :, 0]) * gate_up_BxLx2xF[:, :, 1]
         elif self.activation == "gelu":
-            h_BxLxF = exact_gelu(
-                dense(self.mlp_dim, ("embed", "mlp"), name="up", **common)(x_BxLxD)
-            )
+            up = dense(self.mlp_dim, ("embed", "mlp"), name="up", **common)(x_BxLxD)
+            h_BxLxF = exact_gelu(up + self._lora("up", self.mlp_dim, ("embed", "mlp"), x_BxLxD))
         else:
             raise ValueError(f"unknown activation {self.activation!r}")
-        return dense(self.hidden_size, ("mlp", "embed"), name="down", **common)(h_BxLxF)
+        if self.adapter.ia3("mlp"):
+            h_BxLxF = Ia3Scale((self.mlp_dim,), ("mlp",), name="mlp_ia3")(h_BxLxF)
+        down = dense(self.hidden_size, ("mlp", "embed"), name="down", **common)(h_BxLxF)
+        return down + self._lora("down", self.hidden_size, ("mlp", "embed"), h_BxLxF)
+
+    def _lora(self, name: str, features: int, names: LogicalNames, x: jax.Array) -> jax.Array:
+        """The LoRA update of projection `name` (0 where it has none)."""
+        if not self.adapter.lora(name):
+            return jnp.zeros((), self.dtype)
+        return LoraDelta(features, names, -1, self.adapter, self.dtype, name=f"{name}_lora")(x)

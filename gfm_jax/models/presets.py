@@ -31,6 +31,7 @@ def _base() -> dict:
         remat="none",  # none | full | save_dots
         scan_layers=False,
         tie_embeddings=False,  # MLM decoder shares the token embedding matrix
+        rc_equivariant=False,  # both strands through shared weights (models/encoder.py)
         init_std=0.02,
     )
 

@@ -175,7 +175,9 @@ def _setup_model(config: ml_collections.ConfigDict, data: _Data) -> _Model:
     if t_cfg.objective not in ("mlm", "causal"):
         raise UserError(f"train.objective={t_cfg.objective!r}: choose 'mlm' or 'causal'")
     causal = t_cfg.objective == "causal"
-    model_cfg = EncoderConfig.from_config(config.model, data.tokenizer.vocab_size, causal)
+    model_cfg = EncoderConfig.from_config(
+        config.model, data.tokenizer.vocab_size, causal, data.tokenizer.complement_ids()
+    )
     model = MaskedLM(model_cfg, data.mesh, data.rules)
     window = np.zeros((1, data.window_tokens), np.int32)
 
