@@ -374,13 +374,14 @@ def test_frozen_backbone_optimizer_updates_the_head_only():
     import jax
     import optax
 
-    from gfm_jax.evaluate.finetune import _frozen_backbone
+    from gfm_jax.evaluate.finetune import _train_only
+    from gfm_jax.evaluate.finetuned import trainable_fn
 
     params = {
         "encoder": {"w": np.ones((2, 2), np.float32)},
         "head": {"w": np.ones((2, 2), np.float32)},
     }
-    tx = _frozen_backbone(optax.adamw(0.1, weight_decay=0.5))
+    tx = _train_only(optax.adamw(0.1, weight_decay=0.5), trainable_fn("frozen"))
     grads = jax.tree.map(np.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)

@@ -1,18 +1,21 @@
 r"""Evaluation entry points. Every mode restores parameters only (never optimizer state).
 
     python -m gfm_jax.evaluate finetune   --config configs/tasks/splice.py --workdir DIR \
-        [--model pretrained|scratch|cnn] [--seeds 0,1,2] [--config.k=v ...]
+        [--model pretrained|scratch|cnn] [--seeds 0,1,2] [--strand both] [--config.k=v ...]
     python -m gfm_jax.evaluate probe      --config configs/tasks/splice.py --workdir DIR \
-        [--model pretrained|scratch] [--seeds 0,1,2]
+        [--model pretrained|scratch] [--seeds 0,1,2] [--strand both]
     python -m gfm_jax.evaluate suite      --config configs/suites/gue.py --workdir DIR \
         --config.suite.root=/data/GUE [--models pretrained,cnn] [--mode finetune|probe]
     python -m gfm_jax.evaluate embed      --workdir DIR --input seqs.fa|seqs.csv --out emb.npy
     python -m gfm_jax.evaluate vep        --workdir DIR --vcf v.vcf.gz --fasta ref.fa.gz \
         --out scores.tsv
     python -m gfm_jax.evaluate perplexity --workdir DIR --fasta held_out.fa.gz [--out p.json]
+    python -m gfm_jax.evaluate merge      --finetuned RUN_CHECKPOINT_DIR --out DIR
     python -m gfm_jax.evaluate aggregate  RUN_DIR_OR_JSON ... --out DIR
     python -m gfm_jax.evaluate report     --workdir DIR
 
+finetune also keeps each run's trained parameters (finetune.save) in a directory named as its
+JSON; `merge` folds a LoRA / IA3 run's adapters into the base weights (evaluate/finetuned.py).
 finetune / probe / suite write one JSON per run to DIR/eval/<task>/ (or --out) and a summary
 over every run there: summary.{json,csv,md,png}, test metrics as mean +- sd over the seeds.
 """
@@ -38,7 +41,9 @@ from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
 
 PROG = "gfm_jax.evaluate"
 MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
-MODES = ("finetune", "probe", "suite", "embed", "vep", "perplexity", "aggregate", "report")
+MODES = (
+    "finetune", "probe", "suite", "embed", "vep", "perplexity", "merge", "aggregate", "report",
+)  # fmt: skip
 
 
 def _seeds(text: str | None, default: tuple) -> list[int]:
@@ -76,6 +81,8 @@ def _define_task_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None
         )
         flags.DEFINE_enum("mode", "finetune", ("finetune", "probe"), "per task", flag_values=fv)
         return
+    strand_help = "both: average each prediction with the reverse complement's (finetune.strand)"
+    flags.DEFINE_enum("strand", None, ("forward", "both"), strand_help, flag_values=fv)
     flags.DEFINE_enum("model", "pretrained", MODELS[mode], "the encoder", flag_values=fv)
     flags.DEFINE_alias("init", "model", flag_values=fv)  # the old name of --model
     distributed.define_flags(fv)
@@ -90,12 +97,16 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
     def string(name: str, help_string: str, default: str | None = None) -> None:
         flags.DEFINE_string(name, default, help_string, flag_values=fv, required=default is None)
 
-    if mode != "aggregate":
+    if mode not in ("aggregate", "merge"):
         string("workdir", "pretraining workdir (its latest checkpoint)")
     if mode == "embed":
         string("input", "FASTA (.fa/.fa.gz) or CSV with a sequence column")
         string("out", "output .npy (an index .tsv is written beside it)")
-        flags.DEFINE_enum("pooling", "mean", ("mean", "cls"), "over the tokens", flag_values=fv)
+        pooling = ("mean", "cls", "max", "none")
+        flags.DEFINE_enum("pooling", "mean", pooling, "over the tokens", flag_values=fv)
+        string("layers", "layers: -1 the output, 0 the embeddings, e.g. -1,-4, or all", "-1")
+        flags.DEFINE_enum("strand", "forward", ("forward", "both"), "both: average with the "
+                          "reverse complement's embedding", flag_values=fv)  # fmt: skip
         flags.DEFINE_integer(
             "window", 0, "FASTA window in bases (0: pretraining's)", flag_values=fv
         )
@@ -109,6 +120,9 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
         fasta_help = "held-out FASTA files (--fasta a.fa b.fa, or the flag repeated)"
         flags.DEFINE_multi_string("fasta", None, fasta_help, flag_values=fv, required=True)
         string("out", "JSON (default WORKDIR/eval/perplexity.json)", "")
+    elif mode == "merge":
+        string("finetuned", "a LoRA / IA3 fine-tune's directory (its run JSON's 'checkpoint')")
+        string("out", "directory for the merged, standalone fine-tuned model")
     elif mode == "aggregate":
         string("out", "directory for summary.{json,csv,md,png} (after the run JSONs or dirs)")
     elif mode == "report":
@@ -184,13 +198,18 @@ def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
         from gfm_jax.evaluate import embed
 
         result = embed.run(
-            args.workdir, args.input, args.out, args.pooling, args.window, args.column
-        )
+            args.workdir, args.input, args.out, args.pooling, args.window, args.column,
+            args.layers, args.strand,
+        )  # fmt: skip
         print(json.dumps(result))
     elif mode == "vep":
         from gfm_jax.evaluate import vep
 
         print(json.dumps(vep.run(args.workdir, args.vcf, args.fasta, args.out, args.window)))
+    elif mode == "merge":
+        from gfm_jax.evaluate import finetuned
+
+        print(json.dumps(finetuned.merge(args.finetuned, args.out)))
     elif mode == "perplexity":
         from gfm_jax.evaluate import perplexity
 
@@ -216,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if mode == "aggregate":
             print(results.summarize(results.load_runs(rest), args.out))
             return
+        if mode in ("finetune", "probe") and args.strand:
+            args.config.finetune.strand = args.strand
         if mode in ("finetune", "probe", "suite"):  # before TensorFlow and the model code load
             config_lib.check_finetune(args.config)
             _seeds(args.seeds, args.config.seeds)

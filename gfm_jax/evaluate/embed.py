@@ -1,11 +1,17 @@
-"""Sequence embeddings from a pretrained encoder: masked mean pooling (default) or the CLS token.
+"""Sequence embeddings from a pretrained encoder, from any layer.
 
     python -m gfm_jax.evaluate embed --workdir runs/tiny --input genome.fa --out emb.npy
-    python -m gfm_jax.evaluate embed --workdir runs/tiny --input task.csv --out emb.npy
+    python -m gfm_jax.evaluate embed --workdir runs/tiny --input task.csv --out emb.npy \
+        --layers -1,-3 --pooling max --strand both
 
 FASTA records are cut into consecutive windows of `--window` bases (default: the pretraining
-window), one embedding each; a CSV gives one embedding per row of its sequence column. Next to
-`emb.npy` ([N, D] float32) goes `emb.tsv`, naming each row's source.
+window), one embedding each; a CSV gives one embedding per row of its sequence column.
+Pooling over the sequence's tokens (CLS excluded): `mean` (default), `max`, `cls` (the CLS
+token's state), or `none` (per-token states, [N, T, D], zero after each row's tokens). Layers:
+0 is the token embeddings, i the output of block i, -1 (default) the final output (after the
+final norm); `all` gives every one. One layer writes [N, D], several [N, K, D]. `--strand both`
+averages each pooled embedding with its reverse complement's. Next to `emb.npy` (float32) goes
+`emb.tsv`, naming each row's source, bases and tokens.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
 from gfm_jax.models.encoder import Encoder
-from gfm_jax.models.heads import masked_mean
+from gfm_jax.models.heads import pool
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max", "none")
+STRANDS = ("forward", "both")
 LENGTH_BUCKET = 32  # pad token lengths up to a multiple of this: few shapes, few compiles
 
 
@@ -56,7 +63,8 @@ def bucketed(
 ) -> np.ndarray:
     """Runs `fn(batch) -> [B, ...]` over length buckets; returns outputs in input order.
 
-    `max_length` (> 0: a learned-position table's size) caps the padding, never the tokens."""
+    `max_length` (> 0: a learned-position table's size) caps the padding, never the tokens.
+    Per-token outputs ([B, ..., L, D], L the bucket's length) are zero-padded to the longest."""
     lengths = np.array([len(e) for e in encoded])
     padded_len = -(-lengths // LENGTH_BUCKET) * LENGTH_BUCKET
     if max_length > 0:
@@ -67,22 +75,59 @@ def bucketed(
         result = fn(pad([encoded[i] for i in idx], pad_id, int(length)), batch_size)
         for j, i in enumerate(idx):
             out[i] = result[j]
-    return np.stack(out) if out else np.zeros((0,), np.float32)
+    if not out:
+        return np.zeros((0,), np.float32)
+    if len({o.shape for o in out}) > 1:  # per-token: pad the token axis (-2) to the longest
+        longest = max(o.shape[-2] for o in out)
+        widths = [(0, 0)] * (out[0].ndim - 2) + [(0, 0), (0, 0)]
+        out = [np.pad(o, [*widths[:-2], (0, longest - o.shape[-2]), (0, 0)]) for o in out]
+    return np.stack(out)
 
 
-def make_embedder(loaded: pretrained.Loaded, pooling: str = "mean"):
-    """`embed(batch, batch_size) -> [B, D]` float32 pooled encoder outputs."""
+def layer_indices(spec: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """`all`, "-1,-4" or a sequence of ints -> indices into the encoder's num_layers + 1
+    states (0 the embeddings, num_layers the final output)."""
+    n = num_layers + 1
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return tuple(range(n))
+        try:
+            spec = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--layers={spec!r}: give 'all' or integers such as -1,-4") from None
+    if not spec or any(not -n <= i < n for i in spec):
+        raise UserError(
+            f"--layers={list(spec)}: this encoder has layers 0 (embeddings) .. {num_layers} "
+            f"(or -{n} .. -1); give 'all' or integers in that range"
+        )
+    return tuple(i % n for i in spec)
+
+
+def make_embedder(
+    loaded: pretrained.Loaded, pooling: str = "mean", layers: Sequence[int] | str = "-1"
+):
+    """`embed(batch, batch_size) -> [B, K, D]` float32 pooled states of the K `layers`
+    ([B, K, L - 1, D] for pooling `none`: every token but CLS)."""
     if pooling not in POOLINGS:
         raise UserError(f"--pooling={pooling!r}: choose one of {POOLINGS}")
-    encoder = Encoder(loaded.pretrained.model_config, loaded.mesh, loaded.rules)
+    config = loaded.pretrained.model_config
+    chosen = layer_indices(layers, config.num_layers)
+    encoder = Encoder(config, loaded.mesh, loaded.rules)
 
     @jax.jit
     def apply(params, batch):
-        h = encoder.apply({"params": params["encoder"]}, batch["ids"], batch["mask"])
-        if pooling == "cls":
-            return h[:, 0].astype(jnp.float32)
-        # The CLS token is not a base: pool over the sequence's own tokens.
-        return masked_mean(h, batch["mask"].at[:, 0].set(False))
+        states = encoder.apply(
+            {"params": params["encoder"]}, batch["ids"], batch["mask"], all_layers=True
+        )
+        tokens_BxL = batch["mask"].at[:, 0].set(False)  # the CLS token is not a base
+        out = []
+        for i in chosen:
+            if pooling == "none":
+                h = jnp.where(tokens_BxL[..., None], states[i].astype(jnp.float32), 0.0)
+                out.append(h[:, 1:])
+            else:
+                out.append(pool(states[i], tokens_BxL, pooling))
+        return jnp.stack(out, axis=1)
 
     def embed(batch: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
         return pretrained.run_batched(apply, loaded, batch, batch_size)
@@ -96,11 +141,36 @@ def embed_sequences(
     names: Sequence[str],
     pooling: str = "mean",
     batch_size: int = 64,
+    layers: int | Sequence[int] | str = -1,
+    strand: str = "forward",
 ) -> np.ndarray:
+    """[N, D] embeddings of one layer (an int, or a string naming one), [N, K, D] of a list
+    or "all" (pooling none: a token axis before D). `strand="both"` averages each with its
+    reverse complement's."""
+    if strand not in STRANDS:
+        raise UserError(f"--strand={strand!r}: choose one of {STRANDS}")
+    if strand == "both" and pooling == "none":
+        raise UserError(
+            "--strand both averages pooled embeddings; per-token states (--pooling none) of "
+            "the two strands do not line up token for token: choose a pooling or one strand"
+        )
     tok = loaded.tokenizer
+    single = isinstance(layers, int) or (
+        isinstance(layers, str) and "," not in layers and layers.strip() != "all"
+    )
+    embedder = make_embedder(loaded, pooling, [layers] if isinstance(layers, int) else layers)
+    limit = position_limit(loaded)
     encoded = encode(tok, sequences, names)
-    embedder = make_embedder(loaded, pooling)
-    return bucketed(encoded, embedder, batch_size, tok.pad_id, position_limit(loaded))
+    emb = bucketed(encoded, embedder, batch_size, tok.pad_id, limit)
+    if pooling == "none" and len(emb):  # bucket padding off: as many tokens as the longest
+        emb = emb[..., : max(len(e) for e in encoded) - 1, :]
+    if strand == "both":
+        rc = [fasta.reverse_complement(s) for s in sequences]
+        rc_names = [f"{n} (reverse complement)" for n in names]
+        emb = (
+            emb + bucketed(encode(tok, rc, rc_names), embedder, batch_size, tok.pad_id, limit)
+        ) / 2
+    return emb[:, 0] if single and len(emb) else emb
 
 
 def position_limit(loaded: pretrained.Loaded) -> int:
@@ -139,7 +209,16 @@ def read_inputs(path: str, window: int, column: str = "sequence") -> tuple[list[
     return sequences, names
 
 
-def run(workdir: str, input_path: str, out: str, pooling: str, window: int, column: str) -> dict:
+def run(
+    workdir: str,
+    input_path: str,
+    out: str,
+    pooling: str = "mean",
+    window: int = 0,
+    column: str = "sequence",
+    layers: str = "-1",
+    strand: str = "forward",
+) -> dict:
     loaded = pretrained.load(workdir)
     if window <= 0:
         window, _ = pretrained.window(loaded)
@@ -151,15 +230,16 @@ def run(workdir: str, input_path: str, out: str, pooling: str, window: int, colu
             f"{mostly_n[0]}); their embeddings carry little but the N token",
             file=sys.stderr,
         )
-    emb = embed_sequences(loaded, sequences, names, pooling)
+    emb = embed_sequences(loaded, sequences, names, pooling, layers=layers, strand=strand)
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(out_path, emb.astype(np.float32))
     index = out_path.with_suffix(".tsv")
     index.write_text(
-        "row\tsource\tbases\n"
+        "row\tsource\tbases\ttokens\n"
         + "".join(
-            f"{i}\t{n}\t{len(s)}\n" for i, (n, s) in enumerate(zip(names, sequences, strict=True))
+            f"{i}\t{n}\t{len(s)}\t{len(loaded.tokenizer.encode(s))}\n"
+            for i, (n, s) in enumerate(zip(names, sequences, strict=True))
         )
     )
     return {
@@ -167,5 +247,7 @@ def run(workdir: str, input_path: str, out: str, pooling: str, window: int, colu
         "index": str(index),
         "shape": list(emb.shape),
         "pooling": pooling,
+        "layers": list(layer_indices(layers, loaded.pretrained.model_config.num_layers)),
+        "strand": strand,
         "mostly_n": len(mostly_n),
     }

@@ -139,6 +139,9 @@ class Finetuned:
         `strand="both"` averages each with its reverse complement's."""
         if strand not in ("forward", "both"):
             raise UserError(f"strand={strand!r}: choose forward or both")
+        if strand == "both" and self.meta["config"]["task"].get("stranded", True):
+            task = self.meta["task"]["name"]
+            raise UserError(f"strand='both': the labels of task {task!r} depend on the strand")
         fn = jax.jit(lambda p, b: self.model.apply({"params": p}, b["ids"], b["mask"]))
         names = [f"sequence {i}" for i in range(len(sequences))]
 
@@ -153,6 +156,12 @@ class Finetuned:
         if strand == "both":
             out = (out + run([fasta.reverse_complement(s) for s in sequences])) / 2
         return out
+
+    def predict_labels(self, sequences: Sequence[str], strand: str = "forward") -> list[str]:
+        """The most likely class name of each sequence (classification tasks)."""
+        if not self.label_names or self.meta["task"]["kind"] != "classification":
+            raise UserError("predict_labels is for classification; use predict for this task")
+        return [self.label_names[i] for i in self.predict(sequences, strand).argmax(-1)]
 
 
 def _model(meta: dict, mesh: Any, rules: Any) -> tuple[Any, Tokenizer]:

@@ -1,6 +1,7 @@
 """Linear probe: a linear model on frozen encoder embeddings.
 
-Embeddings are pooled encoder outputs (masked mean, or CLS with `finetune.pooling=cls`),
+Embeddings are pooled encoder outputs (`finetune.pooling`: cls, mean or max; with
+`finetune.strand=both` the mean of each sequence's and its reverse complement's),
 standardised with the training rows' mean and sd. Classification fits multinomial logistic
 regression by L-BFGS, regression fits ridge regression in closed form (both scikit-learn);
 each L2 strength in `probe.l2` is fitted on train and the best on validation (by the select
@@ -109,11 +110,15 @@ def probe(
     loaded = pretrained.load(workdir, tuple(config.mesh.shape))
     if model_name == "scratch":
         loaded = random_encoder(loaded, seed)
-    pooling = config.finetune.pooling
+    pooling, strand = config.finetune.pooling, config.finetune.strand
     feats = {
         name: embed.embed_sequences(
-            loaded, split.sequences, [f"{task.path}, {r}" for r in split.rows], pooling
-        )
+            loaded,
+            split.sequences,
+            [f"{task.path}, {r}" for r in split.rows],
+            pooling,
+            strand=strand,
+        )  # fmt: skip
         for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
     }
     mean, sd = feats["train"].mean(axis=0), feats["train"].std(axis=0) + 1e-6
@@ -144,7 +149,7 @@ def probe(
     )
     return {
         "mode": "probe",
-        "model": model_name,
+        "model": f"{model_name}_both_strands" if strand == "both" else model_name,
         "seed": seed,
         "task": task.name,
         "task_path": task.path,
@@ -153,6 +158,8 @@ def probe(
         "checkpoint_step": loaded.pretrained.step,
         "tokenizer": loaded.tokenizer.name,
         "pooling": pooling,
+        "strand": strand,
+        "trainable_params": int(w.size + b.size),
         "embedding_dim": int(w.shape[0]),
         "label_names": list(task.label_names),
         "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},

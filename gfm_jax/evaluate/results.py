@@ -57,7 +57,10 @@ def load_runs(paths: Iterable[str | pathlib.Path]) -> list[dict[str, Any]]:
     for p in map(pathlib.Path, paths):
         if not p.exists():
             raise UserError(f"{p} not found; give run JSON files or directories holding them")
-        files = [p] if p.is_file() else sorted(p.rglob("*.json"))
+        # Saved fine-tuned models (`<run>/ckpt/...`) sit beside the JSONs; their files are not runs.
+        files = (
+            [p] if p.is_file() else [f for f in sorted(p.rglob("*.json")) if "ckpt" not in f.parts]
+        )
         for f in files:
             if f.name.startswith("summary"):
                 continue

@@ -238,19 +238,26 @@ def read_genome(path: str) -> dict[str, str]:
     return {r.name: r.sequence().upper() for r in fasta.read_fasta(p)}
 
 
-def run(workdir: str, vcf_path: str, fasta_path: str, out: str, window: int = 0) -> dict:
-    """Scores a VCF (a path or builtin:<name>) against its reference; writes the TSVs."""
+def read_inputs(vcf_path: str, fasta_path: str) -> tuple[list[Variant], list, dict[str, str]]:
+    """(variants, unplaceable ones with the reason, genome) of a VCF and its reference (paths
+    or builtin:<name>), every REF checked against the reference."""
     (vcf_file,) = builtin.resolve(vcf_path)
     (fasta_file,) = builtin.resolve(fasta_path)
     vcf_path, fasta_path = str(vcf_file), str(fasta_file)
     variants, unplaceable = read_vcf(vcf_path)
     genome = read_genome(fasta_path)
     check_against_reference(variants, genome, vcf_path, fasta_path)
+    return variants, list(unplaceable), genome
+
+
+def run(workdir: str, vcf_path: str, fasta_path: str, out: str, window: int = 0) -> dict:
+    """Scores a VCF (a path or builtin:<name>) against its reference; writes the TSVs."""
+    variants, unplaceable, genome = read_inputs(vcf_path, fasta_path)
     loaded = pretrained.load(workdir)
     if window <= 0:
         window, _ = pretrained.window(loaded)
     rows, skipped = score_variants(loaded, variants, genome, window)
-    skipped = list(unplaceable) + skipped
+    skipped = unplaceable + skipped
     out_path = pathlib.Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["\t".join(COLUMNS)]

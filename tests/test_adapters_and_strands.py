@@ -1,0 +1,257 @@
+"""Adapters (LoRA, IA3), the RC-equivariant encoder, strand averaging and layer embeddings."""
+
+import dataclasses
+import json
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import micro_overrides, run_module
+from flax import traverse_util
+
+from gfm_jax.data import fasta
+from gfm_jax.data.tokenizers import get_tokenizer
+from gfm_jax.evaluate.__main__ import main
+from gfm_jax.evaluate.finetune import _train_only
+from gfm_jax.evaluate.finetuned import trainable_fn
+from gfm_jax.models import adapters
+from gfm_jax.models.encoder import Encoder, EncoderConfig, reversal_index, reverse_complement_ids
+from gfm_jax.models.heads import MaskedLM
+
+TOK = get_tokenizer("char")
+SPECIES = "configs/tasks/species.py:smoke"
+SPLICE = "configs/tasks/splice.py:smoke"
+
+
+def small_config(**changes) -> EncoderConfig:
+    base = dict(vocab_size=TOK.vocab_size, num_layers=2, hidden_size=32, num_heads=2, mlp_dim=64)
+    return EncoderConfig(**{**base, **changes})
+
+
+def padded_batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CLS + real DNA (lambda phage) of three lengths, padded: [3, 40]."""
+    (record,) = fasta.read_fasta(
+        pathlib.Path("gfm_jax/data/builtin_files/lambda_phage_NC_001416.fa.gz")
+    )
+    text = record.sequence().upper()
+    ids = np.full((3, 40), TOK.pad_id, np.int32)
+    mask = np.zeros((3, 40), bool)
+    for i, n in enumerate((40, 31, 9)):
+        start = 1000 * (seed + 1) + 97 * i
+        ids[i, 0], ids[i, 1:n] = TOK.cls_id, TOK.encode(text[start : start + n - 1])
+        mask[i, :n] = True
+    return ids, mask
+
+
+def rc_mismatch(model: nn.Module, params, ids, mask) -> float:
+    """max |f(rc x) mapped back - f(x)| over real tokens, for an encoder ([.., 2D]: halves
+    swap) or a masked-LM ([.., V]: tokens complement)."""
+    out = model.apply({"params": params}, ids, mask)
+    out_rc = model.apply(
+        {"params": params}, reverse_complement_ids(ids, mask, TOK.complement_ids()), mask
+    )
+    back = jnp.take_along_axis(out_rc, reversal_index(jnp.asarray(mask))[..., None], axis=1)
+    if isinstance(model, MaskedLM):
+        back = back[..., jnp.asarray(TOK.complement_ids())]
+    else:
+        back = jnp.concatenate(jnp.split(back, 2, axis=-1)[::-1], axis=-1)
+    return float(jnp.max(jnp.where(mask[..., None], jnp.abs(back - out), 0.0)))
+
+
+def test_reverse_complement_ids_keep_cls_and_padding_in_place():
+    ids, mask = padded_batch()
+    rc = np.asarray(reverse_complement_ids(ids, mask, TOK.complement_ids()))
+    for row in range(3):
+        n = mask[row].sum()
+        assert rc[row, 0] == TOK.cls_id and (rc[row, n:] == TOK.pad_id).all()
+        assert TOK.decode(rc[row, 1:n]) == fasta.reverse_complement(TOK.decode(ids[row, 1:n]))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_rc_equivariant_encoder_and_mlm_at_init_and_after_training(scan):
+    config = small_config(rc_equivariant=True, complement=TOK.complement_ids(), scan_layers=scan)
+    ids, mask = padded_batch()
+    mlm = MaskedLM(config)
+    params = nn.meta.unbox(mlm.init(jax.random.key(0), ids, mask)["params"])
+    encoder = Encoder(config)
+    assert rc_mismatch(encoder, params["encoder"], ids, mask) < 1e-5
+    assert rc_mismatch(mlm, params, ids, mask) < 1e-5
+
+    # A few Adam steps of masked-LM on real DNA move every weight; equivariance holds still.
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
+    targets = ids.copy()
+    inputs = np.where((np.arange(40) % 7 == 3) & mask, TOK.mask_id, ids)
+
+    def loss(p):
+        logits = mlm.apply({"params": p}, inputs, mask)
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+        return jnp.sum(nll * (inputs == TOK.mask_id)) / jnp.sum(inputs == TOK.mask_id)
+
+    first = float(loss(params))
+    for _ in range(5):
+        grads = jax.grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+    assert float(loss(params)) < first
+    other_ids, other_mask = padded_batch(seed=3)
+    assert rc_mismatch(encoder, params["encoder"], other_ids, other_mask) < 1e-5
+    assert rc_mismatch(mlm, params, other_ids, other_mask) < 1e-5
+    # The plain encoder with the same weights is not equivariant: the property is built in.
+    plain = Encoder(dataclasses.replace(config, rc_equivariant=False))
+    h = plain.apply({"params": params["encoder"]}, ids, mask)
+    h_rc = plain.apply(
+        {"params": params["encoder"]}, reverse_complement_ids(ids, mask, TOK.complement_ids()), mask
+    )
+    back = jnp.take_along_axis(h_rc, reversal_index(jnp.asarray(mask))[..., None], axis=1)
+    assert float(jnp.max(jnp.where(mask[..., None], jnp.abs(back - h), 0))) > 1e-2
+
+
+def test_rc_equivariance_needs_a_one_base_tokenizer_and_masked_lm():
+    from gfm_jax.errors import UserError
+
+    with pytest.raises(UserError, match="one-token-per-base tokenizer"):
+        small_config(
+            rc_equivariant=True, complement=get_tokenizer("nt6").complement_ids()
+        ).validate()
+    with pytest.raises(UserError, match="objective='mlm'"):
+        small_config(rc_equivariant=True, complement=TOK.complement_ids(), causal=True).validate()
+
+
+@pytest.mark.parametrize("kind", ["lora", "ia3"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, scan):
+    adapter = adapters.Adapter(kind=kind, rank=4)
+    base = small_config(scan_layers=scan)
+    ids, mask = padded_batch()
+    model = Encoder(dataclasses.replace(base, adapter=adapter))
+    params = nn.meta.unbox(model.init(jax.random.key(0), ids, mask)["params"])
+    found, rest = adapters.split(params)
+    # Random adapter values (LoRA's B starts at zero, IA3 at one: both would be no-ops).
+    leaves, tree = jax.tree.flatten(found)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    found = jax.tree.unflatten(
+        tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+    params = {
+        **traverse_util.unflatten_dict(
+            {**traverse_util.flatten_dict(rest), **traverse_util.flatten_dict(found)}
+        )
+    }
+    adapted = model.apply({"params": params}, ids, mask)
+    merged = Encoder(base).apply(
+        {"params": adapters.merge(params, adapter, stacked=scan)}, ids, mask
+    )
+    without = Encoder(base).apply({"params": rest}, ids, mask)
+    assert float(jnp.max(jnp.abs(adapted - merged))) < 1e-3  # outputs are O(1): normed
+    assert float(jnp.max(jnp.abs(adapted - without))) > 1e-2
+    names = {p[-2] for p in traverse_util.flatten_dict(found)}
+    expected = {"a", "b"} if kind == "lora" else {"key_ia3", "value_ia3", "mlp_ia3"}
+    assert names == expected
+
+
+def test_only_adapters_and_head_get_updates_and_optimizer_state():
+    attn = {
+        "query": {"kernel": np.ones((4, 4), np.float32)},
+        "query_lora": {"a": {"kernel": np.ones((4, 2), np.float32)}},
+    }
+    params = {
+        "encoder": {"layer_0": {"attn": attn}},
+        "head": {"kernel": np.ones((4, 3), np.float32)},
+    }
+    tx = _train_only(optax.adamw(0.1, weight_decay=0.5), trainable_fn("lora"))
+    state = tx.init(params)
+    grads = jax.tree.map(np.ones_like, params)
+    new = optax.apply_updates(params, tx.update(grads, state, params)[0])
+    flat_new, flat_old = traverse_util.flatten_dict(new), traverse_util.flatten_dict(params)
+    for key, value in flat_new.items():
+        moved = not np.allclose(value, flat_old[key])
+        assert moved == (key[-2] in ("a", "head") or key[0] == "head"), key
+    # Adam keeps two moments for the 4x2 adapter and the 4x3 head only: 2 * 20 floats.
+    counted = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim > 0)
+    assert counted == 2 * (8 + 12)
+
+
+@pytest.fixture(scope="module")
+def pre(tmp_path_factory) -> pathlib.Path:
+    work = tmp_path_factory.mktemp("adapters") / "w"
+    steps = {"train.num_steps": 2, "train.checkpoint_every": 2}
+    r = run_module("gfm_jax.train", "--config", "configs/pretrain/tiny.py", "--workdir", str(work),
+                   *micro_overrides(**steps))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+def test_splice_refuses_strand_averaging_in_one_line(tmp_path):
+    r = run_module("gfm_jax.evaluate", "finetune", "--config", SPLICE, "--workdir", str(tmp_path),
+                   "--strand", "both")  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "task.stranded=True" in line and "--strand forward" in line
+
+
+def test_lora_finetune_saves_the_adapter_apart_and_merge_predicts_the_same(pre, tmp_path, capsys):
+    from gfm_jax import api
+
+    out = tmp_path / "eval"
+    adapter = ["--config.finetune.adapter=lora", "--config.finetune.lora_rank=2"]
+    main(["finetune", "--config", SPECIES, "--workdir", str(pre), "--out", str(out), *adapter,
+          "--strand", "both"])  # fmt: skip
+    (run_json,) = out.glob("species_finetune_pretrained_lora_both_strands_seed0.json")
+    result = json.loads(run_json.read_text())
+    # Head (32 * 4 + 4) and rank-2 LoRA on 7 projections in 2 layers of width 32, MLP 64.
+    lora = 2 * (
+        3 * (32 * 2 + 2 * 32) + (32 * 2 + 2 * 32) + 2 * (32 * 2 + 2 * 64) + (64 * 2 + 2 * 32)
+    )
+    assert result["trainable_params"] == 32 * 4 + 4 + lora
+    assert result["optimizer_state_bytes"] < 3 * 4 * result["trainable_params"]
+    saved = pathlib.Path(result["checkpoint"])
+    stored = sum(p.stat().st_size for p in saved.rglob("*") if p.is_file())
+    assert stored < sum(p.stat().st_size for p in (pre / "ckpt").rglob("*") if p.is_file())
+
+    model = api.load_finetuned(saved)
+    windows = [
+        r.split(",")[0]
+        for r in (
+            pathlib.Path("gfm_jax/data/builtin_files/species.csv").read_text().splitlines()[1:4]
+        )
+    ]
+    both = model.predict(windows, strand="both")
+    rc_both = model.predict([fasta.reverse_complement(w) for w in windows], strand="both")
+    np.testing.assert_allclose(both, rc_both, atol=1e-5)  # averaging makes it strand-free
+    main(["merge", "--finetuned", str(saved), "--out", str(tmp_path / "merged")])
+    merged = api.load_finetuned(tmp_path / "merged")
+    assert "lora" not in json.dumps(jax.tree_util.tree_structure(merged.params).__repr__())
+    np.testing.assert_allclose(merged.predict(windows), model.predict(windows), atol=1e-5)
+    assert model.predict_labels(windows) == merged.predict_labels(windows)
+
+
+def test_embed_layers_poolings_and_strands(pre, tmp_path):
+    from gfm_jax import api
+
+    model = api.load(pre)
+    seqs = ["ACGTTGCA" * 8, "GGGATTACA" * 3]
+    last = model.embed(seqs)
+    every = model.embed(seqs, layers="all")
+    assert last.shape == (2, 32) and every.shape == (2, model.num_layers + 1, 32)
+    np.testing.assert_allclose(every[:, -1], last, atol=1e-6)
+    np.testing.assert_allclose(model.embed(seqs, layers=[0, -1])[:, 0], every[:, 0], atol=1e-6)
+    tokens = model.embed(seqs, pooling="none")
+    assert tokens.shape == (2, 64, 32) and not tokens[1, 27:].any()
+    np.testing.assert_allclose(
+        tokens[1, :27].max(0), model.embed(seqs, pooling="max")[1], atol=1e-6
+    )
+    both = model.embed(seqs, strand="both")
+    rc = [fasta.reverse_complement(s) for s in seqs]
+    np.testing.assert_allclose(both, (last + model.embed(rc)) / 2, atol=1e-5)
+    np.testing.assert_allclose(model.embed(rc, strand="both"), both, atol=1e-5)
+    from gfm_jax.errors import UserError
+
+    with pytest.raises(UserError, match="layers 0"):
+        model.embed(seqs, layers=[5])
+    with pytest.raises(UserError, match="per-token"):
+        model.embed(seqs, pooling="none", strand="both")
