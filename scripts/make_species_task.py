@@ -41,11 +41,6 @@ SPLITS = ("train", "val", "test")
 # The split of each of the 12 blocks of a genome's windows, in genome order.
 BLOCKS = ("train",) * 4 + ("val", "test") + ("train",) * 4 + ("val", "test")
 COLUMNS = ("sequence", "label", "split", "source")
-_COMPLEMENT = str.maketrans("ACGT", "TGCA")
-
-
-def reverse_complement(sequence: str) -> str:
-    return sequence.translate(_COMPLEMENT)[::-1]
 
 
 def usable_windows(directory: pathlib.Path, file: str) -> list[tuple[str, int, str]]:
@@ -81,7 +76,7 @@ def build_rows(directory: pathlib.Path = builtin.DIRECTORY) -> list[dict[str, st
             for (name, start, window), reverse in zip(members, minus, strict=True):
                 by_split[split].append(
                     {
-                        "sequence": reverse_complement(window) if reverse else window,
+                        "sequence": fasta.reverse_complement(window) if reverse else window,
                         "label": label,
                         "split": split,
                         "source": f"{name}:{start}-{start + WINDOW}:{'-' if reverse else '+'}",

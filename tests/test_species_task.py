@@ -55,7 +55,7 @@ def test_every_row_is_the_genome_slice_its_source_names(rows):
         name, start, end, strand = parse_source(row["source"])
         assert end - start == 200 and start % 200 == 0 and strand in "+-"
         window = genomes[name][start:end]
-        expected = window if strand == "+" else script.reverse_complement(window)
+        expected = window if strand == "+" else fasta.reverse_complement(window)
         assert row["sequence"] == expected and set(expected) <= set("ACGT")
 
 
