@@ -45,7 +45,6 @@ def test_the_csv_is_what_the_script_writes(tmp_path):
 
 
 def test_every_row_is_the_genome_slice_its_source_names(rows):
-    script = load_script()
     genomes = {}
     for name in builtin.GENOMES:
         for record in fasta.read_fasta(builtin.DIRECTORY / name):
