@@ -422,8 +422,28 @@ CONFIG = [
     ),
     Case(
         "finetune unknown pooling",
-        lambda t, w: finetune(t, "--config.finetune.pooling=max"),
-        ("finetune.pooling='max'", "choose cls or mean"),
+        lambda t, w: finetune(t, "--config.finetune.pooling=sum"),
+        ("finetune.pooling='sum'", "choose cls, mean, max"),
+        fast=True,
+    ),
+    Case(
+        "finetune unknown adapter",
+        lambda t, w: finetune(t, "--config.finetune.adapter=prefix"),
+        ("finetune.adapter='prefix'", "none, lora, ia3"),
+        fast=True,
+    ),
+    Case(
+        "adapter on a frozen backbone",
+        lambda t, w: finetune(
+            t, "--config.finetune.adapter=ia3", "--config.finetune.freeze_backbone=True"
+        ),
+        ("finetune.adapter", "drop finetune.freeze_backbone=True"),
+        fast=True,
+    ),
+    Case(
+        "strand averaging on a stranded task",
+        lambda t, w: finetune(t, "--strand", "both"),
+        ("--strand both", "task.stranded=True", "use --strand forward"),
         fast=True,
     ),
     Case(
