@@ -203,6 +203,15 @@ def check_pretrain(c: ConfigDict) -> None:
 POOLINGS = ("cls", "mean", "max")
 STRANDS = ("forward", "both")
 ADAPTERS = ("none", "lora", "ia3")
+LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
+
+
+def lora_targets(f: ConfigDict) -> tuple[str, ...]:
+    """finetune.lora_targets as names: a tuple, or one comma-separated string."""
+    targets = f.lora_targets
+    if isinstance(targets, str):
+        targets = (targets,)
+    return tuple(t.strip() for item in targets for t in str(item).split(",") if t.strip())
 
 
 def check_finetune(c: ConfigDict) -> None:
@@ -231,6 +240,15 @@ def check_finetune(c: ConfigDict) -> None:
         (
             f.adapter in ADAPTERS,
             f"finetune.adapter={f.adapter!r}: choose one of {', '.join(ADAPTERS)}",
+        ),
+        (
+            f.adapter != "lora" or (lora_targets(f) and set(lora_targets(f)) <= set(LORA_TARGETS)),
+            f"finetune.lora_targets={f.lora_targets}: choose from {', '.join(LORA_TARGETS)}",
+        ),
+        (
+            f.adapter != "lora" or (f.lora_rank >= 1 and f.lora_alpha > 0),
+            f"finetune.lora_rank={f.lora_rank}, lora_alpha={f.lora_alpha}: give a rank of 1 or "
+            "more and a positive alpha",
         ),
         (
             f.adapter == "none" or not f.freeze_backbone,
@@ -297,14 +315,14 @@ def finetune_defaults() -> ConfigDict:
     c.finetune = f = ConfigDict()
     f.epochs = 10
     f.batch_size = 64
-    f.pooling = "cls"  # cls (the first token) | mean (over non-padding tokens)
+    f.pooling = "cls"  # cls (the first token) | mean | max (over the sequence's tokens)
     f.freeze_backbone = False  # True: train the head only (the encoder gets no update)
     # Parameter-efficient fine-tuning (models/adapters.py): none | lora | ia3. The backbone is
     # frozen; the adapters and the head train.
     f.adapter = "none"
     f.lora_rank = 8
     f.lora_alpha = 16.0
-    f.lora_targets = ("query", "key", "value", "out", "gate", "up", "down")
+    f.lora_targets = LORA_TARGETS  # those the model lacks (gate with GELU) are skipped
     # forward | both: average the predictions (probe, embed: the pooled embeddings) of each
     # sequence and its reverse complement; refused for tasks with task.stranded=True.
     f.strand = "forward"

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from conftest import micro_overrides, run_module
 from flax import traverse_util
@@ -50,10 +51,8 @@ def padded_batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def rc_mismatch(model: nn.Module, params, ids, mask) -> float:
     """max |f(rc x) mapped back - f(x)| over real tokens, for an encoder ([.., 2D]: halves
     swap) or a masked-LM ([.., V]: tokens complement)."""
-    out = model.apply({"params": params}, ids, mask)
-    out_rc = model.apply(
-        {"params": params}, reverse_complement_ids(ids, mask, TOK.complement_ids()), mask
-    )
+    apply = jax.jit(lambda i: model.apply({"params": params}, i, mask))
+    out, out_rc = apply(ids), apply(reverse_complement_ids(ids, mask, TOK.complement_ids()))
     back = jnp.take_along_axis(out_rc, reversal_index(jnp.asarray(mask))[..., None], axis=1)
     if isinstance(model, MaskedLM):
         back = back[..., jnp.asarray(TOK.complement_ids())]
@@ -93,8 +92,9 @@ def test_rc_equivariant_encoder_and_mlm_at_init_and_after_training(scan):
         return jnp.sum(nll * (inputs == TOK.mask_id)) / jnp.sum(inputs == TOK.mask_id)
 
     first = float(loss(params))
+    grad = jax.jit(jax.grad(loss))
     for _ in range(5):
-        grads = jax.grad(loss)(params)
+        grads = grad(params)
         updates, opt = tx.update(grads, opt, params)
         params = optax.apply_updates(params, updates)
     assert float(loss(params)) < first
@@ -123,10 +123,10 @@ def test_rc_equivariance_needs_a_one_base_tokenizer_and_masked_lm():
 
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
-@pytest.mark.parametrize("scan", [False, True])
-def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, scan):
+@pytest.mark.parametrize("scan,activation", [(False, "swiglu"), (True, "swiglu"), (False, "gelu")])
+def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, scan, activation):
     adapter = adapters.Adapter(kind=kind, rank=4)
-    base = small_config(scan_layers=scan)
+    base = small_config(scan_layers=scan, activation=activation, use_bias_mlp=True)
     ids, mask = padded_batch()
     model = Encoder(dataclasses.replace(base, adapter=adapter))
     params = nn.meta.unbox(model.init(jax.random.key(0), ids, mask)["params"])
@@ -152,6 +152,11 @@ def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, s
     names = {p[-2] for p in traverse_util.flatten_dict(found)}
     expected = {"a", "b"} if kind == "lora" else {"key_ia3", "value_ia3", "mlp_ia3"}
     assert names == expected
+    if kind == "lora":  # every projection the MLP has is adapted: gate and up, or up alone
+        mlp = {k[-3] for k in traverse_util.flatten_dict(found) if "mlp" in k}
+        assert mlp == (
+            {"up_lora", "down_lora"} | ({"gate_lora"} if activation != "gelu" else set())
+        )
 
 
 def test_only_adapters_and_head_get_updates_and_optimizer_state():
@@ -194,8 +199,18 @@ def test_splice_refuses_strand_averaging_in_one_line(tmp_path):
     assert "task.stranded=True" in line and "--strand forward" in line
 
 
-def test_lora_finetune_saves_the_adapter_apart_and_merge_predicts_the_same(pre, tmp_path, capsys):
+def held_out_rows(config: str):
+    from gfm_jax import command_line
+    from gfm_jax.data import tasks
+
+    task = tasks.load_task(command_line.load_config(config).task)
+    return task.test.sequences, [task.label_names[i] for i in task.test.labels]
+
+
+@pytest.mark.slow
+def test_lora_finetune_saves_the_adapter_apart_and_merge_predicts_the_same(pre, tmp_path):
     from gfm_jax import api
+    from gfm_jax.errors import UserError
 
     out = tmp_path / "eval"
     adapter = ["--config.finetune.adapter=lora", "--config.finetune.lora_rank=2"]
@@ -208,26 +223,61 @@ def test_lora_finetune_saves_the_adapter_apart_and_merge_predicts_the_same(pre, 
         3 * (32 * 2 + 2 * 32) + (32 * 2 + 2 * 32) + 2 * (32 * 2 + 2 * 64) + (64 * 2 + 2 * 32)
     )
     assert result["trainable_params"] == 32 * 4 + 4 + lora
-    assert result["optimizer_state_bytes"] < 3 * 4 * result["trainable_params"]
-    saved = pathlib.Path(result["checkpoint"])
-    stored = sum(p.stat().st_size for p in saved.rglob("*") if p.is_file())
-    assert stored < sum(p.stat().st_size for p in (pre / "ckpt").rglob("*") if p.is_file())
+    # Adam's two moments of the trained parameters, and a few step counters.
+    assert (
+        2 * 4 * result["trainable_params"]
+        <= result["optimizer_state_bytes"]
+        < 2 * 4 * (result["trainable_params"] + 64)
+    )
+    model = api.load_finetuned(run_json)  # the JSON names its saved model
+    assert model.mode == "lora" and model.meta["stored"] == "lora"
+    # The saved tree holds the head and the LoRA matrices only, not the base encoder.
+    params_dir = pathlib.Path(result["checkpoint"]) / "ckpt" / "0" / "params"
+    tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
+    names = set(traverse_util.flatten_dict(tree))
+    assert names and all(k[0] == "head" or any(p.endswith("_lora") for p in k) for k in names)
 
-    model = api.load_finetuned(saved)
-    windows = [
-        r.split(",")[0]
-        for r in (
-            pathlib.Path("gfm_jax/data/builtin_files/species.csv").read_text().splitlines()[1:4]
-        )
-    ]
-    both = model.predict(windows, strand="both")
-    rc_both = model.predict([fasta.reverse_complement(w) for w in windows], strand="both")
-    np.testing.assert_allclose(both, rc_both, atol=1e-5)  # averaging makes it strand-free
-    main(["merge", "--finetuned", str(saved), "--out", str(tmp_path / "merged")])
+    # The saved model reproduces the run's strand-averaged test accuracy.
+    sequences, labels = held_out_rows(SPECIES)
+    predicted = model.predict(list(sequences), strand="both").argmax(-1)
+    accuracy = np.mean([model.label_names[i] == y for i, y in zip(predicted, labels, strict=True)])
+    assert accuracy == pytest.approx(result["test"]["accuracy"], abs=1e-9)
+
+    main(["merge", "--finetuned", result["checkpoint"], "--out", str(tmp_path / "merged")])
     merged = api.load_finetuned(tmp_path / "merged")
-    assert "lora" not in json.dumps(jax.tree_util.tree_structure(merged.params).__repr__())
+    assert merged.mode == "full"
+    assert not any("lora" in "/".join(k) for k in traverse_util.flatten_dict(merged.params))
+    windows = list(sequences[:8])
     np.testing.assert_allclose(merged.predict(windows), model.predict(windows), atol=1e-5)
-    assert model.predict_labels(windows) == merged.predict_labels(windows)
+    with pytest.raises(UserError, match="exists"):
+        api.merge_adapters(result["checkpoint"], tmp_path / "merged")
+    with pytest.raises(UserError, match="nothing to merge"):
+        api.merge_adapters(tmp_path / "merged", tmp_path / "again")
+    with pytest.raises(UserError, match="not a fine-tuned model"):
+        api.load_finetuned(pre)
+    with pytest.raises(UserError, match="depend on the strand"):
+        api.load_finetuned(_splice_run(pre, tmp_path)).predict(windows, strand="both")
+
+
+def _splice_run(pre: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A scratch, frozen-backbone splice fine-tune, run twice into one directory (a rerun
+    replaces the saved model); returns its saved model."""
+    out = tmp_path / "splice"
+    for _ in range(2):
+        main(["finetune", "--config", SPLICE, "--workdir", str(pre), "--out", str(out),
+              "--model", "scratch", "--config.finetune.freeze_backbone=True"])  # fmt: skip
+    (run_json,) = out.glob("*_seed0.json")
+    result = json.loads(run_json.read_text())
+    from gfm_jax import api
+
+    model = api.load_finetuned(result["checkpoint"])
+    # A random encoder is not on disk elsewhere: the whole model is saved and reloads as run.
+    sequences, labels = held_out_rows(SPLICE)
+    predicted = model.predict(list(sequences)).argmax(-1)
+    accuracy = np.mean([model.label_names[i] == y for i, y in zip(predicted, labels, strict=True)])
+    assert model.meta["stored"] == "full" and model.mode == "frozen"
+    assert accuracy == pytest.approx(result["test"]["accuracy"], abs=1e-9)
+    return pathlib.Path(result["checkpoint"])
 
 
 def test_embed_layers_poolings_and_strands(pre, tmp_path):
@@ -255,3 +305,27 @@ def test_embed_layers_poolings_and_strands(pre, tmp_path):
         model.embed(seqs, layers=[5])
     with pytest.raises(UserError, match="per-token"):
         model.embed(seqs, pooling="none", strand="both")
+
+
+@pytest.mark.slow
+def test_rc_equivariant_pretraining_saves_and_embeds_equivariantly(tmp_path):
+    from gfm_jax import api
+
+    work = tmp_path / "rc"
+    steps = {"train.num_steps": 4, "train.checkpoint_every": 4, "model.rc_equivariant": True}
+    r = run_module("gfm_jax.train", "--config", "configs/pretrain/tiny.py", "--workdir", str(work),
+                   *micro_overrides(**steps))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = api.load(work)
+    (record,) = fasta.read_fasta(pathlib.Path("gfm_jax/data/builtin_files/yeast_chrI.fa.gz"))
+    text = record.sequence().upper()
+    seqs = [text[i : i + 90] for i in (5000, 9000, 20000)]
+    rc = [fasta.reverse_complement(x) for x in seqs]
+    tokens, tokens_rc = model.embed(seqs, pooling="none"), model.embed(rc, pooling="none")
+    assert tokens.shape == (3, 90, 64)  # both strands' 32 channels
+    swapped = np.concatenate([tokens_rc[..., 32:], tokens_rc[..., :32]], axis=-1)[:, ::-1]
+    np.testing.assert_allclose(swapped, tokens, atol=1e-5)
+    pooled, pooled_rc = model.embed(seqs), model.embed(rc)
+    np.testing.assert_allclose(
+        np.concatenate([pooled_rc[:, 32:], pooled_rc[:, :32]], -1), pooled, atol=1e-5
+    )

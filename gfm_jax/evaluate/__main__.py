@@ -142,8 +142,11 @@ def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
 
 
 def _run_task(
-    mode: str, config, workdir: str, model: str, seeds: list[int], out: pathlib.Path
-) -> None:
+    mode: str, config, workdir: str, model: str, seeds: list[int], out: pathlib.Path,
+    save: bool = True,
+) -> None:  # fmt: skip
+    """`save`: keep each fine-tune's trained parameters beside its JSON (not for suites: a
+    copy of the encoder per task and seed)."""
     from gfm_jax.evaluate import results
 
     if mode == "finetune":
@@ -153,7 +156,7 @@ def _run_task(
     import jax
 
     for seed in seeds:
-        result = run(config, workdir, model, seed, *([out] if mode == "finetune" else []))
+        result = run(config, workdir, model, seed, *([out] if mode == "finetune" and save else []))
         if jax.process_index() == 0:  # every process holds the same result; one writes it
             print(f"wrote {results.write_run(out, result)}", flush=True)
 
@@ -187,7 +190,7 @@ def _run_tasks(mode: str, args: flags.FlagValues) -> None:
         for model in models:
             _run_task(
                 args.mode, task_config, args.workdir, model,
-                _seeds(args.seeds, config.seeds), out / task_config.task.name,
+                _seeds(args.seeds, config.seeds), out / task_config.task.name, save=False,
             )  # fmt: skip
     print(results.summarize(results.load_runs([out]), out))
 

@@ -17,6 +17,7 @@ averages each pooled embedding with its reverse complement's. Next to `emb.npy` 
 from __future__ import annotations
 
 import csv
+import numbers
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -79,46 +80,51 @@ def bucketed(
         return np.zeros((0,), np.float32)
     if len({o.shape for o in out}) > 1:  # per-token: pad the token axis (-2) to the longest
         longest = max(o.shape[-2] for o in out)
-        widths = [(0, 0)] * (out[0].ndim - 2) + [(0, 0), (0, 0)]
-        out = [np.pad(o, [*widths[:-2], (0, longest - o.shape[-2]), (0, 0)]) for o in out]
+        lead = [(0, 0)] * (out[0].ndim - 2)
+        out = [np.pad(o, [*lead, (0, longest - o.shape[-2]), (0, 0)]) for o in out]
     return np.stack(out)
 
 
-def layer_indices(spec: str | Sequence[int], num_layers: int) -> tuple[int, ...]:
-    """`all`, "-1,-4" or a sequence of ints -> indices into the encoder's num_layers + 1
-    states (0 the embeddings, num_layers the final output)."""
+def layer_indices(spec: str | int | Sequence[int], num_layers: int) -> tuple[tuple[int, ...], bool]:
+    """(indices into the encoder's num_layers + 1 states, whether one layer was asked for as
+    such): `all`, "-1,-4", an int or a sequence of ints; 0 is the embeddings, -1 the output."""
     n = num_layers + 1
+    single = isinstance(spec, numbers.Integral)
     if isinstance(spec, str):
         if spec.strip() == "all":
-            return tuple(range(n))
-        try:
-            spec = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise UserError(f"--layers={spec!r}: give 'all' or integers such as -1,-4") from None
-    if not spec or any(not -n <= i < n for i in spec):
+            return tuple(range(n)), False
+        single = "," not in spec
+        spec = [x for x in spec.split(",") if x.strip()]
+    try:
+        chosen = [int(x) for x in ([spec] if single and not isinstance(spec, list) else spec)]
+    except (TypeError, ValueError):
+        raise UserError(f"layers={spec!r}: give 'all' or integers such as -1,-4") from None
+    if not chosen or any(not -n <= i < n for i in chosen):
         raise UserError(
-            f"--layers={list(spec)}: this encoder has layers 0 (embeddings) .. {num_layers} "
+            f"layers={chosen}: this encoder has layers 0 (embeddings) .. {num_layers} "
             f"(or -{n} .. -1); give 'all' or integers in that range"
         )
-    return tuple(i % n for i in spec)
+    return tuple(i % n for i in chosen), single and len(chosen) == 1
 
 
 def make_embedder(
-    loaded: pretrained.Loaded, pooling: str = "mean", layers: Sequence[int] | str = "-1"
+    loaded: pretrained.Loaded, pooling: str = "mean", layers: int | Sequence[int] | str = -1
 ):
     """`embed(batch, batch_size) -> [B, K, D]` float32 pooled states of the K `layers`
     ([B, K, L - 1, D] for pooling `none`: every token but CLS)."""
     if pooling not in POOLINGS:
         raise UserError(f"--pooling={pooling!r}: choose one of {POOLINGS}")
     config = loaded.pretrained.model_config
-    chosen = layer_indices(layers, config.num_layers)
+    chosen, _ = layer_indices(layers, config.num_layers)
     encoder = Encoder(config, loaded.mesh, loaded.rules)
+    every = chosen != (config.num_layers,)  # the output alone needs no intermediate states
 
     @jax.jit
     def apply(params, batch):
-        states = encoder.apply(
-            {"params": params["encoder"]}, batch["ids"], batch["mask"], all_layers=True
+        out = encoder.apply(
+            {"params": params["encoder"]}, batch["ids"], batch["mask"], all_layers=every
         )
+        states = out if every else {config.num_layers: out}
         tokens_BxL = batch["mask"].at[:, 0].set(False)  # the CLS token is not a base
         out = []
         for i in chosen:
@@ -155,10 +161,8 @@ def embed_sequences(
             "the two strands do not line up token for token: choose a pooling or one strand"
         )
     tok = loaded.tokenizer
-    single = isinstance(layers, int) or (
-        isinstance(layers, str) and "," not in layers and layers.strip() != "all"
-    )
-    embedder = make_embedder(loaded, pooling, [layers] if isinstance(layers, int) else layers)
+    _, single = layer_indices(layers, loaded.pretrained.model_config.num_layers)
+    embedder = make_embedder(loaded, pooling, layers)
     limit = position_limit(loaded)
     encoded = encode(tok, sequences, names)
     emb = bucketed(encoded, embedder, batch_size, tok.pad_id, limit)
@@ -247,7 +251,7 @@ def run(
         "index": str(index),
         "shape": list(emb.shape),
         "pooling": pooling,
-        "layers": list(layer_indices(layers, loaded.pretrained.model_config.num_layers)),
+        "layers": list(layer_indices(layers, loaded.pretrained.model_config.num_layers)[0]),
         "strand": strand,
         "mostly_n": len(mostly_n),
     }

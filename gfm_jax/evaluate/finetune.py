@@ -116,7 +116,12 @@ class _Run:
     mesh: Any
     rules: tuple
     pre: pretrained.Pretrained | None  # None for the CNN
-    trainable: Any  # trainable(path) -> bool: which parameters fine-tuning updates
+    mode: str  # full | frozen | lora | ia3 (finetuned.training_mode)
+
+    @property
+    def trainable(self):
+        """trainable(path) -> bool: which parameters fine-tuning updates."""
+        return finetuned.trainable_fn(self.mode)
 
     @property
     def per_token(self) -> bool:
@@ -154,8 +159,8 @@ def _build(
         },
         tokenizer.pad_id,
     )
-    trainable = finetuned.trainable_fn(finetuned.training_mode(f_cfg, model_name))
-    return _Run(config, task, model, tokenizer, data, mesh, rules, pre, trainable)
+    mode = finetuned.training_mode(f_cfg, model_name)
+    return _Run(config, task, model, tokenizer, data, mesh, rules, pre, mode)
 
 
 def reverse_complemented(split: tasks.Split) -> tasks.Split:
@@ -186,10 +191,8 @@ def _build_state(run: _Run, workdir: str, model_name: str, seed: int):
         fresh_adapters, _ = adapters.split(state.params["encoder"])
         encoder = finetuned.merge_trees(encoder, fresh_adapters)
         state = state.replace(params={**state.params, "encoder": encoder})
-        mode = finetuned.training_mode(f_cfg, model_name)
-        log(
-            f"encoder from {workdir} step {run.pre.step}" + ("" if mode == "full" else f" ({mode})")
-        )
+        suffix = "" if run.mode == "full" else f" ({run.mode})"
+        log(f"encoder from {workdir} step {run.pre.step}{suffix}")
     train_step = step_lib.compile_train_step(
         step_lib.make_train_step(_objective(run.model, run.task.kind, run.trainable), tx),
         shardings,
@@ -287,7 +290,7 @@ def finetune(
         f" {len(task.train)} / val {len(task.val)} / test {len(task.test)}; model {model_name},"
         f" seed {seed}"
     )
-    mode = finetuned.training_mode(f_cfg, model_name)
+    mode = run.mode
     state, shardings, train_step, batch_sharding = _build_state(run, workdir, model_name, seed)
     sizes = finetuned.trained_sizes(state, run.trainable)
     evaluate = _evaluator(run, shardings, batch_sharding)
@@ -301,7 +304,7 @@ def finetune(
         name = {"task": task.name, "mode": "finetune", "model": label, "seed": seed}
         save_dir = results.run_file(out_dir, name).with_suffix("")
         meta = finetuned.meta_of(run.config, run.task, model_name, workdir, run.pre, run.tokenizer)
-        finetuned.save(save_dir, params, run.trainable, meta)
+        finetuned.save(save_dir, params, meta)
         log(f"fine-tuned parameters in {save_dir}")
     log(
         f"test ({model_name}, seed {seed}, best epoch {epoch}): "

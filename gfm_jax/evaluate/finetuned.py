@@ -12,7 +12,10 @@ full-fine-tuning kind, which loads and predicts without the base workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import pathlib
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
@@ -53,7 +57,7 @@ def trainable_fn(mode: str):
 
 def adapter_of(f_cfg: ml_collections.ConfigDict) -> adapters.Adapter:
     return adapters.Adapter(
-        f_cfg.adapter, int(f_cfg.lora_rank), float(f_cfg.lora_alpha), tuple(f_cfg.lora_targets)
+        f_cfg.adapter, int(f_cfg.lora_rank), float(f_cfg.lora_alpha), config_lib.lora_targets(f_cfg)
     )
 
 
@@ -64,6 +68,12 @@ def training_mode(f_cfg: ml_collections.ConfigDict, model_name: str) -> str:
     if f_cfg.adapter != "none":
         return str(f_cfg.adapter)
     return "frozen" if f_cfg.freeze_backbone else "full"
+
+
+def stored_mode(model_name: str, mode: str) -> str:
+    """What a saved fine-tune keeps: the trained parameters on a pretrained base (whose
+    workdir holds the rest), every parameter otherwise (a random encoder is not on disk)."""
+    return mode if model_name == "pretrained" else "full"
 
 
 def merge_trees(a: dict, b: dict) -> dict:
@@ -96,17 +106,24 @@ def meta_of(
         "task": {"name": task.name, "kind": task.kind, "label_names": list(task.label_names)},
         "config": config.to_dict(),
         "tokenizer": tokenizer.spec(),
+        "stored": stored_mode(model_name, training_mode(config.finetune, model_name)),
         "base_workdir": str(pathlib.Path(workdir).absolute()) if pre else None,
         "base_step": pre.step if pre else None,
         "base_meta": pre.meta if pre else None,
     }
 
 
-def save(directory: str | pathlib.Path, params: Any, trainable, meta: dict) -> None:
-    """Writes the trained part of `params` and `meta` (every process takes part)."""
+def save(directory: str | pathlib.Path, params: Any, meta: dict) -> None:
+    """Writes the part of `params` that `meta["stored"]` names, and `meta`, replacing a model
+    saved there before (a rerun of the same run). Every process takes part."""
+    ckpt_dir = checkpoint.checkpoint_dir(directory)
+    if jax.process_index() == 0 and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"replace {ckpt_dir}")
     ckpt = checkpoint.Checkpointer(directory)
     try:
-        ckpt.save_params(0, _trained(params, trainable), meta)
+        ckpt.save_params(0, _trained(params, trainable_fn(meta["stored"])), meta)
     finally:
         ckpt.close()
 
@@ -128,11 +145,12 @@ class Finetuned:
 
     @property
     def mode(self) -> str:
-        from gfm_jax.evaluate.finetune import training_mode
+        """How it was fine-tuned: full, frozen, lora or ia3."""
+        return _mode(self.meta)
 
-        return training_mode(
-            config_lib.ConfigDict(self.meta["config"]).finetune, self.meta["model"]
-        )
+    @functools.cached_property
+    def _apply(self):
+        return jax.jit(lambda p, b: self.model.apply({"params": p}, b["ids"], b["mask"]))
 
     def predict(self, sequences: Sequence[str], strand: str = "forward", batch_size: int = 64):
         """Model outputs [N, C] (class logits, or [N, 1] regression values) of `sequences`;
@@ -142,15 +160,17 @@ class Finetuned:
         if strand == "both" and self.meta["config"]["task"].get("stranded", True):
             task = self.meta["task"]["name"]
             raise UserError(f"strand='both': the labels of task {task!r} depend on the strand")
-        fn = jax.jit(lambda p, b: self.model.apply({"params": p}, b["ids"], b["mask"]))
         names = [f"sequence {i}" for i in range(len(sequences))]
+        config = getattr(self.model, "config", None)
+        limit = config.max_positions if getattr(config, "position", "") == "learned" else 0
 
         def run(texts: Sequence[str]) -> np.ndarray:
             encoded = embed.encode(self.tokenizer, [t.upper() for t in texts], names)
-            return embed.bucketed(
-                encoded, lambda b, _: np.asarray(fn(self.params, b)), batch_size,
-                self.tokenizer.pad_id,
-            )  # fmt: skip
+
+            def outputs(batch: dict, size: int) -> np.ndarray:
+                return pretrained.run_batched(self._apply, self, batch, size)
+
+            return embed.bucketed(encoded, outputs, batch_size, self.tokenizer.pad_id, limit)
 
         out = run(sequences)
         if strand == "both":
@@ -185,14 +205,34 @@ def _model(meta: dict, mesh: Any, rules: Any) -> tuple[Any, Tokenizer]:
     ), pre.tokenizer
 
 
-def load(directory: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1)) -> Finetuned:
-    """A saved fine-tuned model (its base workdir's encoder read where it was not trained)."""
+def read_meta(directory: str | pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """(the model's directory, its meta) from the directory or from its run JSON."""
+    directory = pathlib.Path(directory)
+    if directory.suffix == ".json" and directory.is_file():
+        saved = json.loads(directory.read_text()).get("checkpoint")
+        if not saved:
+            raise UserError(f"{directory} names no saved model (it ran with finetune.save=False)")
+        directory = pathlib.Path(saved)
+    if not checkpoint.checkpoint_dir(directory).is_dir():
+        raise UserError(
+            f"{directory} holds no fine-tuned model; give the directory `evaluate finetune` "
+            "wrote beside its run JSON (the JSON's 'checkpoint'), or one `evaluate merge` wrote"
+        )
     _, meta = checkpoint.read_meta(directory)
     if meta.get("kind") != "finetuned":
         raise UserError(
             f"{directory} is not a fine-tuned model (no fine-tuning meta); give a directory "
             "that finetune wrote (the run JSON's 'checkpoint')"
         )
+    return directory, meta
+
+
+def load(
+    directory: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1), base_workdir: str | None = None
+) -> Finetuned:
+    """A saved fine-tuned model (or its run JSON); an adapter or frozen-backbone fine-tune
+    reads its base encoder from the workdir it was trained on (or `base_workdir`)."""
+    directory, meta = read_meta(directory)
     mesh = sharding.make_mesh(mesh_shape)
     rules = config_lib.DEFAULT_RULES
     model, tokenizer = _model(meta, mesh, rules)
@@ -200,14 +240,26 @@ def load(directory: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1)) -> Finet
     boxed = jax.eval_shape(
         lambda r: model.init(r, example, example > -1)["params"], jax.random.key(0)
     )
-    trainable = trainable_fn(_mode(meta))
     abstract = state_lib.abstract_arrays(boxed, sharding.tree_shardings(boxed, mesh, rules))
-    _, params = checkpoint.restore_params(directory, _trained(abstract, trainable))
-    if _mode(meta) != "full":
-        pre = pretrained.from_meta(meta["base_step"], meta["base_meta"])
-        base = pretrained.load_params(meta["base_workdir"], pre, mesh, rules)["encoder"]
+    _, params = checkpoint.restore_params(
+        directory, _trained(abstract, trainable_fn(meta["stored"]))
+    )
+    if meta["stored"] != "full":
+        base = _base_encoder(meta, base_workdir or meta["base_workdir"], mesh, rules)
         params = merge_trees({"encoder": base}, params)
     return Finetuned(model, params, tokenizer, meta, mesh, rules)
+
+
+def _base_encoder(meta: dict, workdir: str, mesh: Any, rules: Any) -> Any:
+    pre = pretrained.from_meta(meta["base_step"], meta["base_meta"])
+    try:
+        return pretrained.load_params(workdir, pre, mesh, rules)["encoder"]
+    except UserError as e:
+        raise UserError(
+            f"this fine-tune keeps its head and adapters only; its base encoder ({workdir}, "
+            f"step {meta['base_step']}) cannot be read: {e}. Put that step back, or pass "
+            "base_workdir= a copy of it"
+        ) from None
 
 
 def _mode(meta: dict) -> str:
@@ -217,11 +269,14 @@ def _mode(meta: dict) -> str:
 def merge(directory: str | pathlib.Path, out: str | pathlib.Path) -> dict:
     """Folds a LoRA / IA3 fine-tune's adapters into its base encoder and writes a standalone
     fine-tuned checkpoint (full kind: encoder + head, no adapters) to `out`."""
-    loaded = load(directory)
-    mode = _mode(loaded.meta)
+    directory, meta = read_meta(directory)
+    mode = _mode(meta)
     if mode not in ("lora", "ia3"):
         raise UserError(f"{directory} was fine-tuned without an adapter ({mode}); nothing to merge")
-    stacked = bool(loaded.meta["base_meta"]["config"]["model"].get("scan_layers", False))
+    if pathlib.Path(out).exists():
+        raise UserError(f"--out {out} exists; give a new directory for the merged model")
+    loaded = load(directory)
+    stacked = loaded.model.config.scan_layers
     adapter = loaded.model.config.adapter
     params = nn.meta.unbox(jax.device_get(loaded.params))
     encoder = adapters.merge(params["encoder"], adapter, stacked)
@@ -230,6 +285,8 @@ def merge(directory: str | pathlib.Path, out: str | pathlib.Path) -> dict:
     config = config_lib.ConfigDict(meta["config"])
     config.finetune.adapter = "none"
     config.finetune.freeze_backbone = False
-    meta.update(config=config.to_dict(), merged_from=str(pathlib.Path(directory).absolute()))
-    save(out, merged, trainable_fn("full"), meta)
+    meta.update(
+        config=config.to_dict(), stored="full", merged_from=str(pathlib.Path(directory).absolute())
+    )
+    save(out, merged, meta)
     return {"merged": str(out), "from": str(directory), "adapter": mode}

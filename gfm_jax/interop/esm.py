@@ -237,6 +237,11 @@ def _check_exportable(model: Any) -> None:
         )
     if model["activation"] != "swiglu" and not model["use_bias_mlp"]:
         raise UserError("model.use_bias_mlp=False with GELU has no ESM equivalent")
+    if model.get("rc_equivariant"):
+        raise UserError(
+            "model.rc_equivariant=True runs both strands through the weights; an ESM model runs "
+            "one, so its outputs would differ: export a plain (rc_equivariant=False) model"
+        )
 
 
 class _StateDict(dict):

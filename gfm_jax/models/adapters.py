@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gfm_jax.config import ADAPTERS as KINDS
+from gfm_jax.config import LORA_TARGETS
 from gfm_jax.errors import UserError
 
-KINDS = ("none", "lora", "ia3")
-LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
 IA3_TARGETS = ("key", "value", "mlp")
 SUFFIXES = ("_lora", "_ia3")
 
@@ -113,7 +113,7 @@ def split(params: dict) -> tuple[dict, dict]:
 
 
 def _lora_delta(a: np.ndarray, b: np.ndarray, shape: tuple, adapter: Adapter) -> np.ndarray:
-    rank = adapter.rank
+    rank = a.shape[-1]
     return ((a.reshape(-1, rank) @ b.reshape(rank, -1)) * (adapter.alpha / rank)).reshape(shape)
 
 

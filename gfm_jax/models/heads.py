@@ -82,22 +82,23 @@ def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
 
 
 def pool(h_BxLxD: jax.Array, mask_BxL: jax.Array, pooling: str) -> jax.Array:
-    """[B, D] float32: `cls` the first position, `mean` / `max` over the positions `mask_BxL`."""
+    """[B, D] float32: `cls` the first position, `mean` / `max` over the positions `mask_BxL`
+    (a row without any: zeros)."""
     if pooling == "cls":
         return h_BxLxD[:, 0].astype(jnp.float32)
     if pooling == "mean":
         return masked_mean(h_BxLxD, mask_BxL)
     if pooling == "max":
         h = jnp.where(mask_BxL[..., None], h_BxLxD.astype(jnp.float32), -jnp.inf)
-        return jnp.max(h, axis=1)
+        return jnp.where(jnp.any(mask_BxL, axis=1)[:, None], jnp.max(h, axis=1), 0.0)
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
 class SequenceClassifier(nn.Module):
     """Encoder -> pooling -> linear layer to class logits (float32).
 
-    `pooling="mean"` / `"max"` pool the non-padding positions; `"cls"` takes the first
-    position (the CLS token every sequence starts with).
+    `pooling="mean"` / `"max"` pool the sequence's tokens (not CLS, not padding), as `embed`
+    and `probe` do; `"cls"` takes the first position (the CLS token every sequence starts with).
     """
 
     config: EncoderConfig
@@ -109,7 +110,7 @@ class SequenceClassifier(nn.Module):
     @nn.compact
     def __call__(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
         h = Encoder(self.config, self.mesh, self.rules, name="encoder")(ids_BxL, mask_BxL)
-        pooled_BxD = pool(h, mask_BxL, self.pooling)
+        pooled_BxD = pool(h, jnp.asarray(mask_BxL).at[:, 0].set(False), self.pooling)
         return dense(self.num_classes, ("embed", "classes"), name="head")(pooled_BxD)
 
 
