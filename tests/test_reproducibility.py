@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, micro_overrides, run_module
@@ -25,10 +26,11 @@ def run_with_hash_seed(hash_seed: int, *args: str) -> subprocess.CompletedProces
 
 
 def run_json(directory: pathlib.Path) -> dict:
-    """The one run JSON in `directory`, less its wall time."""
+    """The one run JSON in `directory`, less its wall time and where its model was saved."""
     (path,) = [p for p in directory.glob("*.json") if not p.name.startswith("summary")]
     result = json.loads(path.read_text())
     del result["seconds"]
+    result.pop("checkpoint", None)
     return result
 
 
@@ -62,6 +64,11 @@ def test_fine_tuning_a_probe_and_embeddings_are_the_same_in_two_processes(tmp_pa
         a, b = run_json(first / name), run_json(second / name)
         assert a["test"] and a == b, (a["test"], b["test"])
     assert len(run_json(first / "ft")["history"]) == 3
+    from gfm_jax import api  # the saved fine-tuned parameters are equal bit for bit too
+
+    saved = [api.load_finetuned(next((out / "ft").glob("*seed1.json"))) for out in outputs]
+    for x, y in zip(*(jax.tree.leaves(m.params) for m in saved), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
     a, b = np.load(first / "e.npy"), np.load(second / "e.npy")
     assert a.shape[0] >= 12 and a.shape[1] == 32 and a.std() > 0 and np.array_equal(a, b)
     assert (first / "e.tsv").read_text() == (second / "e.tsv").read_text()
