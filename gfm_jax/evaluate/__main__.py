@@ -102,8 +102,8 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
     if mode == "embed":
         string("input", "FASTA (.fa/.fa.gz) or CSV with a sequence column")
         string("out", "output .npy (an index .tsv is written beside it)")
-        pooling = ("mean", "cls", "max", "none")
-        flags.DEFINE_enum("pooling", "mean", pooling, "over the tokens", flag_values=fv)
+        pooling = ("cls", "mean", "max", "none")
+        flags.DEFINE_enum("pooling", "cls", pooling, "over the tokens", flag_values=fv)
         string("layers", "layers: -1 the output, 0 the embeddings, e.g. -1,-4, or all", "-1")
         flags.DEFINE_enum("strand", "forward", ("forward", "both"), "both: average with the "
                           "reverse complement's embedding", flag_values=fv)  # fmt: skip

@@ -6,8 +6,9 @@
 
 FASTA records are cut into consecutive windows of `--window` bases (default: the pretraining
 window), one embedding each; a CSV gives one embedding per row of its sequence column.
-Pooling over the sequence's tokens (CLS excluded): `mean` (default), `max`, `cls` (the CLS
-token's state), or `none` (per-token states, [N, T, D], zero after each row's tokens). Layers:
+Pooling: `cls` (default: the CLS token's state; it beat mean pooling in 3 of 4 comparisons on
+the built-in tasks, docs/evaluation.md), `mean` or `max` over the sequence's tokens (CLS
+excluded), or `none` (per-token states, [N, T, D], zero after each row's tokens). Layers:
 0 is the token embeddings, i the output of block i, -1 (default) the final output (after the
 final norm); `all` gives every one. One layer writes [N, D], several [N, K, D]. `--strand both`
 averages each pooled embedding with its reverse complement's. Next to `emb.npy` (float32) goes
@@ -108,7 +109,7 @@ def layer_indices(spec: str | int | Sequence[int], num_layers: int) -> tuple[tup
 
 
 def make_embedder(
-    loaded: pretrained.Loaded, pooling: str = "mean", layers: int | Sequence[int] | str = -1
+    loaded: pretrained.Loaded, pooling: str = "cls", layers: int | Sequence[int] | str = -1
 ):
     """`embed(batch, batch_size) -> [B, K, D]` float32 pooled states of the K `layers`
     ([B, K, L - 1, D] for pooling `none`: every token but CLS)."""
@@ -145,7 +146,7 @@ def embed_sequences(
     loaded: pretrained.Loaded,
     sequences: Sequence[str],
     names: Sequence[str],
-    pooling: str = "mean",
+    pooling: str = "cls",
     batch_size: int = 64,
     layers: int | Sequence[int] | str = -1,
     strand: str = "forward",
@@ -217,7 +218,7 @@ def run(
     workdir: str,
     input_path: str,
     out: str,
-    pooling: str = "mean",
+    pooling: str = "cls",
     window: int = 0,
     column: str = "sequence",
     layers: str = "-1",
