@@ -329,3 +329,38 @@ def test_rc_equivariant_pretraining_saves_and_embeds_equivariantly(tmp_path):
     np.testing.assert_allclose(
         np.concatenate([pooled_rc[:, 32:], pooled_rc[:, :32]], -1), pooled, atol=1e-5
     )
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_lora_finetunes_alike_on_an_fsdp_mesh_and_in_two_processes(pre, tmp_path):
+    """The adapter step is the sharded fine-tuning step: 1 process x 8 devices on a (2, 4, 1)
+    mesh and 2 processes x 4 devices (data parallel) train alike and both save a model."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from gfm_jax import api
+
+    common = [
+        *("-m", "gfm_jax.evaluate", "finetune", "--config", SPECIES, "--workdir", str(pre)),
+        "--config.finetune.adapter=lora",
+    ]
+    single = run_module(*common[1:], "--out", str(tmp_path / "one"), "--cpu_devices", "8",
+                        "--config.mesh.shape=(2,4,1)")  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = ["bash", "scripts/launch_local.sh", "--processes", "2", "--cpu-devices", "4",
+              "--log-dir", str(tmp_path), "--", sys.executable, *common,
+              "--out", str(tmp_path / "two")]  # fmt: skip
+    two = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    logs = "".join(p.read_text() for p in tmp_path.glob("launch_local.*.log"))
+    assert two.returncode == 0, logs[-3000:]
+    (a,), (b,) = ((tmp_path / d).glob("*lora_seed0.json") for d in ("one", "two"))
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ra["trainable_params"] == rb["trainable_params"]
+    for x, y in zip(ra["history"], rb["history"], strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4)
+    windows = held_out_rows(SPECIES)[0][:16]
+    one, two_ = (api.load_finetuned(r["checkpoint"]) for r in (ra, rb))
+    np.testing.assert_allclose(one.predict(windows), two_.predict(windows), atol=1e-3)
