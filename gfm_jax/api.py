@@ -45,8 +45,8 @@ class Model:
     ) -> np.ndarray:
         """Embeddings of `sequences`: [N, D] for one layer (an int), [N, K, D] for a list of
         K layers or "all" (0 the token embeddings, -1 the output); pooling cls (default) |
-        mean | max over the bases | none (per token: a token axis before D); strand "both" averages with the reverse
-        complement's."""
+        mean | max over the bases | none (per token: a token axis before D); strand "both"
+        averages with the reverse complement's."""
         names = [f"sequence {i}" for i in range(len(sequences))]
         texts = [s.upper() for s in sequences]
         return embed.embed_sequences(
