@@ -70,7 +70,10 @@ def test_reverse_complement_ids_keep_cls_and_padding_in_place():
         assert TOK.decode(rc[row, 1:n]) == fasta.reverse_complement(TOK.decode(ids[row, 1:n]))
 
 
-@pytest.mark.parametrize("scan", [False, True])
+SCANNED = pytest.param(True, marks=pytest.mark.slow)  # the same model, its layers in one scan
+
+
+@pytest.mark.parametrize("scan", [False, SCANNED])
 def test_rc_equivariant_encoder_and_mlm_at_init_and_after_training(scan):
     config = small_config(rc_equivariant=True, complement=TOK.complement_ids(), scan_layers=scan)
     ids, mask = padded_batch()
@@ -123,7 +126,10 @@ def test_rc_equivariance_needs_a_one_base_tokenizer_and_masked_lm():
 
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
-@pytest.mark.parametrize("scan,activation", [(False, "swiglu"), (True, "swiglu"), (False, "gelu")])
+@pytest.mark.parametrize(
+    "scan,activation",
+    [(False, "swiglu"), pytest.param(True, "swiglu", marks=pytest.mark.slow), (False, "gelu")],
+)
 def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, scan, activation):
     adapter = adapters.Adapter(kind=kind, rank=4)
     base = small_config(scan_layers=scan, activation=activation, use_bias_mlp=True)
@@ -280,6 +286,7 @@ def _splice_run(pre: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(result["checkpoint"])
 
 
+@pytest.mark.slow
 def test_embed_layers_poolings_and_strands(pre, tmp_path):
     from gfm_jax import api
 
