@@ -223,6 +223,7 @@ def operation(op_name: str) -> str:
     """'jit(train_step)/transpose(jvp(MaskedLM))/encoder/layer_7/mlp/mul' ->
     'backward: encoder/layer_N/mlp/mul': the same operation of every layer in one row."""
     path = re.sub(r"layer_\d+", "layer_N", op_name.split("/", 1)[-1])
+    path = re.sub(r"\w+\._\w+/", "", path)  # Flax's scopes of helper methods (encoder._stream)
     direction = "backward: " if path.startswith("transpose(") else "forward: "
     path = re.sub(r"^(transpose\()?jvp\([^)]*\)\)?/", "", path)
     if "MaskedLM" not in op_name:
