@@ -82,7 +82,7 @@ def _define_task_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None
         flags.DEFINE_enum("mode", "finetune", ("finetune", "probe"), "per task", flag_values=fv)
         return
     strand_help = "both: average each prediction with the reverse complement's (finetune.strand)"
-    flags.DEFINE_enum("strand", None, ("forward", "both"), strand_help, flag_values=fv)
+    flags.DEFINE_enum("strand", None, config_lib.STRANDS, strand_help, flag_values=fv)
     flags.DEFINE_enum("model", "pretrained", MODELS[mode], "the encoder", flag_values=fv)
     flags.DEFINE_alias("init", "model", flag_values=fv)  # the old name of --model
     distributed.define_flags(fv)
@@ -105,7 +105,7 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
         pooling = ("cls", "mean", "max", "none")
         flags.DEFINE_enum("pooling", "cls", pooling, "over the tokens", flag_values=fv)
         string("layers", "layers: -1 the output, 0 the embeddings, e.g. -1,-4, or all", "-1")
-        flags.DEFINE_enum("strand", "forward", ("forward", "both"), "both: average with the "
+        flags.DEFINE_enum("strand", "forward", config_lib.STRANDS, "both: average with the "
                           "reverse complement's embedding", flag_values=fv)  # fmt: skip
         flags.DEFINE_integer(
             "window", 0, "FASTA window in bases (0: pretraining's)", flag_values=fv

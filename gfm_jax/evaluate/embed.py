@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfm_jax import config as config_lib
 from gfm_jax.data import builtin, fasta
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
@@ -35,7 +36,7 @@ from gfm_jax.models.encoder import Encoder
 from gfm_jax.models.heads import pool
 
 POOLINGS = ("mean", "cls", "max", "none")
-STRANDS = ("forward", "both")
+STRANDS = config_lib.STRANDS
 LENGTH_BUCKET = 32  # pad token lengths up to a multiple of this: few shapes, few compiles
 
 

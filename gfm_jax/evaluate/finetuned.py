@@ -155,7 +155,7 @@ class Finetuned:
     def predict(self, sequences: Sequence[str], strand: str = "forward", batch_size: int = 64):
         """Model outputs [N, C] (class logits, or [N, 1] regression values) of `sequences`;
         `strand="both"` averages each with its reverse complement's."""
-        if strand not in ("forward", "both"):
+        if strand not in config_lib.STRANDS:
             raise UserError(f"strand={strand!r}: choose forward or both")
         if strand == "both" and self.meta["config"]["task"].get("stranded", True):
             task = self.meta["task"]["name"]
