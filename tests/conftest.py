@@ -39,9 +39,12 @@ def micro_overrides(**extra: object) -> list[str]:
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` in a fresh process (1 CPU device unless XLA_FLAGS says)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def run_module(
+    module: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` in a fresh process (1 CPU device unless XLA_FLAGS says),
+    with `env` added to the environment."""
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

@@ -28,6 +28,7 @@ import tokenizers
 from tokenizers import models, pre_tokenizers, trainers
 
 from gfm_jax.data import fasta
+from gfm_jax.data.checkpoint_vocab import role_ids
 from gfm_jax.data.corpus import Corpus, Segments
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
@@ -39,18 +40,29 @@ _UPPER = np.frombuffer(fasta.BASES.encode(), np.uint8)
 
 
 class BpeTokenizer(Tokenizer):
-    """A trained BPE vocabulary behind the common tokenizer interface."""
+    """A BPE vocabulary behind the common tokenizer interface: trained here (the layout above),
+    or a published one (DNABERT-2's: [UNK]0 [CLS]1 [SEP]2 [PAD]3 [MASK]4, no N token, so N
+    encodes as [UNK]). Special tokens (and N) come before every other id."""
 
     def __init__(self, backend: tokenizers.Tokenizer, bases_per_token: float):
         self.name = "bpe"
         self._tok = backend
         vocab = backend.get_vocab()
-        if any(vocab.get(s) != i for i, s in enumerate((*SPECIALS, "N"))):
-            raise UserError("BPE tokenizer file does not have the gfm_jax id layout; retrain it")
         self.vocab = tuple(sorted(vocab, key=vocab.get))
-        self.pad_id, self.unk_id, self.cls_id, self.mask_id = 0, 1, 2, 4
-        self.n_id = len(SPECIALS)
-        self.maskable = (self.n_id + 1, len(self.vocab))
+        roles = role_ids(self.vocab, "BPE tokenizer")
+        self.pad_id, self.unk_id, self.cls_id, self.mask_id = (
+            roles[r] for r in ("pad", "unk", "cls", "mask")
+        )
+        added = json.loads(backend.to_str()).get("added_tokens", [])
+        front = {t["id"] for t in added if t.get("special")} | {vocab.get("N", roles["unk"])}
+        first = min(set(range(len(self.vocab) + 1)) - front)
+        if max(front) > first:
+            raise UserError(
+                f"BPE tokenizer: the special tokens (and N) must take the first ids; they have "
+                f"{sorted(front)}"
+            )
+        self._decodable = first - ("N" in vocab and vocab["N"] == first - 1)
+        self.maskable = (first, len(self.vocab))
         self.bases_per_token = float(bases_per_token)
 
     # --- building, saving, loading ------------------------------------------------------------
@@ -116,7 +128,7 @@ class BpeTokenizer(Tokenizer):
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
 
     def decode(self, ids: np.ndarray) -> str:
-        ids = [int(i) for i in np.asarray(ids) if self.n_id <= i < self.vocab_size]
+        ids = [int(i) for i in np.asarray(ids) if self._decodable <= i < self.vocab_size]
         return "".join(self.vocab[i] for i in ids)
 
     def _encodings(self, codes_BxL: np.ndarray) -> list:

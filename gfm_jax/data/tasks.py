@@ -66,7 +66,7 @@ def load_task(task: ml_collections.ConfigDict) -> Task:
 
 def check_token_tokenizer(tokenizer: Tokenizer) -> None:
     """Per-token labels are per base: only tokenizers with one token per base can carry them."""
-    if tokenizer.name not in ("char", "char_rna"):
+    if tokenizer.scheme not in ("char", "char_rna"):
         raise UserError(
             f"task.kind=token_classification needs a one-token-per-base tokenizer (char, "
             f"char_rna); this model uses {tokenizer.name!r}"

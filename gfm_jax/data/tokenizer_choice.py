@@ -9,14 +9,26 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from gfm_jax.data import bpe
+from gfm_jax import checkpoint
+from gfm_jax.data import bpe, checkpoint_vocab
 from gfm_jax.data.corpus import Corpus
 from gfm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from gfm_jax.errors import UserError
 
 
-def tokenizer_for_run(data: Any, corpus: Corpus, workdir: pathlib.Path | None) -> Tokenizer:
+def tokenizer_for_run(
+    data: Any, corpus: Corpus, workdir: pathlib.Path | None, init_from: str = ""
+) -> Tokenizer:
     """The tokenizer `data.tokenizer` names; "bpe" is trained on the training segments of
-    `corpus` and kept in `<workdir>/tokenizer.json` (in memory only when workdir is None)."""
+    `corpus` and kept in `<workdir>/tokenizer.json` (in memory only when workdir is None);
+    "checkpoint" is the one `init_from`'s checkpoint recorded (an imported model's own)."""
+    if data.tokenizer == "checkpoint":
+        if not init_from:
+            raise UserError(
+                "data.tokenizer='checkpoint' takes the tokenizer of train.init_from's checkpoint; "
+                "set --config.train.init_from (or name a tokenizer)"
+            )
+        return from_spec(checkpoint.read_meta(init_from)[1]["tokenizer"])
     if data.tokenizer != "bpe":
         return get_tokenizer(data.tokenizer)
     segments = corpus.config_split("train", data)
@@ -36,4 +48,6 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
     """Rebuilds the tokenizer a checkpoint's `meta` recorded (`Tokenizer.spec`)."""
     if spec["name"] == "bpe":
         return bpe.BpeTokenizer.from_spec(spec)
+    if "scheme" in spec:
+        return checkpoint_vocab.CheckpointVocab.from_spec(spec)
     return get_tokenizer(spec["name"])

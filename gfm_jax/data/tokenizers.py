@@ -39,6 +39,11 @@ class Tokenizer(abc.ABC):
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @property
+    def scheme(self) -> str:
+        """How sequences are split into tokens (a built-in tokenizer's name)."""
+        return self.name
+
     @abc.abstractmethod
     def num_tokens(self, window_len: int) -> int:
         """Tokens per window of `window_len` bases (without CLS)."""

@@ -38,7 +38,7 @@ def from_meta(step: int, meta: dict) -> Pretrained:
     model = config_lib.ConfigDict(meta["config"]["model"])
     causal = meta["config"]["train"].get("objective", "mlm") == "causal"
     model_config = EncoderConfig.from_config(
-        model, tokenizer.vocab_size, causal, tokenizer.complement_ids()
+        model, tokenizer.vocab_size, causal, tokenizer.complement_ids(), tokenizer.mask_id
     )
     return Pretrained(step, model_config, tokenizer, meta)
 

@@ -1,13 +1,16 @@
-"""Import / export Hugging Face ESM and Nucleotide Transformer checkpoints.
+"""Import / export public checkpoints: ESM-2, Nucleotide Transformer v1 and v2, OmniGenome,
+DNABERT-2 (see docs/interop.md).
 
-    python -m gfm_jax.interop import HF_DIR --workdir runs/nt_imported
-    python -m gfm_jax.interop export --workdir runs/tiny --out hf_tiny
+    python -m gfm_jax.interop import hf:InstaDeepAI/nucleotide-transformer-v2-50m-multi-species \
+        --workdir runs/nt_v2_50m
+    python -m gfm_jax.interop import HF_DIR --workdir runs/imported
+    python -m gfm_jax.interop export --workdir runs/tiny --out hf_tiny [--family esm]
 
-`import` writes an Orbax checkpoint (step 0, params + meta) that every `gfm_jax.evaluate` mode
-reads with `--workdir`, and that `gfm_jax.train` starts from with `--config.train.init_from`
-(it prints the model overrides a training config needs). `export` writes config.json,
-model.safetensors and the ESM tokenizer files, loadable with transformers' EsmForMaskedLM (NT v2's
-SwiGLU needs NT's own modelling code).
+The source is a Hugging Face directory or `hf:<org>/<name>[@revision]` (downloaded, or read from
+the Hugging Face cache offline). `import` writes an Orbax checkpoint (step 0, params + meta) that
+every `gfm_jax.evaluate` mode reads with `--workdir`, and that `gfm_jax.train` starts from with
+`--config.train.init_from` (it prints the flags a training config needs). `export` writes
+config.json, model.safetensors and the tokenizer files in the family's layout.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ def _define_flags(mode: str, fv: flags.FlagValues, command: list[str]) -> None:
     flags.DEFINE_string("workdir", None, "the gfm_jax workdir", flag_values=fv, required=True)
     if mode == "export":
         flags.DEFINE_string("out", None, "Hugging Face directory", flag_values=fv, required=True)
+        flags.DEFINE_string(
+            "family",
+            "auto",
+            "layout: esm | nt_v2 | omnigenome | dnabert2; auto: the imported one, else DNABERT-2 "
+            "for post-LN models and ESM otherwise",
+            flag_values=fv,
+        )
 
 
 def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
@@ -41,8 +51,8 @@ def _parse(argv: Sequence[str]) -> tuple[str, flags.FlagValues, list[str]]:
     mode, fv, rest = command_line.parse_mode(PROG, MODES, argv, _define_flags, __doc__)
     if mode == "import" and len(rest) != 1:
         raise UserError(
-            "import takes one directory with config.json, model.safetensors (or .bin) and "
-            f"vocab.txt; got {rest}"
+            "import takes one source: a directory with config.json, weights and vocab.txt (or "
+            f"tokenizer.json), or hf:<org>/<name>[@revision]; got {rest}"
         )
     if mode == "export" and rest:
         raise UserError(f"unexpected arguments {rest}; see {PROG} export --help")
@@ -73,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 + " ".join(result["init_from_flags"])
             )
         else:
-            print(json.dumps(workdir.export_checkpoint(args.workdir, args.out), indent=1))
+            result = workdir.export_checkpoint(args.workdir, args.out, args.family)
+            print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

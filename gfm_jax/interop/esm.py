@@ -1,12 +1,16 @@
-"""Hugging Face ESM / Nucleotide Transformer checkpoints <-> gfm_jax parameters.
+"""Hugging Face ESM-family checkpoints <-> gfm_jax parameters: ESM-2, Nucleotide Transformer
+v1 and v2, OmniGenome.
 
-Three architectures share the `EsmForMaskedLM` weight names:
+One weight layout (`EsmForMaskedLM`'s; OmniGenome's renames the `esm.` prefix `OmniGenome.`),
+three feed-forward and position variants:
 - NT v1 / ESM-1b style: learned absolute positions, GELU feed-forward with biases;
-- ESM-2 style: rotary positions, GELU feed-forward with biases;
+- ESM-2 style and OmniGenome: rotary positions, GELU feed-forward with biases;
 - NT v2: rotary positions and a SwiGLU feed-forward without biases. Its config carries
   `add_bias_fnn` (transformers' own ESM has no such key and no SwiGLU; the NT v2 checkpoints
   ship their own modelling code). Its `intermediate.dense` holds [gate; up] stacked: the first
   half goes through SiLU and multiplies the second.
+`token_dropout` (ESM-2, NT v1, OmniGenome) is the encoder's `model.token_dropout`,
+`emb_layer_norm_before` its `model.embed_norm`.
 
 Conventions that matter for parity:
 - torch `Linear.weight` is [out, in]; gfm_jax kernels are [in, out], and the attention kernels
@@ -14,11 +18,8 @@ Conventions that matter for parity:
 - ESM numbers learned positions from `pad_token_id + 1`. gfm_jax's table starts at position 0,
   so rows `pad + 1 ...` of the Hugging Face table become rows `0 ...` here. Exported tables fill
   the unused first `pad + 1` rows with zeros.
-- The vocabulary rows follow the checkpoint's `vocab.txt`. Each gfm_jax tokenizer token takes the
-  row of the same token, so a checkpoint whose vocabulary is ordered differently still imports.
-  A token missing from the checkpoint is an error.
-- Not supported, with an error naming the key: `token_dropout` (ESM-2's mask-ratio rescaling of
-  embeddings), `emb_layer_norm_before`, and position types other than absolute / rotary.
+- The vocabulary is the checkpoint's `vocab.txt`, in its order, cut to the config's
+  `vocab_size` (NT v1's file lists `<eos>` and `<bos>` after its 4,105 embedding rows).
 """
 
 from __future__ import annotations
@@ -29,84 +30,53 @@ from typing import Any
 
 import numpy as np
 
-from gfm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from gfm_jax.data.checkpoint_vocab import CheckpointVocab
+from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 
 Params = dict[str, Any]
+# The state-dict prefix of the encoder, per model_type (OmniGenome's code renames ESM's).
+PREFIXES = ("esm.", "OmniGenome.")
 
 
 # --- Reading the files ---------------------------------------------------------------------
 
 
-def read_config(src: pathlib.Path) -> dict:
-    path = src / "config.json"
-    if not path.is_file():
-        raise UserError(f"{src}: no config.json; give a Hugging Face checkpoint directory")
-    config = json.loads(path.read_text())
-    if config.get("model_type") != "esm":
+def check_config(config: dict, path: pathlib.Path) -> None:
+    position = config.get("position_embedding_type", "absolute")
+    if position not in ("absolute", "rotary"):
         raise UserError(
-            f"{path}: model_type {config.get('model_type')!r}; only ESM / Nucleotide "
-            "Transformer checkpoints (model_type 'esm') can be imported"
+            f"{path}: position_embedding_type={position!r}; gfm_jax imports 'absolute' and 'rotary'"
         )
-    for key, bad in (("token_dropout", True), ("emb_layer_norm_before", True)):
-        if config.get(key) == bad:
-            raise UserError(f"{path}: {key}={bad} is not supported by the gfm_jax encoder")
-    if config.get("position_embedding_type", "absolute") not in ("absolute", "rotary"):
-        raise UserError(
-            f"{path}: position_embedding_type={config['position_embedding_type']!r}; "
-            "gfm_jax imports 'absolute' and 'rotary'"
-        )
-    return config
 
 
-def read_weights(src: pathlib.Path) -> dict[str, np.ndarray]:
-    """The state dict as float32 numpy arrays, from safetensors or a PyTorch .bin file."""
-    st = src / "model.safetensors"
-    if st.is_file():
-        from safetensors.numpy import load_file
-
-        weights = load_file(str(st))
-    elif (src / "pytorch_model.bin").is_file():
-        import torch
-
-        state = torch.load(src / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        weights = {k: v.float().numpy() for k, v in state.items()}
-    else:
-        raise UserError(f"{src}: neither model.safetensors nor pytorch_model.bin")
-    return {k: np.asarray(v, np.float32) for k, v in weights.items()}
-
-
-def read_vocab(src: pathlib.Path) -> list[str]:
+def read_tokenizer(src: pathlib.Path, config: dict) -> CheckpointVocab:
+    """The checkpoint's vocabulary (vocab.txt, cut to the embedding rows) as a tokenizer: 6-mers
+    when it holds them, else one base per token (RNA letters when it holds U)."""
     path = src / "vocab.txt"
     if not path.is_file():
         raise UserError(f"{src}: no vocab.txt (the ESM tokenizer's vocabulary)")
-    return [line.strip() for line in path.read_text().splitlines()]
-
-
-def tokenizer_for_vocab(vocab: list[str], src: pathlib.Path) -> Tokenizer:
-    """The gfm_jax tokenizer whose tokens the checkpoint's vocabulary holds."""
-    for name in ("nt6", "char", "kmer6"):
-        tok = get_tokenizer(name)
-        if set(tok.vocab) <= set(vocab):
-            return tok
-    raise UserError(
-        f"{src}/vocab.txt ({len(vocab)} tokens, first {vocab[:6]}) holds no gfm_jax tokenizer's "
-        "vocabulary (nt6, char, kmer6); it is not a nucleotide model"
-    )
+    vocab = [line.strip() for line in path.read_text().splitlines()]
+    rows = int(config["vocab_size"])
+    if len(vocab) < rows:
+        raise UserError(f"{path}: {len(vocab)} tokens for vocab_size={rows} embedding rows")
+    vocab = vocab[:rows]
+    scheme = "nt6" if "AAAAAA" in vocab else "char_rna" if "U" in vocab else "char"
+    return CheckpointVocab(vocab, scheme, str(path))
 
 
 # --- The mapping ---------------------------------------------------------------------------
 
 
-def model_overrides(config: dict, tokenizer: Tokenizer) -> dict[str, Any]:
-    """gfm_jax `config.model` values for a Hugging Face ESM config."""
+def model_overrides(config: dict, family: str) -> dict[str, Any]:
+    """gfm_jax `config.model` values for a Hugging Face ESM-family config."""
     glu = "add_bias_fnn" in config  # NT v2's modelling code
     position = (
         "rope" if config.get("position_embedding_type", "absolute") == "rotary" else "learned"
     )
     pad = int(config["pad_token_id"])
     return {
-        "name": "nt_v2_import" if glu else "esm_import",
+        "name": f"{family}_import",
         "num_layers": int(config["num_hidden_layers"]),
         "hidden_size": int(config["hidden_size"]),
         "num_heads": int(config["num_attention_heads"]),
@@ -114,8 +84,12 @@ def model_overrides(config: dict, tokenizer: Tokenizer) -> dict[str, Any]:
         "activation": "swiglu" if glu else "gelu",
         "use_bias_attn": True,
         "use_bias_mlp": bool(config.get("add_bias_fnn", True)),
+        "use_bias_mlp_in": True,
         "norm": "layernorm",
         "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+        "norm_placement": "pre",
+        "embed_norm": bool(config.get("emb_layer_norm_before", False)),
+        "token_dropout": bool(config.get("token_dropout", False)),
         "position": position,
         "max_positions": int(config["max_position_embeddings"]) - pad - 1
         if position == "learned"
@@ -128,6 +102,13 @@ def _linear_in(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+def _strip_prefix(name: str) -> str:
+    for prefix in PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
 class _Weights:
     """An ESM state dict read by Hugging Face name, as gfm_jax parameter blocks."""
 
@@ -135,7 +116,7 @@ class _Weights:
         # Older BERT-style files (and transformers' own saves) name LayerNorm parameters
         # gamma / beta.
         self._w = {
-            k.removeprefix("esm.")
+            _strip_prefix(k)
             .replace("LayerNorm.gamma", "LayerNorm.weight")
             .replace("LayerNorm.beta", "LayerNorm.bias"): v
             for k, v in weights.items()
@@ -148,6 +129,16 @@ class _Weights:
         if name not in self._w:
             raise UserError(f"the checkpoint has no weight {name!r}; is it an ESM model?")
         return self._w[name]
+
+    def dense_rows(self, name: str, config: dict) -> dict:
+        """An embedding table, checked against the config's vocab_size."""
+        table = self.get(name)
+        if table.shape[0] != int(config["vocab_size"]):
+            raise UserError(
+                f"{name} has {table.shape[0]} rows but config.json says vocab_size="
+                f"{config['vocab_size']}"
+            )
+        return {"embedding": table}
 
     def norm(self, prefix: str) -> dict:
         return {"scale": self.get(f"{prefix}.weight"), "bias": self.get(f"{prefix}.bias")}
@@ -193,32 +184,29 @@ def _import_layer(w: _Weights, i: int, m: dict[str, Any]) -> Params:
     }
 
 
-def import_params(
-    weights: dict[str, np.ndarray], config: dict, vocab: list[str], tokenizer: Tokenizer
-) -> Params:
+def import_params(weights: dict[str, np.ndarray], config: dict, family: str) -> Params:
     """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict."""
     w = _Weights(weights)
     if "lm_head.dense.weight" not in w:
-        raise UserError(
-            "the checkpoint has no lm_head weights: import an EsmForMaskedLM checkpoint"
-        )
-    m = model_overrides(config, tokenizer)
-    rows = np.array([vocab.index(t) for t in tokenizer.vocab])  # our token -> checkpoint row
-    encoder: Params = {"embed": {"embedding": w.get("embeddings.word_embeddings.weight")[rows]}}
+        raise UserError("the checkpoint has no lm_head weights: import a ...ForMaskedLM checkpoint")
+    m = model_overrides(config, family)
+    encoder: Params = {"embed": w.dense_rows("embeddings.word_embeddings.weight", config)}
     if m["position"] == "learned":
         pad = int(config["pad_token_id"])
         table = w.get("embeddings.position_embeddings.weight")
         encoder["position_embed"] = {"embedding": table[pad + 1 : pad + 1 + m["max_positions"]]}
+    if m["embed_norm"]:
+        encoder["embed_norm"] = w.norm("embeddings.layer_norm")
     for i in range(m["num_layers"]):
         encoder[f"layer_{i}"] = _import_layer(w, i, m)
     encoder["final_norm"] = w.norm("encoder.emb_layer_norm_after")
     head: Params = {"dense": w.dense("lm_head.dense"), "norm": w.norm("lm_head.layer_norm")}
     if m["tie_embeddings"]:
-        head["decoder_bias"] = w.get("lm_head.bias")[rows]
+        head["decoder_bias"] = w.get("lm_head.bias")
     else:
         head["decoder"] = {
-            "kernel": _linear_in(w.get("lm_head.decoder.weight")[rows]),
-            "bias": w.get("lm_head.bias")[rows],
+            "kernel": _linear_in(w.get("lm_head.decoder.weight")),
+            "bias": w.get("lm_head.bias"),
         }
     return {"encoder": encoder, "mlm_head": head}
 
@@ -237,10 +225,10 @@ def _check_exportable(model: Any) -> None:
         )
     if model["activation"] != "swiglu" and not model["use_bias_mlp"]:
         raise UserError("model.use_bias_mlp=False with GELU has no ESM equivalent")
-    if model.get("rc_equivariant"):
+    if model.get("norm_placement", "pre") != "pre" or not model.get("use_bias_mlp_in", True):
         raise UserError(
-            "model.rc_equivariant=True runs both strands through the weights; an ESM model runs "
-            "one, so its outputs would differ: export a plain (rc_equivariant=False) model"
+            "model.norm_placement='post' or use_bias_mlp_in=False is a BERT-style model: "
+            "export it with --family dnabert2"
         )
 
 
@@ -261,8 +249,7 @@ class _StateDict(dict):
             self.put(f"{prefix}.bias", p["bias"])
 
 
-def _export_layer(out: _StateDict, layer: Params, i: int, d: int, glu: bool) -> None:
-    p = f"esm.encoder.layer.{i}"
+def _export_layer(out: _StateDict, layer: Params, p: str, d: int, glu: bool) -> None:
     for name in ("query", "key", "value"):
         q = layer["attn"][name]
         out.put(f"{p}.attention.self.{name}.weight", np.asarray(q["kernel"]).reshape(d, d).T)
@@ -281,11 +268,12 @@ def _export_layer(out: _StateDict, layer: Params, i: int, d: int, glu: bool) -> 
     out.dense(f"{p}.output.dense", mlp["down"])
 
 
-def _hf_config(model: Any, tokenizer: Tokenizer, max_positions: int) -> dict:
-    """The config.json of the exported EsmForMaskedLM."""
+def _hf_config(model: Any, tokenizer: Tokenizer, max_positions: int, family: str) -> dict:
+    """The config.json of the exported EsmForMaskedLM (OmniGenomeForMaskedLM)."""
+    omni = family == "omnigenome"
     config = {
-        "architectures": ["EsmForMaskedLM"],
-        "model_type": "esm",
+        "architectures": ["OmniGenomeForMaskedLM" if omni else "EsmForMaskedLM"],
+        "model_type": family if omni else "esm",
         "vocab_size": tokenizer.vocab_size,
         "hidden_size": int(model["hidden_size"]),
         "num_hidden_layers": int(model["num_layers"]),
@@ -297,8 +285,8 @@ def _hf_config(model: Any, tokenizer: Tokenizer, max_positions: int) -> dict:
         "max_position_embeddings": max_positions,
         "position_embedding_type": "rotary" if model["position"] == "rope" else "absolute",
         "layer_norm_eps": float(model["norm_eps"]),
-        "emb_layer_norm_before": False,
-        "token_dropout": False,
+        "emb_layer_norm_before": bool(model.get("embed_norm", False)),
+        "token_dropout": bool(model.get("token_dropout", False)),
         "pad_token_id": tokenizer.pad_id,
         "mask_token_id": tokenizer.mask_id,
         "tie_word_embeddings": bool(model["tie_embeddings"]),
@@ -310,8 +298,11 @@ def _hf_config(model: Any, tokenizer: Tokenizer, max_positions: int) -> dict:
     return config
 
 
-def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict, dict]:
-    """(state dict, config.json) of an EsmForMaskedLM for gfm_jax MaskedLM parameters.
+def export_state(
+    params: Params, model: Any, tokenizer: Tokenizer, family: str = "esm"
+) -> tuple[dict, dict]:
+    """(state dict, config.json) of an EsmForMaskedLM (`family` "omnigenome": the
+    OmniGenomeForMaskedLM layout) for gfm_jax MaskedLM parameters.
 
     `model` is the `config.model` block (a ConfigDict or dict) the parameters were made with.
     """
@@ -319,19 +310,23 @@ def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict
     e, head = params["encoder"], params["mlm_head"]
     d = int(model["hidden_size"])
     pad = tokenizer.pad_id
+    base = "OmniGenome." if family == "omnigenome" else "esm."
     out = _StateDict()
-    out.put("esm.embeddings.word_embeddings.weight", e["embed"]["embedding"])
+    out.put(f"{base}embeddings.word_embeddings.weight", e["embed"]["embedding"])
     max_positions = 1026  # unused with rotary positions; the value ESM-2 configs carry
     if model["position"] == "learned":
         table = np.asarray(e["position_embed"]["embedding"])
         max_positions = table.shape[0] + pad + 1
         out.put(
-            "esm.embeddings.position_embeddings.weight",
+            f"{base}embeddings.position_embeddings.weight",
             np.concatenate([np.zeros((pad + 1, d), np.float32), table]),
         )
+    if model.get("embed_norm"):
+        out.norm(f"{base}embeddings.layer_norm", e["embed_norm"])
+    glu = model["activation"] == "swiglu"
     for i in range(int(model["num_layers"])):
-        _export_layer(out, e[f"layer_{i}"], i, d, model["activation"] == "swiglu")
-    out.norm("esm.encoder.emb_layer_norm_after", e["final_norm"])
+        _export_layer(out, e[f"layer_{i}"], f"{base}encoder.layer.{i}", d, glu)
+    out.norm(f"{base}encoder.emb_layer_norm_after", e["final_norm"])
     out.dense("lm_head.dense", head["dense"])
     out.norm("lm_head.layer_norm", head["norm"])
     if model["tie_embeddings"]:
@@ -340,16 +335,11 @@ def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict
     else:
         out.put("lm_head.bias", head["decoder"]["bias"])
         out.put("lm_head.decoder.weight", np.asarray(head["decoder"]["kernel"]).T)
-    return dict(out), _hf_config(model, tokenizer, max_positions)
+    return dict(out), _hf_config(model, tokenizer, max_positions, family)
 
 
-def write_hf_dir(out: pathlib.Path, state: dict, config: dict, tokenizer: Tokenizer) -> None:
-    """config.json, model.safetensors and the ESM tokenizer files (vocab.txt + configs)."""
-    from safetensors.numpy import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+def write_tokenizer(out: pathlib.Path, tokenizer: Tokenizer) -> None:
+    """The ESM tokenizer files: vocab.txt, special_tokens_map.json, tokenizer_config.json."""
     (out / "vocab.txt").write_text("\n".join(tokenizer.vocab) + "\n")
     specials = {
         "unk_token": tokenizer.vocab[tokenizer.unk_id],
@@ -358,9 +348,5 @@ def write_hf_dir(out: pathlib.Path, state: dict, config: dict, tokenizer: Tokeni
         "cls_token": tokenizer.vocab[tokenizer.cls_id],
     }
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(
-            {"tokenizer_class": "EsmTokenizer", "model_max_length": 1000, **specials}, indent=2
-        )
-        + "\n"
-    )
+    tokenizer_config = {"tokenizer_class": "EsmTokenizer", "model_max_length": 1000, **specials}
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")

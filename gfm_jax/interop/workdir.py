@@ -1,4 +1,7 @@
-"""Hugging Face checkpoint directory <-> a gfm_jax workdir (an Orbax checkpoint with `meta`).
+"""Hugging Face checkpoints <-> a gfm_jax workdir (an Orbax checkpoint with `meta`).
+
+Families: `esm` (ESM-2, Nucleotide Transformer v1), `nt_v2`, `omnigenome` (esm.py) and
+`dnabert2` (dnabert2.py), told apart by their config.json.
 
 An imported workdir holds one checkpoint, step 0, with the parameters, a fresh AdamW state and
 the `meta` every evaluation mode reads (model shape, tokenizer). Evaluate it with
@@ -18,9 +21,10 @@ import numpy as np
 import gfm_jax
 from gfm_jax import checkpoint
 from gfm_jax import config as config_lib
+from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
-from gfm_jax.interop import esm
+from gfm_jax.interop import dnabert2, esm, sources
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
@@ -44,25 +48,60 @@ def _check_shapes(params: Any, model_cfg: EncoderConfig, src: pathlib.Path) -> N
         raise UserError(f"{src}: the imported weights do not form the gfm_jax model: {diff}")
 
 
-def import_checkpoint(src: str | pathlib.Path, workdir: str | pathlib.Path) -> dict:
-    """Writes `workdir`'s step-0 checkpoint from the Hugging Face directory `src`."""
-    src, workdir = pathlib.Path(src), pathlib.Path(workdir)
+FAMILIES = ("esm", "nt_v2", "omnigenome", "dnabert2")
+
+
+def family_of(config: dict, path: pathlib.Path) -> str:
+    """The checkpoint family a Hugging Face config.json describes."""
+    model_type = config.get("model_type")
+    if dnabert2.is_dnabert2(config):
+        return "dnabert2"
+    if model_type == "omnigenome":
+        return "omnigenome"
+    if "add_bias_fnn" in config:  # NT v2's configs carry it (and, lately, no model_type)
+        return "nt_v2"
+    if model_type == "esm":
+        return "esm"
+    raise UserError(
+        f"{path}: model_type {model_type!r}; gfm_jax imports ESM-2, Nucleotide Transformer v1 and "
+        "v2, OmniGenome and DNABERT-2 checkpoints"
+    )
+
+
+def read_checkpoint(src: pathlib.Path) -> tuple[str, Tokenizer, dict, Any]:
+    """(family, tokenizer, gfm_jax model overrides, parameters) of a checkpoint directory."""
+    path = src / "config.json"
+    if not path.is_file():
+        raise UserError(f"{src}: no config.json; give a Hugging Face checkpoint directory")
+    hf_config = sources.read_json(path)
+    family = family_of(hf_config, path)
+    if family == "dnabert2":
+        tokenizer = dnabert2.read_tokenizer(src, hf_config)
+        params = dnabert2.import_params(sources.read_weights(src), hf_config)
+        return family, tokenizer, dnabert2.model_overrides(hf_config), params
+    esm.check_config(hf_config, path)
+    tokenizer = esm.read_tokenizer(src, hf_config)
+    params = esm.import_params(sources.read_weights(src), hf_config, family)
+    return family, tokenizer, esm.model_overrides(hf_config, family), params
+
+
+def import_checkpoint(source: str | pathlib.Path, workdir: str | pathlib.Path) -> dict:
+    """Writes `workdir`'s step-0 checkpoint from `source`: a Hugging Face directory or
+    `hf:<org>/<name>[@revision]`."""
+    workdir = pathlib.Path(workdir)
     if checkpoint.checkpoint_dir(workdir).exists() and any(
         checkpoint.checkpoint_dir(workdir).iterdir()
     ):
         raise UserError(f"{workdir} already holds checkpoints; import into a new workdir")
-    hf_config = esm.read_config(src)
-    vocab = esm.read_vocab(src)
-    tokenizer = esm.tokenizer_for_vocab(vocab, src)
-    params = esm.import_params(esm.read_weights(src), hf_config, vocab, tokenizer)
+    src = sources.resolve(str(source))
+    family, tokenizer, overrides, params = read_checkpoint(src)
 
     config = config_lib.pretrain_defaults()
-    overrides = esm.model_overrides(hf_config, tokenizer)
     for key, value in overrides.items():
         config.model[key] = value
-    config.data.tokenizer = tokenizer.name
+    config.data.tokenizer = "checkpoint"
     model_cfg = EncoderConfig.from_config(
-        config.model, tokenizer.vocab_size, complement=tokenizer.complement_ids()
+        config.model, tokenizer.vocab_size, False, tokenizer.complement_ids(), tokenizer.mask_id
     )
     _check_shapes(params, model_cfg, src)
     meta = {
@@ -72,7 +111,8 @@ def import_checkpoint(src: str | pathlib.Path, workdir: str | pathlib.Path) -> d
         "data_position": {"next_window_index": 0},
         "mesh": {},
         "version": gfm_jax.__version__,
-        "imported_from": str(src),
+        "imported_from": str(source),
+        "family": family,
     }
     # A fresh optimizer state (step 0), so the workdir is a complete checkpoint: training can
     # continue in it directly with a matching config, or start elsewhere with init_from.
@@ -84,18 +124,42 @@ def import_checkpoint(src: str | pathlib.Path, workdir: str | pathlib.Path) -> d
     flags = [f"--config.model.{k}={v}" for k, v in overrides.items() if k != "name"]
     return {
         "workdir": str(workdir),
+        "family": family,
         "tokenizer": tokenizer.name,
+        "vocab_size": tokenizer.vocab_size,
         "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
         "model": overrides,
-        "init_from_flags": [*flags, f"--config.data.tokenizer={tokenizer.name}"],
+        "init_from_flags": [*flags, "--config.data.tokenizer=checkpoint"],
     }
 
 
-def export_checkpoint(workdir: str | pathlib.Path, out: str | pathlib.Path) -> dict:
-    """Writes the latest checkpoint of `workdir` as a Hugging Face ESM directory `out`."""
+def export_checkpoint(
+    workdir: str | pathlib.Path, out: str | pathlib.Path, family: str = "auto"
+) -> dict:
+    """Writes the latest checkpoint of `workdir` as a Hugging Face directory `out`, in the
+    layout of `family` (auto: the family it was imported from, else DNABERT-2's for a post-LN
+    model and ESM's otherwise)."""
     loaded = pretrained.load(workdir)
     params = jax.tree.map(np.asarray, loaded.params)
-    model = loaded.pretrained.meta["config"]["model"]
-    state, hf_config = esm.export_state(params, model, loaded.tokenizer)
-    esm.write_hf_dir(pathlib.Path(out), state, hf_config, loaded.tokenizer)
-    return {"out": str(out), "step": loaded.pretrained.step, "tensors": len(state)}
+    meta = loaded.pretrained.meta
+    model = meta["config"]["model"]
+    if family == "auto":
+        post = model.get("norm_placement") == "post"
+        family = meta.get("family") or ("dnabert2" if post else "esm")
+    if family not in FAMILIES:
+        raise UserError(f"--family={family!r}: choose auto or one of {', '.join(FAMILIES)}")
+    out = pathlib.Path(out)
+    if family == "dnabert2":
+        state, hf_config = dnabert2.export_state(params, model, loaded.tokenizer)
+        write_tokenizer = dnabert2.write_tokenizer
+    else:
+        state, hf_config = esm.export_state(params, model, loaded.tokenizer, family)
+        write_tokenizer = esm.write_tokenizer
+    sources.write_checkpoint(out, state, hf_config)
+    write_tokenizer(out, loaded.tokenizer)
+    return {
+        "out": str(out),
+        "family": family,
+        "step": loaded.pretrained.step,
+        "tensors": len(state),
+    }

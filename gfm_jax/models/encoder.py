@@ -1,8 +1,12 @@
-"""The transformer encoder: token embedding -> pre-LN blocks -> final norm.
+"""The transformer encoder: token embedding -> pre-LN blocks -> final norm (or, BERT-style,
+embedding norm -> post-LN blocks).
 
 One backbone for both objectives: bidirectional attention for masked-LM, or causal attention
 (`causal=True`) for next-token prediction. Positions are rotary, ALiBi, or learned absolute
-embeddings added to the token embeddings. Layers are a Python loop, or one `nn.scan` over
+embeddings added to the token embeddings. `token_dropout` is ESM's embedding rescaling (the
+mask token's embedding is zeroed and the rest scaled by 0.88 / (1 - the row's mask fraction)),
+which ESM-2, Nucleotide Transformer v1 and OmniGenome apply in training and at inference.
+Layers are a Python loop, or one `nn.scan` over
 stacked parameters (`scan_layers`: one compiled block, faster compiles for deep models); remat
 policies trade memory for recomputation.
 
@@ -29,7 +33,7 @@ from gfm_jax import ops
 from gfm_jax.errors import UserError
 from gfm_jax.models.adapters import NO_ADAPTER, Adapter
 from gfm_jax.models.attention import RopeTables, SelfAttention, rope_tables
-from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init
+from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init, zeros_init
 
 # remat name -> what the backward pass may keep instead of recomputing (None: no remat).
 REMAT_POLICIES = {
@@ -51,8 +55,13 @@ class EncoderConfig:
     activation: str = "swiglu"  # swiglu | geglu | gelu
     use_bias_attn: bool = True
     use_bias_mlp: bool = False
+    use_bias_mlp_in: bool = True  # with use_bias_mlp: bias on the gate / up projections too
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # pre: x + f(norm(x)), final norm | post: norm(x + f(x))
+    embed_norm: bool = False  # a norm on the embeddings before the blocks (BERT, some ESM)
+    token_type_embed: bool = False  # a learned vector added to every token (BERT's type 0)
+    token_dropout: bool = False  # ESM's mask-ratio rescaling of the embeddings
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
@@ -65,6 +74,7 @@ class EncoderConfig:
     init_std: float = 0.02
     rc_equivariant: bool = False
     complement: tuple[int, ...] | None = None  # token id -> its complement's (tokenizer's)
+    mask_id: int = -1  # the tokenizer's mask token (token_dropout)
     adapter: Adapter = NO_ADAPTER  # LoRA / IA3 for fine-tuning (models/adapters.py)
 
     @property
@@ -78,14 +88,17 @@ class EncoderConfig:
         vocab_size: int,
         causal: bool = False,
         complement: tuple[int, ...] | None = None,
+        mask_id: int = -1,
     ) -> EncoderConfig:
         """From a `config.model` block; `causal` comes from `train.objective`, not the model,
-        `complement` from the tokenizer. Keys that are not fields (such as a saved config's
-        retired kernel settings) are ignored."""
-        derived = {"vocab_size", "causal", "complement", "adapter"}
+        `complement` and `mask_id` from the tokenizer. Keys that are not fields (such as a
+        saved config's retired kernel settings) are ignored."""
+        derived = {"vocab_size", "causal", "complement", "mask_id", "adapter"}
         fields = {f.name for f in dataclasses.fields(cls)} - derived
         values = {k: v for k, v in model.items() if k in fields}
-        cfg = cls(vocab_size=vocab_size, causal=causal, complement=complement, **values)
+        cfg = cls(
+            vocab_size=vocab_size, causal=causal, complement=complement, mask_id=mask_id, **values
+        )
         cfg.validate()
         return cfg
 
@@ -106,6 +119,8 @@ class EncoderConfig:
             ),
             one_of("activation", ("swiglu", "geglu", "gelu")),
             one_of("norm", ("layernorm", "rmsnorm")),
+            one_of("norm_placement", ("pre", "post")),
+            (not self.token_dropout or self.mask_id >= 0, "model.token_dropout needs a mask token"),
             one_of("remat", tuple(REMAT_POLICIES)),
             one_of("kernels", ops.KERNELS),
             one_of("dtype", ("float32", "bfloat16", "float16")),
@@ -124,7 +139,8 @@ class EncoderConfig:
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x)); post-LN (BERT):
+    norm(x + attn(x)), then norm(x + mlp(x))."""
 
     config: EncoderConfig
     mesh: Any = None
@@ -136,7 +152,8 @@ class Block(nn.Module):
     ) -> jax.Array:
         c = self.config
         dtype = dtype_of(c.dtype)
-        h = Norm(c.norm, c.norm_eps, dtype, name="attn_norm")(x_BxLxD)
+        post = c.norm_placement == "post"
+        attn_norm = Norm(c.norm, c.norm_eps, dtype, name="attn_norm")
         h = SelfAttention(
             num_heads=c.num_heads,
             head_dim=c.head_dim,
@@ -151,9 +168,9 @@ class Block(nn.Module):
             rules=self.rules,
             adapter=c.adapter,
             name="attn",
-        )(h, mask, rope)
-        x_BxLxD = self._constrain(x_BxLxD + h)
-        h = Norm(c.norm, c.norm_eps, dtype, name="mlp_norm")(x_BxLxD)
+        )(x_BxLxD if post else attn_norm(x_BxLxD), mask, rope)
+        x_BxLxD = self._constrain(attn_norm(x_BxLxD + h) if post else x_BxLxD + h)
+        mlp_norm = Norm(c.norm, c.norm_eps, dtype, name="mlp_norm")
         h = Mlp(
             c.hidden_size,
             c.mlp_dim,
@@ -163,9 +180,10 @@ class Block(nn.Module):
             dtype,
             c.kernels,
             c.adapter,
+            use_bias_in=c.use_bias_mlp_in,
             name="mlp",
-        )(h)
-        return self._constrain(x_BxLxD + h)
+        )(x_BxLxD if post else mlp_norm(x_BxLxD))
+        return self._constrain(mlp_norm(x_BxLxD + h) if post else x_BxLxD + h)
 
     def _constrain(self, x_BxLxD: jax.Array) -> jax.Array:
         return constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
@@ -207,6 +225,24 @@ def reverse_complement_ids(
     return jnp.asarray(complement, jnp.int32)[reversed_BxL]
 
 
+# ESM's token dropout: the mask fraction its models were trained with (15% selected, 80% of
+# those replaced by the mask token).
+TRAIN_MASK_FRACTION = 0.15 * 0.8
+
+
+def token_dropout(
+    x_BxLxD: jax.Array, ids_BxL: jax.Array, mask_BxL: jax.Array, mask_id: int
+) -> jax.Array:
+    """ESM's embedding rescaling: mask tokens' embeddings are zero and each row is scaled by
+    (1 - TRAIN_MASK_FRACTION) / (1 - the row's fraction of mask tokens)."""
+    is_mask_BxL = ids_BxL == mask_id
+    x_BxLxD = jnp.where(is_mask_BxL[..., None], 0.0, x_BxLxD)
+    length_Bx1 = jnp.maximum(jnp.sum(mask_BxL, axis=1, keepdims=True, dtype=jnp.float32), 1.0)
+    observed_Bx1 = jnp.sum(is_mask_BxL, axis=1, keepdims=True, dtype=jnp.float32) / length_Bx1
+    scale_Bx1 = (1.0 - TRAIN_MASK_FRACTION) / (1.0 - observed_Bx1)
+    return x_BxLxD * scale_Bx1[..., None]
+
+
 class Encoder(nn.Module):
     """ids [B, L] (+ padding mask) -> hidden states [B, L, D] after the final norm ([B, L, 2D]
     with `rc_equivariant`). With `all_layers`, a list: the embeddings, then each block's output,
@@ -246,7 +282,7 @@ class Encoder(nn.Module):
     ) -> jax.Array | list[jax.Array]:
         c = self.config
         dtype = dtype_of(c.dtype)
-        x_BxLxD = self._embed(ids_BxL).astype(dtype)
+        x_BxLxD = self._embed(ids_BxL, mask_BxL).astype(dtype)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
         # The tokens in the layout the attention kernel takes (see ops.TokenMask).
         mask = ops.TokenMask.create(mask_BxL, c.kernels, dtype, reorder=c.position != "alibi")
@@ -273,14 +309,16 @@ class Encoder(nn.Module):
                 block = _remat(Block, c)(c, self.mesh, self.rules, name=f"layer_{i}")
                 x_BxLxD = block(x_BxLxD, mask, rope)
                 states.append(x_BxLxD)
-        final_norm = Norm(c.norm, c.norm_eps, dtype, name="final_norm")
-        out_BxLxD = final_norm(mask.exit(x_BxLxD))
+        out_BxLxD = mask.exit(x_BxLxD)
+        if c.norm_placement == "pre":  # post-LN blocks end normalised
+            out_BxLxD = Norm(c.norm, c.norm_eps, dtype, name="final_norm")(out_BxLxD)
         if not all_layers:
             return out_BxLxD
         return [mask.exit(h) for h in states[:-1]] + [out_BxLxD]
 
-    def _embed(self, ids_BxL: jax.Array) -> jax.Array:
-        """Token embeddings, plus learned position embeddings where the model has them."""
+    def _embed(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
+        """Token embeddings (rescaled with `token_dropout`), plus learned position embeddings
+        where the model has them, then the embedding norm where it has one."""
         c = self.config
         x_BxLxD = nn.Embed(
             c.vocab_size,
@@ -288,9 +326,21 @@ class Encoder(nn.Module):
             embedding_init=normal_init(c.init_std, ("vocab", "embed")),
             name="embed",
         )(ids_BxL)
-        if c.position != "learned":
-            return x_BxLxD
-        length = ids_BxL.shape[1]
+        if c.token_dropout:
+            x_BxLxD = token_dropout(x_BxLxD, ids_BxL, mask_BxL, c.mask_id)
+        if c.token_type_embed:
+            x_BxLxD = x_BxLxD + self.param(
+                "token_type", zeros_init(("embed",)), (c.hidden_size,), jnp.float32
+            )
+        if c.position == "learned":
+            x_BxLxD = x_BxLxD + self._positions(ids_BxL.shape[1])
+        if c.embed_norm:
+            x_BxLxD = Norm(c.norm, c.norm_eps, jnp.float32, name="embed_norm")(x_BxLxD)
+        return x_BxLxD
+
+    def _positions(self, length: int) -> jax.Array:
+        """[1, L, D] learned position embeddings of positions 0 .. L-1."""
+        c = self.config
         if length > c.max_positions:
             raise UserError(
                 f"sequences of {length} tokens exceed model.max_positions={c.max_positions} "
@@ -302,4 +352,4 @@ class Encoder(nn.Module):
             embedding_init=normal_init(c.init_std, (None, "embed")),
             name="position_embed",
         )
-        return x_BxLxD + positions(jnp.arange(length)[None, :])
+        return positions(jnp.arange(length)[None, :])

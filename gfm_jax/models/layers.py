@@ -166,19 +166,21 @@ class Mlp(nn.Module):
     dtype: Dtype = jnp.float32
     kernels: str = "auto"
     adapter: Adapter = NO_ADAPTER
+    use_bias_in: bool = True  # with use_bias: the gate / up projections have biases too
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         common = dict(use_bias=self.use_bias, std=self.std, dtype=self.dtype, kernels=self.kernels)
+        common_in = {**common, "use_bias": self.use_bias and self.use_bias_in}
         if self.activation in ("swiglu", "geglu"):
             gate_up_BxLx2xF = fused_projections(
-                x_BxLxD, ("gate", "up"), (self.mlp_dim,), ("embed", "mlp"), **common,
+                x_BxLxD, ("gate", "up"), (self.mlp_dim,), ("embed", "mlp"), **common_in,
                 adapter=self.adapter,
             )  # fmt: skip
             act = nn.silu if self.activation == "swiglu" else exact_gelu
             h_BxLxF = act(gate_up_BxLx2xF[:, :, 0]) * gate_up_BxLx2xF[:, :, 1]
         elif self.activation == "gelu":
-            up = dense(self.mlp_dim, ("embed", "mlp"), name="up", **common)(x_BxLxD)
+            up = dense(self.mlp_dim, ("embed", "mlp"), name="up", **common_in)(x_BxLxD)
             h_BxLxF = exact_gelu(up + self._lora("up", self.mlp_dim, ("embed", "mlp"), x_BxLxD))
         else:
             raise ValueError(f"unknown activation {self.activation!r}")

@@ -21,8 +21,13 @@ def _base() -> dict:
         activation="swiglu",  # swiglu | geglu | gelu
         use_bias_attn=True,
         use_bias_mlp=False,
+        use_bias_mlp_in=True,  # with use_bias_mlp: biases on the gate / up projections too
         norm="layernorm",  # layernorm | rmsnorm
         norm_eps=1e-5,
+        norm_placement="pre",  # pre (final norm) | post (BERT)
+        embed_norm=False,  # a norm on the embeddings before the blocks
+        token_type_embed=False,  # a learned vector added to every token (BERT's type 0)
+        token_dropout=False,  # ESM's mask-ratio rescaling of the embeddings
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,

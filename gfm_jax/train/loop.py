@@ -148,7 +148,7 @@ def _setup_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Da
     )
     corpus = load_corpus(config.data.genomes, config.data.iupac, config.data.cache_dir, log)
     log(corpus.summary())
-    tokenizer = tokenizer_for_run(config.data, corpus, workdir)
+    tokenizer = tokenizer_for_run(config.data, corpus, workdir, config.train.init_from)
     pipeline = WindowPipeline(corpus, tokenizer, config.data, config.seed)
     log(pipeline.describe_mixture())
     return _Data(mesh, rules, batch_sharding, tokenizer, pipeline)
@@ -176,7 +176,11 @@ def _setup_model(config: ml_collections.ConfigDict, data: _Data) -> _Model:
         raise UserError(f"train.objective={t_cfg.objective!r}: choose 'mlm' or 'causal'")
     causal = t_cfg.objective == "causal"
     model_cfg = EncoderConfig.from_config(
-        config.model, data.tokenizer.vocab_size, causal, data.tokenizer.complement_ids()
+        config.model,
+        data.tokenizer.vocab_size,
+        causal,
+        data.tokenizer.complement_ids(),
+        data.tokenizer.mask_id,
     )
     model = MaskedLM(model_cfg, data.mesh, data.rules)
     window = np.zeros((1, data.window_tokens), np.int32)
@@ -460,7 +464,18 @@ SHAPE_KEYS = (
     "max_positions",
     "tie_embeddings",
     "scan_layers",
+    "use_bias_mlp_in",
+    "norm_placement",
+    "embed_norm",
+    "token_type_embed",
 )
+# What configs saved before a shape key existed meant by its absence.
+SHAPE_KEY_DEFAULTS = {
+    "use_bias_mlp_in": True,
+    "norm_placement": "pre",
+    "embed_norm": False,
+    "token_type_embed": False,
+}
 
 
 def _changed(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -478,7 +493,13 @@ def _changed(saved: dict, current: dict, prefix: str = "") -> list[str]:
 def _check_model_shape(source: str, saved: dict, current: dict) -> None:
     """Refuses a checkpoint whose parameter shapes differ: model keys, or the tokenizer (the
     vocabulary size), naming what changed."""
-    changed = [f"model.{k}" for k in SHAPE_KEYS if saved["model"].get(k) != current["model"].get(k)]
+
+    def value(model: dict, key: str) -> Any:
+        return model.get(key, SHAPE_KEY_DEFAULTS.get(key))
+
+    changed = [
+        f"model.{k}" for k in SHAPE_KEYS if value(saved["model"], k) != value(current["model"], k)
+    ]
     if saved["data"].get("tokenizer") != current["data"].get("tokenizer"):
         changed.append("data.tokenizer")
     if changed:
