@@ -83,7 +83,7 @@ def test_scanned_layers_equal_the_loop():
 @pytest.mark.parametrize("name", sorted(presets.PUBLISHED))
 def test_preset_parameter_counts_are_within_one_percent_of_the_published(name):
     pub = presets.PUBLISHED[name]
-    cfg = EncoderConfig.from_config(presets.get(name), pub["vocab"])
+    cfg = EncoderConfig.from_config(presets.get(name), pub["vocab"], mask_id=2)
     shapes = jax.eval_shape(
         lambda r: MaskedLM(cfg).init(r, jnp.zeros((1, 8), jnp.int32)), jax.random.key(0)
     )
@@ -182,7 +182,7 @@ def test_rope_gradient_equals_autodiff_of_the_rotation():
 
 def small(name: str, **overrides) -> EncoderConfig:
     """A preset's architecture (activation, positions, biases, norm, tying) at a small width."""
-    cfg = EncoderConfig.from_config(presets.get(name), 12)
+    cfg = EncoderConfig.from_config(presets.get(name), 12, mask_id=3)
     sizes = dict(num_layers=2, hidden_size=32, num_heads=4, mlp_dim=48, max_positions=300)
     return dataclasses.replace(cfg, **sizes, **overrides)
 

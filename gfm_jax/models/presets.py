@@ -47,7 +47,8 @@ PRESETS: dict[str, dict] = {
     # Nucleotide Transformer v2: rotary, SwiGLU without bias, biases in attention.
     "nt_v2_50m": dict(num_layers=12, hidden_size=512, num_heads=16, mlp_dim=2048),
     "nt_v2_500m": dict(num_layers=29, hidden_size=1024, num_heads=16, mlp_dim=4096),
-    # Nucleotide Transformer v1 (ESM-1b style): learned positions, plain GELU FFN with bias.
+    # Nucleotide Transformer v1 (ESM-1b style): learned positions, plain GELU FFN with bias,
+    # ESM's token dropout.
     "nt_v1_500m": dict(
         num_layers=24,
         hidden_size=1280,
@@ -57,15 +58,24 @@ PRESETS: dict[str, dict] = {
         use_bias_mlp=True,
         position="learned",
         max_positions=1002,
+        norm_eps=1e-12,
+        token_dropout=True,
         tie_embeddings=True,
     ),
-    # DNABERT-2: ALiBi, GEGLU (gated-linear without bias in, with bias out), BPE vocabulary.
+    # DNABERT-2 (MosaicBERT): ALiBi, post-LN, an embedding norm, GEGLU (no bias in, bias out),
+    # BPE vocabulary.
     "dnabert2_117m": dict(
         num_layers=12,
         hidden_size=768,
         num_heads=12,
         mlp_dim=3072,
         activation="geglu",
+        use_bias_mlp=True,
+        use_bias_mlp_in=False,
+        norm_eps=1e-12,
+        norm_placement="post",
+        embed_norm=True,
+        token_type_embed=True,
         position="alibi",
         tie_embeddings=True,
     ),
@@ -76,6 +86,8 @@ PRESETS: dict[str, dict] = {
         num_heads=24,
         mlp_dim=2400,
         activation="gelu",
+        use_bias_mlp=True,
+        token_dropout=True,
         tie_embeddings=True,
     ),
 }
