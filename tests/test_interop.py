@@ -30,7 +30,7 @@ from interop_refs import (  # noqa: E402
     save_esm,
     small_config,
 )
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from gfm_jax.evaluate import pretrained  # noqa: E402
 from gfm_jax.interop import workdir as interop  # noqa: E402
@@ -82,13 +82,31 @@ def test_esm_family_logits_and_hidden_states_match_pytorch(tmp_path, name):
     model = esm_reference(config)
     src = save_esm(model, config, files if name != "esm2_style" else "esm2", tmp_path / "hf")
     result = interop.import_checkpoint(src, tmp_path / "w")
-    assert result["family"] == family
+    assert result["family"] == family and result["mlm_head"] == "imported"
     assert result["vocab_size"] == config["vocab_size"]  # NT v1: 4,105 of the file's 4,107
     assert result["model"]["token_dropout"] == config["token_dropout"]
     tokenizer = pretrained.describe(tmp_path / "w").tokenizer
     ids, mask = batch(tokenizer)
     assert (~mask).any() and (ids == tokenizer.mask_id).any()  # padding and mask tokens
     assert_parity(esm_outputs(model, ids, mask), ours(tmp_path / "w", ids, mask), mask)
+
+
+def test_a_checkpoint_without_an_mlm_head_imports_its_encoder(tmp_path):
+    """A base-model save (OmniGenomeModel, BertModel): the encoder, and a new head, said so."""
+    config, files, _ = esm_case("omnigenome_52m")
+    model = esm_reference(config)
+    src = save_esm(model, config, files, tmp_path / "hf")
+    state = load_file(str(src / "model.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if not k.startswith("lm_head.")},
+        str(src / "model.safetensors"),
+    )
+    result = interop.import_checkpoint(src, tmp_path / "w")
+    assert result["mlm_head"].startswith("initialised")
+    ids, mask = batch(pretrained.describe(tmp_path / "w").tokenizer)
+    want, got = esm_outputs(model, ids, mask)[1], ours(tmp_path / "w", ids, mask)[1]
+    for a, b in zip(got, want, strict=True):
+        assert np.abs(a - b)[mask].max() < 1e-4
 
 
 def test_dnabert2_logits_and_hidden_states_match_its_reference(tmp_path):

@@ -123,13 +123,9 @@ def _import_layer(w: _Weights, p: str, d: int, n: int, f: int) -> Params:
 
 
 def import_params(weights: dict[str, np.ndarray], config: dict) -> Params:
-    """gfm_jax MaskedLM parameters from a DNABERT-2 (BertForMaskedLM) state dict."""
+    """gfm_jax MaskedLM parameters from a DNABERT-2 (BertForMaskedLM) state dict; without
+    `mlm_head` when the checkpoint has no MLM head (a BertModel save)."""
     w = _Weights(weights)
-    if w.optional("cls.predictions.transform.dense.weight") is None:
-        raise UserError(
-            "the checkpoint has no cls.predictions (MLM head) weights: import a BertForMaskedLM "
-            "checkpoint"
-        )
     m = model_overrides(config)
     d, n, f = m["hidden_size"], m["num_heads"], m["mlp_dim"]
     word = w.get("embeddings.word_embeddings.weight")
@@ -140,6 +136,8 @@ def import_params(weights: dict[str, np.ndarray], config: dict) -> Params:
     }
     for i in range(m["num_layers"]):
         encoder[f"layer_{i}"] = _import_layer(w, f"encoder.layer.{i}", d, n, f)
+    if w.optional("cls.predictions.transform.dense.weight") is None:
+        return {"encoder": encoder}
     decoder = w.optional("cls.predictions.decoder.weight")
     if decoder is not None and not np.array_equal(decoder, word):
         raise UserError(

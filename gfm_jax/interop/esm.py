@@ -185,10 +185,9 @@ def _import_layer(w: _Weights, i: int, m: dict[str, Any]) -> Params:
 
 
 def import_params(weights: dict[str, np.ndarray], config: dict, family: str) -> Params:
-    """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict."""
+    """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict; without
+    `mlm_head` when the checkpoint has no MLM head (a base-model save)."""
     w = _Weights(weights)
-    if "lm_head.dense.weight" not in w:
-        raise UserError("the checkpoint has no lm_head weights: import a ...ForMaskedLM checkpoint")
     m = model_overrides(config, family)
     encoder: Params = {"embed": w.dense_rows("embeddings.word_embeddings.weight", config)}
     if m["position"] == "learned":
@@ -200,6 +199,8 @@ def import_params(weights: dict[str, np.ndarray], config: dict, family: str) -> 
     for i in range(m["num_layers"]):
         encoder[f"layer_{i}"] = _import_layer(w, i, m)
     encoder["final_norm"] = w.norm("encoder.emb_layer_norm_after")
+    if "lm_head.dense.weight" not in w:
+        return {"encoder": encoder}
     head: Params = {"dense": w.dense("lm_head.dense"), "norm": w.norm("lm_head.layer_norm")}
     if m["tie_embeddings"]:
         head["decoder_bias"] = w.get("lm_head.bias")

@@ -49,6 +49,17 @@ def _check_shapes(params: Any, model_cfg: EncoderConfig, src: pathlib.Path) -> N
 
 
 FAMILIES = ("esm", "nt_v2", "omnigenome", "dnabert2")
+NEW_HEAD = (
+    "initialised (seed 0): the checkpoint has none. Fine-tuning, probes and embeddings use the "
+    "encoder only; vep and perplexity need a trained head"
+)
+
+
+def _new_head(model_cfg: EncoderConfig) -> Any:
+    import flax.linen as nn
+
+    params = MaskedLM(model_cfg).init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+    return jax.tree.map(np.asarray, nn.meta.unbox(params)["mlm_head"])
 
 
 def family_of(config: dict, path: pathlib.Path) -> str:
@@ -103,6 +114,10 @@ def import_checkpoint(source: str | pathlib.Path, workdir: str | pathlib.Path) -
     model_cfg = EncoderConfig.from_config(
         config.model, tokenizer.vocab_size, False, tokenizer.complement_ids(), tokenizer.mask_id
     )
+    head_note = "imported"
+    if "mlm_head" not in params:
+        head_note = NEW_HEAD
+        params["mlm_head"] = _new_head(model_cfg)
     _check_shapes(params, model_cfg, src)
     meta = {
         "step": 0,
@@ -113,6 +128,7 @@ def import_checkpoint(source: str | pathlib.Path, workdir: str | pathlib.Path) -
         "version": gfm_jax.__version__,
         "imported_from": str(source),
         "family": family,
+        "mlm_head": head_note,
     }
     # A fresh optimizer state (step 0), so the workdir is a complete checkpoint: training can
     # continue in it directly with a matching config, or start elsewhere with init_from.
@@ -127,6 +143,7 @@ def import_checkpoint(source: str | pathlib.Path, workdir: str | pathlib.Path) -
         "family": family,
         "tokenizer": tokenizer.name,
         "vocab_size": tokenizer.vocab_size,
+        "mlm_head": head_note,
         "parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
         "model": overrides,
         "init_from_flags": [*flags, "--config.data.tokenizer=checkpoint"],
