@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import os
 import pathlib
 import random
@@ -573,7 +574,68 @@ CHECKPOINTS = [
     ),
 ]
 
-ALL = FASTA + CSV + VCF + CONFIG + CHECKPOINTS
+
+def hf_dir(tmp: pathlib.Path, vocab: str | None = None, **config: object) -> str:
+    """A checkpoint directory: NT v2's published config (with `config` changes) and vocab.txt
+    (or `vocab`), and a damaged weights file."""
+    hf = ROOT / "tests" / "data" / "hf" / "nt_v2"
+    out = tmp / "hf"
+    out.mkdir()
+    write(
+        out / "config.json", json.dumps({**json.loads((hf / "config.json").read_text()), **config})
+    )
+    write(out / "vocab.txt", vocab if vocab is not None else (hf / "vocab.txt").read_text())
+    write(out / "model.safetensors", b"not safetensors")
+    return str(out)
+
+
+def broken_config(tmp: pathlib.Path) -> str:
+    source = hf_dir(tmp)
+    write(pathlib.Path(source) / "config.json", "{")
+    return source
+
+
+def interop_import(tmp: pathlib.Path, source: str) -> list[str]:
+    return ["gfm_jax.interop", "import", source, "--workdir", str(tmp / "w")]
+
+
+INTEROP = [
+    Case(
+        "import source missing",
+        lambda t, w: interop_import(t, f"{t}/nope"),
+        ("{tmp}/nope: no such directory", "hf:<org>/<name>"),
+        fast=True,
+    ),
+    Case(
+        "import hf id malformed",
+        lambda t, w: interop_import(t, "hf:just-a-name"),
+        ("hf:just-a-name", "hf:<org>/<name>[@revision]"),
+    ),
+    Case(
+        "import config not json",
+        lambda t, w: interop_import(t, broken_config(t)),
+        ("{tmp}/hf/config.json", "not valid JSON"),
+    ),
+    Case(
+        "import protein vocabulary",
+        lambda t, w: interop_import(
+            t, hf_dir(t, "<cls>\n<pad>\n<eos>\n<unk>\nL\nA\nG\n<mask>\n", vocab_size=8)
+        ),
+        ("{tmp}/hf/vocab.txt", "does not tokenize as char"),
+    ),
+    Case(
+        "import damaged weights",
+        lambda t, w: interop_import(t, hf_dir(t)),
+        ("{tmp}/hf/model.safetensors", "unreadable weights"),
+    ),
+    Case(
+        "checkpoint tokenizer without init_from",
+        lambda t, w: train(t, "--config.data.tokenizer=checkpoint"),
+        ("data.tokenizer='checkpoint'", "--config.train.init_from"),
+    ),
+]
+
+ALL = FASTA + CSV + VCF + CONFIG + CHECKPOINTS + INTEROP
 
 
 def params(cases: list[Case]) -> list:
