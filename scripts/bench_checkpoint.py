@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--write", default=None)
     args = parser.parse_args()
 
-    model_cfg = EncoderConfig.from_config(presets.get(args.preset), args.vocab)
+    model_cfg = EncoderConfig.from_config(presets.get(args.preset), args.vocab, mask_id=0)
     mesh = sharding.make_mesh((-1, 1, 1))
     rules = config_lib.DEFAULT_RULES
     model = MaskedLM(model_cfg, mesh, rules)

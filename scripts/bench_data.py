@@ -65,7 +65,8 @@ def pipeline_rate(corpus, tokenizer: str, window_len: int, batch: int, steps: in
 
 def train_step_rate(preset: str, tokenizer: str, tokens: int, batch: int, steps: int):
     """A function measuring the tokens/s the MLM train step of a preset consumes."""
-    model_cfg = EncoderConfig.from_config(presets.get(preset), get_tokenizer(tokenizer).vocab_size)
+    tok = get_tokenizer(tokenizer)
+    model_cfg = EncoderConfig.from_config(presets.get(preset), tok.vocab_size, mask_id=tok.mask_id)
     return jax_step_rate(model_cfg, tokens, batch, steps)
 
 

@@ -61,7 +61,7 @@ def kept_kernels(cfg: EncoderConfig, tokens: int) -> list[str]:
 
 def model_config(args: argparse.Namespace) -> EncoderConfig:
     if args.preset:
-        base = EncoderConfig.from_config(presets.get(args.preset), args.vocab)
+        base = EncoderConfig.from_config(presets.get(args.preset), args.vocab, mask_id=0)
         return dataclasses.replace(base, dtype=args.dtype)
     return EncoderConfig(
         vocab_size=args.vocab, num_layers=4, hidden_size=256, num_heads=8, mlp_dim=1024,

@@ -157,7 +157,7 @@ def add_variant_arguments(parser: argparse.ArgumentParser) -> None:
 
 def base_config(args: argparse.Namespace) -> EncoderConfig:
     """The preset as published, in `--dtype`: what each variant overrides."""
-    preset = EncoderConfig.from_config(presets.get(args.preset), args.vocab)
+    preset = EncoderConfig.from_config(presets.get(args.preset), args.vocab, mask_id=0)
     return dataclasses.replace(preset, dtype=args.dtype)
 
 

@@ -150,7 +150,7 @@ def bench_shape(args: argparse.Namespace, preset: str | None, batch: int) -> lis
     native_name = ""
     if args.native and preset:
         native = dataclasses.replace(
-            EncoderConfig.from_config(presets.get(preset), args.vocab),
+            EncoderConfig.from_config(presets.get(preset), args.vocab, mask_id=0),
             kernels=variants[0],
             dtype=args.dtype,
             scan_layers=args.scan,

@@ -30,7 +30,7 @@ MESH_SHAPE = (2, 2, 2)
 def preset_table(name: str) -> str:
     """The spec table of preset `name` with its published vocabulary (12 for tiny)."""
     vocab = presets.PUBLISHED.get(name, {}).get("vocab", 12)
-    cfg = EncoderConfig.from_config(presets.get(name), vocab)
+    cfg = EncoderConfig.from_config(presets.get(name), vocab, mask_id=0)  # shapes only
     boxed = jax.eval_shape(
         lambda r: MaskedLM(cfg).init(r, jnp.zeros((1, 8), jnp.int32))["params"],
         jax.random.key(0),
