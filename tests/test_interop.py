@@ -211,14 +211,25 @@ def test_import_by_hf_id_from_the_cache_with_the_network_off(tmp_path):
     repo = "InstaDeepAI/nucleotide-transformer-v2-50m-multi-species"
     commit = hub_cache(tmp_path / "hub", src, repo)
     hub_cache(tmp_path / "hub", src, "someone/no-vocab", drop="vocab.txt")
-    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    for i, ref in enumerate(["", "@main", f"@{commit}"]):
-        r = run_module(
-            "gfm_jax.interop", "import", f"hf:{repo}{ref}", "--workdir", str(tmp_path / f"w{i}"),
-            env=env,
-        )  # fmt: skip
+    bert = small_config("dnabert2")  # DNABERT-2's files: pytorch_model.bin and tokenizer.json
+    bert_src = save_dnabert2(Dnabert2Reference(bert), bert, tmp_path / "bert")
+    hub_cache(tmp_path / "hub", bert_src, "zhihan1996/DNABERT-2-117M")
+    offline = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    # Without HF_HUB_OFFLINE, a hub that cannot be reached (nothing listens on port 9).
+    unreachable = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+    def run(source: str, workdir: str, env: dict):
+        return run_module(
+            "gfm_jax.interop", "import", source, "--workdir", str(tmp_path / workdir), env=env
+        )
+
+    runs = [(f"hf:{repo}", offline), (f"hf:{repo}@main", unreachable)]
+    runs += [(f"hf:{repo}@{commit}", offline), ("hf:zhihan1996/DNABERT-2-117M", offline)]
+    for i, (source, env) in enumerate(runs):
+        r = run(source, f"w{i}", env)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert '"family": "nt_v2"' in r.stdout
+        family = "dnabert2" if "DNABERT" in source else "nt_v2"
+        assert f'"family": "{family}"' in r.stdout
     first = pretrained.load(tmp_path / "w0").params
     for a, b in zip(
         jax.tree.leaves(first),
@@ -226,17 +237,13 @@ def test_import_by_hf_id_from_the_cache_with_the_network_off(tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    r = run_module(
-        "gfm_jax.interop", "import", "hf:someone/no-vocab", "--workdir", str(tmp_path / "x"),
-        env=env,
-    )  # fmt: skip
+    r = run("hf:someone/no-vocab", "x", offline)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "vocab.txt or tokenizer.json not in the Hugging Face cache" in r.stderr
+    assert "the cached snapshot has no vocab.txt or tokenizer.json" in r.stderr
     assert "offline" in r.stderr
-    r = run_module(
-        "gfm_jax.interop", "import", "hf:someone/absent", "--workdir", str(tmp_path / "x"), env=env
-    )
-    assert r.returncode == 2 and "config.json" in r.stderr and "Traceback" not in r.stderr
+    r = run("hf:someone/absent", "x", unreachable)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "not in the Hugging Face cache" in r.stderr and "could not be reached" in r.stderr
 
 
 # --- Export -> import round trips ------------------------------------------------------------

@@ -47,58 +47,90 @@ def resolve(source: str) -> pathlib.Path:
     return _from_hub(source, match.group(1), match.group(2))
 
 
+GROUPS = (("config.json",), WEIGHT_FILES, TOKENIZER_FILES)
+
+
 def _from_hub(source: str, repo: str, revision: str | None) -> pathlib.Path:
+    """Online: lists the repository once and downloads the files the import reads. Offline, or
+    when the hub cannot be reached: the cached snapshot of the revision, checked for them."""
     try:
-        from huggingface_hub import constants, errors, hf_hub_download
+        import huggingface_hub as hub
+        from huggingface_hub import constants, errors
     except ImportError:
         raise UserError("hf: ids need huggingface_hub: pip install -e '.[interop]'") from None
-
-    missing: list[str] = []
-
-    def fetch(name: str) -> pathlib.Path | None:
-        """The file's local path; None if the repository has no such file."""
+    why = "offline (HF_HUB_OFFLINE)"
+    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
+        why = f"the hub could not be reached ({constants.ENDPOINT})"
+    elif not constants.HF_HUB_OFFLINE:
         try:
-            return pathlib.Path(hf_hub_download(repo, name, revision=revision))
-        except errors.LocalEntryNotFoundError:  # offline or unreachable, and not cached
-            missing.append(name)
-            return None
-        except errors.EntryNotFoundError:  # the hub answered: the repository has no such file
-            return None
-        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as e:
-            raise UserError(f"{source}: {type(e).__name__} ({str(e).splitlines()[0]})") from None
-        except (errors.HFValidationError, ValueError) as e:
-            raise UserError(f"{source}: {str(e).splitlines()[0]}") from None
-
-    groups = {"config.json": ("config.json",), "weights": WEIGHT_FILES, "vocab": TOKENIZER_FILES}
-    found = {group: _first_found(fetch, names) for group, names in groups.items()}
-    for name in OPTIONAL_FILES:
-        fetch(name)
-    optional = set(OPTIONAL_FILES)
-    weights = found["weights"]
-    if weights is not None and weights.name.endswith(".index.json"):
-        for shard in sorted(set(_weight_map(weights).values())):
-            optional.discard(shard)
-            fetch(shard)
-    absent = [" or ".join(groups[g]) for g, path in found.items() if path is None]
-    uncached = [n for n in missing if n not in optional and not any(n in a for a in absent)]
-    if not absent and not uncached:
-        return found["config.json"].parent
-    if any(n not in optional for n in missing):
-        where = "offline" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
-        raise UserError(
-            f"{source}: {'; '.join(absent + uncached)} not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}) and {where}; download them where the hub is reachable "
-            "(the same command, or `hf download`), or import a local directory"
+            listed = set(hub.list_repo_files(repo, revision=revision))
+        except (errors.RepositoryNotFoundError, errors.GatedRepoError) as e:
+            raise UserError(
+                f"{source}: {type(e).__name__}: check the id; a gated or private model needs "
+                "`hf auth login` (or HF_TOKEN) with access granted on its page"
+            ) from None
+        except errors.RevisionNotFoundError:
+            raise UserError(
+                f"{source}: no such revision; check the branch, tag or commit"
+            ) from None
+        except Exception as e:  # no network, proxy, hub down: fall back to the cache
+            why = f"the hub could not be reached ({type(e).__name__})"
+        else:
+            chosen = _choose(source, lambda name: name in listed)
+            paths = [pathlib.Path(hub.hf_hub_download(repo, n, revision=revision)) for n in chosen]
+            if chosen[1].endswith(".index.json"):
+                for shard in sorted(set(_weight_map(paths[1]).values())):
+                    hub.hf_hub_download(repo, shard, revision=revision)
+            return paths[0].parent
+    try:
+        snapshot = pathlib.Path(
+            hub.snapshot_download(repo, revision=revision, local_files_only=True)
         )
-    raise UserError(f"{source}: the repository has no {'; '.join(absent)}; is it a checkpoint?")
+    except Exception:  # not cached at all
+        raise UserError(
+            f"{source}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
+            "download it where the hub is reachable (the same command, or `hf download`), or "
+            "import a local directory"
+        ) from None
+    _choose(source, lambda name: (snapshot / name).is_file(), snapshot, why)
+    return snapshot
 
 
-def _first_found(fetch, names: tuple[str, ...]) -> pathlib.Path | None:
-    for name in names:
-        path = fetch(name)
-        if path is not None:
-            return path
-    return None
+def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub opens: without network the answer comes at once,
+    where huggingface_hub would retry each request with back-off."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _choose(source: str, exists, snapshot: pathlib.Path | None = None, why: str = "") -> list[str]:
+    """The files of the repository the import reads: config.json, the first weight format it
+    has (and its shards), the first tokenizer file; an error names a group it lacks."""
+    chosen = []
+    for names in GROUPS:
+        name = next((n for n in names if exists(n)), None)
+        if name is None:
+            where = "the repository has" if snapshot is None else "the cached snapshot has"
+            extra = f" (it is not downloaded: {why})" if snapshot is not None else ""
+            raise UserError(
+                f"{source}: {where} no {' or '.join(names)}{extra}; download the checkpoint "
+                "where the hub is reachable, or import a local directory"
+            )
+        chosen.append(name)
+    if snapshot is not None and chosen[1].endswith(".index.json"):
+        shards = sorted(set(_weight_map(snapshot / chosen[1]).values()))
+        if not all(exists(n) for n in shards):
+            raise UserError(f"{source}: weight shards are missing from the cache ({why})")
+    chosen += [n for n in OPTIONAL_FILES if exists(n)]
+    return chosen
 
 
 def _weight_map(index: pathlib.Path) -> dict[str, str]:
