@@ -54,15 +54,15 @@ def real_sequences() -> list[str]:
 
 
 def batch(tokenizer, masked: tuple[int, ...] = (2, 5, 9)) -> tuple[np.ndarray, np.ndarray]:
-    """CLS + tokens, right-padded with the pad id; the first row has mask tokens at `masked`
-    (so ESM's token dropout sees a mask fraction above zero)."""
+    """CLS + tokens, right-padded with the pad id; the first two rows (one unpadded, one padded)
+    have mask tokens at `masked`, so ESM's token dropout sees mask fractions above zero."""
     enc = [np.concatenate([[tokenizer.cls_id], tokenizer.encode(s)]) for s in real_sequences()]
     length = max(map(len, enc))
     ids = np.full((len(enc), length), tokenizer.pad_id, np.int32)
     mask = np.zeros_like(ids, bool)
     for i, e in enumerate(enc):
         ids[i, : len(e)], mask[i, : len(e)] = e, True
-    ids[0, list(masked)] = tokenizer.mask_id
+    ids[:2, list(masked)] = tokenizer.mask_id
     return ids, mask
 
 

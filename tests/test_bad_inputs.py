@@ -575,6 +575,13 @@ CHECKPOINTS = [
 ]
 
 
+# ESM-2's protein vocabulary (facebook/esm2_t6_8M_UR50D vocab.txt, MIT): it holds A, C, G, T,
+# U and N as amino acids.
+ESM2_VOCAB = "\n".join(
+    ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+)
+
+
 def hf_dir(tmp: pathlib.Path, vocab: str | None = None, **config: object) -> str:
     """A checkpoint directory: NT v2's published config (with `config` changes) and vocab.txt
     (or `vocab`), and a damaged weights file."""
@@ -618,10 +625,8 @@ INTEROP = [
     ),
     Case(
         "import protein vocabulary",
-        lambda t, w: interop_import(
-            t, hf_dir(t, "<cls>\n<pad>\n<eos>\n<unk>\nL\nA\nG\n<mask>\n", vocab_size=8)
-        ),
-        ("{tmp}/hf/vocab.txt", "does not tokenize as char"),
+        lambda t, w: interop_import(t, hf_dir(t, ESM2_VOCAB, vocab_size=33, mask_token_id=32)),
+        ("{tmp}/hf/vocab.txt", "letters EFILOPQXZ are not nucleotides", "protein model"),
     ),
     Case(
         "import damaged weights",

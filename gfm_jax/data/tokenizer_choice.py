@@ -23,12 +23,13 @@ def tokenizer_for_run(
     `corpus` and kept in `<workdir>/tokenizer.json` (in memory only when workdir is None);
     "checkpoint" is the one `init_from`'s checkpoint recorded (an imported model's own)."""
     if data.tokenizer == "checkpoint":
-        if not init_from:
+        source = init_from or (workdir if workdir and _has_checkpoint(workdir) else "")
+        if not source:
             raise UserError(
-                "data.tokenizer='checkpoint' takes the tokenizer of train.init_from's checkpoint; "
-                "set --config.train.init_from (or name a tokenizer)"
+                "data.tokenizer='checkpoint' takes the tokenizer of train.init_from's checkpoint "
+                "(or of the workdir's own); set --config.train.init_from (or name a tokenizer)"
             )
-        return from_spec(checkpoint.read_meta(init_from)[1]["tokenizer"])
+        return from_spec(checkpoint.read_meta(source)[1]["tokenizer"])
     if data.tokenizer != "bpe":
         return get_tokenizer(data.tokenizer)
     segments = corpus.config_split("train", data)
@@ -42,6 +43,11 @@ def tokenizer_for_run(
         int(data.bpe_vocab_size),
         int(data.bpe_train_bases),
     )
+
+
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+    directory = checkpoint.checkpoint_dir(workdir)
+    return directory.is_dir() and any(directory.iterdir())
 
 
 def from_spec(spec: dict[str, Any]) -> Tokenizer:

@@ -31,7 +31,8 @@ PREFIX = "bert."
 
 
 def is_dnabert2(config: dict) -> bool:
-    return "alibi_starting_size" in config or config.get("model_type") == "bert"
+    """DNABERT-2's config: its ALiBi key, or its modelling code in auto_map."""
+    return "alibi_starting_size" in config or "bert_layers" in json.dumps(config.get("auto_map"))
 
 
 def read_tokenizer(src: pathlib.Path, config: dict) -> bpe.BpeTokenizer:
@@ -176,6 +177,10 @@ def _check_exportable(model: Any) -> None:
 def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict, dict]:
     """(state dict, config.json) in DNABERT-2's layout for gfm_jax MaskedLM parameters."""
     _check_exportable(model)
+    if not isinstance(tokenizer, bpe.BpeTokenizer):
+        raise UserError(
+            f"the DNABERT-2 layout needs a BPE tokenizer; this model uses {tokenizer.name}"
+        )
     e, head = params["encoder"], params["mlm_head"]
     d = int(model["hidden_size"])
     out: dict[str, np.ndarray] = {}
@@ -244,14 +249,12 @@ def _hf_config(model: Any, tokenizer: Tokenizer) -> dict:
 
 def write_tokenizer(out: pathlib.Path, tokenizer: Tokenizer) -> None:
     """tokenizer.json (the BPE model itself) and tokenizer_config.json."""
-    if not isinstance(tokenizer, bpe.BpeTokenizer):
-        raise UserError(
-            f"the DNABERT-2 layout needs a BPE tokenizer; this model uses {tokenizer.name}"
-        )
     (out / "tokenizer.json").write_text(tokenizer.spec()["json"])
     specials = {
         f"{role}_token": tokenizer.vocab[getattr(tokenizer, f"{role}_id")]
         for role in ("unk", "cls", "pad", "mask")
     }
+    if "[SEP]" in tokenizer.vocab:
+        specials["sep_token"] = "[SEP]"
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -50,22 +50,40 @@ def check_config(config: dict, path: pathlib.Path) -> None:
         )
 
 
+# Single letters a nucleotide vocabulary may hold: bases and IUPAC codes (any case).
+NUCLEOTIDE_LETTERS = set("ACGTUNRYSWKMBDHV")
+
+
 def read_tokenizer(src: pathlib.Path, config: dict) -> CheckpointVocab:
     """The checkpoint's vocabulary (vocab.txt, cut to the embedding rows) as a tokenizer: 6-mers
-    when it holds them, else one base per token (RNA letters when it holds U)."""
+    when it holds them, else one base per token (RNA letters when it holds U). Refuses protein
+    vocabularies and pad / mask ids that disagree with config.json."""
     path = src / "vocab.txt"
     if not path.is_file():
         raise UserError(f"{src}: no vocab.txt (the ESM tokenizer's vocabulary)")
-    vocab = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        vocab = [line.strip() for line in path.read_text().splitlines()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file ({e})") from None
     rows = int(config["vocab_size"])
     if len(vocab) < rows:
         raise UserError(f"{path}: {len(vocab)} tokens for vocab_size={rows} embedding rows")
     vocab = vocab[:rows]
+    other = sorted(
+        t for t in vocab if len(t) == 1 and t.isalpha() and t.upper() not in NUCLEOTIDE_LETTERS
+    )
+    if other:
+        raise UserError(
+            f"{path}: letters {''.join(other)} are not nucleotides; is this a protein model?"
+        )
     scheme = "nt6" if "AAAAAA" in vocab else "char_rna" if "U" in vocab else "char"
-    return CheckpointVocab(vocab, scheme, str(path))
-
-
-# --- The mapping ---------------------------------------------------------------------------
+    tokenizer = CheckpointVocab(vocab, scheme, str(path))
+    for key, ours in (("pad_token_id", tokenizer.pad_id), ("mask_token_id", tokenizer.mask_id)):
+        if key in config and int(config[key]) != ours:
+            raise UserError(
+                f"{src}/config.json: {key}={config[key]} but vocab.txt puts it at {ours}"
+            )
+    return tokenizer
 
 
 def model_overrides(config: dict, family: str) -> dict[str, Any]:
@@ -231,6 +249,20 @@ def _check_exportable(model: Any) -> None:
             "model.norm_placement='post' or use_bias_mlp_in=False is a BERT-style model: "
             "export it with --family dnabert2"
         )
+    if model.get("rc_equivariant") or model.get("token_type_embed"):
+        raise UserError(
+            "model.rc_equivariant / token_type_embed have no ESM equivalent (an ESM model runs "
+            "one strand and has no token-type vector): its outputs would differ"
+        )
+
+
+def check_tokenizer(tokenizer: Tokenizer) -> None:
+    """Refuses tokenizers an ESM tokenizer (greedy longest match over vocab.txt) cannot be."""
+    if tokenizer.scheme not in ("nt6", "char", "char_rna"):
+        raise UserError(
+            f"data.tokenizer {tokenizer.name!r}: an ESM vocab.txt tokenizes as nt6, char or "
+            "char_rna only (a BPE model exports with --family dnabert2)"
+        )
 
 
 class _StateDict(dict):
@@ -308,6 +340,7 @@ def export_state(
     `model` is the `config.model` block (a ConfigDict or dict) the parameters were made with.
     """
     _check_exportable(model)
+    check_tokenizer(tokenizer)
     e, head = params["encoder"], params["mlm_head"]
     d = int(model["hidden_size"])
     pad = tokenizer.pad_id

@@ -69,7 +69,7 @@ def family_of(config: dict, path: pathlib.Path) -> str:
         return "dnabert2"
     if model_type == "omnigenome":
         return "omnigenome"
-    if "add_bias_fnn" in config:  # NT v2's configs carry it (and, lately, no model_type)
+    if "add_bias_fnn" in config:  # NT v2's configs carry it (and may lack model_type)
         return "nt_v2"
     if model_type == "esm":
         return "esm"
@@ -86,6 +86,17 @@ def read_checkpoint(src: pathlib.Path) -> tuple[str, Tokenizer, dict, Any]:
         raise UserError(f"{src}: no config.json; give a Hugging Face checkpoint directory")
     hf_config = sources.read_json(path)
     family = family_of(hf_config, path)
+    try:
+        return _read_family(src, hf_config, family, path)
+    except KeyError as e:
+        raise UserError(f"{path}: no key {e}; is the config complete?") from None
+    except ValueError as e:  # a weight's shape does not fit the config
+        raise UserError(f"{src}: the weights do not fit config.json ({e})") from None
+
+
+def _read_family(
+    src: pathlib.Path, hf_config: dict, family: str, path: pathlib.Path
+) -> tuple[str, Tokenizer, dict, Any]:
     if family == "dnabert2":
         tokenizer = dnabert2.read_tokenizer(src, hf_config)
         params = dnabert2.import_params(sources.read_weights(src), hf_config)

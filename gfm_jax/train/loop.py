@@ -468,6 +468,7 @@ SHAPE_KEYS = (
     "norm_placement",
     "embed_norm",
     "token_type_embed",
+    "token_dropout",  # not a shape, but the same weights compute another function without it
 )
 # What configs saved before a shape key existed meant by its absence.
 SHAPE_KEY_DEFAULTS = {
@@ -475,6 +476,7 @@ SHAPE_KEY_DEFAULTS = {
     "norm_placement": "pre",
     "embed_norm": False,
     "token_type_embed": False,
+    "token_dropout": False,
 }
 
 
