@@ -123,3 +123,27 @@ def test_imported_model_evaluates_fine_tunes_trains_on_and_exports(
         with torch.no_grad():
             ref = back(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
         assert np.abs(ref.logits.numpy() - logits(more, ids, mask))[mask].max() < 1e-4
+
+
+@pytest.mark.slow
+def test_trained_gfm_model_exports_to_transformers(tmp_path):
+    """A model made by gfm_jax (not imported) exports and gives the same logits in PyTorch."""
+    from conftest import micro_overrides, run_module
+
+    esm_like = {"model.activation": "gelu", "model.use_bias_mlp": True, "data.window_len": 120}
+    steps = {"train.num_steps": 1, "train.checkpoint_every": 1}
+    r = run_module(
+        "gfm_jax.train",
+        "--config",
+        "configs/pretrain/tiny_nt6.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *micro_overrides(**steps, **esm_like),
+    )
+    assert r.returncode == 0, r.stderr
+    interop_main(["export", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out")])
+    back = transformers.EsmForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    ids, mask = batch(pretrained.describe(tmp_path / "w").tokenizer)
+    with torch.no_grad():
+        ref = back(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
+    assert np.abs(ref.logits.numpy() - logits(tmp_path / "w", ids, mask))[mask].max() < 1e-4

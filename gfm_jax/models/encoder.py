@@ -244,9 +244,9 @@ def token_dropout(
 
 
 class Encoder(nn.Module):
-    """ids [B, L] (+ padding mask) -> hidden states [B, L, D] after the final norm ([B, L, 2D]
-    with `rc_equivariant`). With `all_layers`, a list: the embeddings, then each block's output,
-    the last one after the final norm (the usual output)."""
+    """ids [B, L] (+ padding mask) -> hidden states [B, L, D] after the final norm (post-LN:
+    the last block's output; [B, L, 2D] with `rc_equivariant`). With `all_layers`, a list: the
+    embeddings, then each block's output, the last one the usual output."""
 
     config: EncoderConfig
     mesh: Any = None
