@@ -167,15 +167,15 @@ def _read_weight_file(path: pathlib.Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise UserError(f"{path}: the weight shard is missing; is the download complete?")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
+        import torch
 
-            loaded = load_file(str(path))
+        if path.suffix == ".safetensors":  # through torch: numpy has no bfloat16
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
         else:
-            import torch
-
             state = torch.load(path, map_location="cpu", weights_only=True)
-            loaded = {k: v.float().numpy() for k, v in state.items()}
+        loaded = {k: v.float().numpy() for k, v in state.items()}
     except Exception as e:  # safetensors and torch raise their own types on a damaged file
         raise UserError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from None
     return {k: np.asarray(v, np.float32) for k, v in loaded.items()}
