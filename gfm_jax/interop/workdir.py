@@ -24,7 +24,7 @@ from gfm_jax import config as config_lib
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.evaluate import pretrained
-from gfm_jax.interop import dnabert2, esm, sources
+from gfm_jax.interop import dnabert2, esm, esm_export, sources
 from gfm_jax.models.encoder import EncoderConfig
 from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
@@ -181,8 +181,8 @@ def export_checkpoint(
         state, hf_config = dnabert2.export_state(params, model, loaded.tokenizer)
         write_tokenizer = dnabert2.write_tokenizer
     else:
-        state, hf_config = esm.export_state(params, model, loaded.tokenizer, family)
-        write_tokenizer = esm.write_tokenizer
+        state, hf_config = esm_export.export_state(params, model, loaded.tokenizer, family)
+        write_tokenizer = esm_export.write_tokenizer
     sources.write_checkpoint(out, state, hf_config)
     write_tokenizer(out, loaded.tokenizer)
     return {
