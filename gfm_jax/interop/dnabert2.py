@@ -25,6 +25,7 @@ import numpy as np
 from gfm_jax.data import bpe, builtin, fasta
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
+from gfm_jax.interop.state_dict import StateDict, Weights
 
 Params = dict[str, Any]
 PREFIX = "bert."
@@ -80,26 +81,7 @@ def model_overrides(config: dict) -> dict[str, Any]:
     }
 
 
-class _Weights:
-    def __init__(self, weights: dict[str, np.ndarray]):
-        self._w = {k.removeprefix(PREFIX): v for k, v in weights.items()}
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self._w:
-            raise UserError(f"the checkpoint has no weight {name!r}; is it a DNABERT-2 model?")
-        return self._w[name]
-
-    def optional(self, name: str) -> np.ndarray | None:
-        return self._w.get(name)
-
-    def norm(self, prefix: str) -> dict:
-        return {"scale": self.get(f"{prefix}.weight"), "bias": self.get(f"{prefix}.bias")}
-
-    def dense(self, prefix: str) -> dict:
-        return {"kernel": self.get(f"{prefix}.weight").T, "bias": self.get(f"{prefix}.bias")}
-
-
-def _import_layer(w: _Weights, p: str, d: int, n: int, f: int) -> Params:
+def _import_layer(w: Weights, p: str, d: int, n: int, f: int) -> Params:
     qkv_w, qkv_b = w.get(f"{p}.attention.self.Wqkv.weight"), w.get(f"{p}.attention.self.Wqkv.bias")
     attn = {
         name: {
@@ -126,7 +108,7 @@ def _import_layer(w: _Weights, p: str, d: int, n: int, f: int) -> Params:
 def import_params(weights: dict[str, np.ndarray], config: dict) -> Params:
     """gfm_jax MaskedLM parameters from a DNABERT-2 (BertForMaskedLM) state dict; without
     `mlm_head` when the checkpoint has no MLM head (a BertModel save)."""
-    w = _Weights(weights)
+    w = Weights(weights, (PREFIX,), "DNABERT-2")
     m = model_overrides(config)
     d, n, f = m["hidden_size"], m["num_heads"], m["mlp_dim"]
     word = w.get("embeddings.word_embeddings.weight")
@@ -183,44 +165,33 @@ def export_state(params: Params, model: Any, tokenizer: Tokenizer) -> tuple[dict
         )
     e, head = params["encoder"], params["mlm_head"]
     d = int(model["hidden_size"])
-    out: dict[str, np.ndarray] = {}
-
-    def put(name: str, value: Any) -> None:
-        out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
-
-    def norm(name: str, p: dict) -> None:
-        put(f"{name}.weight", p["scale"])
-        put(f"{name}.bias", p["bias"])
-
-    put("bert.embeddings.word_embeddings.weight", e["embed"]["embedding"])
-    put("bert.embeddings.token_type_embeddings.weight", np.stack([e["token_type"]] * 2))
-    norm("bert.embeddings.LayerNorm", e["embed_norm"])
+    out = StateDict()
+    out.put("bert.embeddings.word_embeddings.weight", e["embed"]["embedding"])
+    out.put("bert.embeddings.token_type_embeddings.weight", np.stack([e["token_type"]] * 2))
+    out.norm("bert.embeddings.LayerNorm", e["embed_norm"])
     for i in range(int(model["num_layers"])):
         layer, p = e[f"layer_{i}"], f"bert.encoder.layer.{i}"
         attn = layer["attn"]
-        put(
+        out.put(
             f"{p}.attention.self.Wqkv.weight",
             np.concatenate([np.asarray(attn[k]["kernel"]).reshape(d, d).T for k in QKV]),
         )
-        put(
+        out.put(
             f"{p}.attention.self.Wqkv.bias",
             np.concatenate([np.asarray(attn[k]["bias"]).reshape(d) for k in QKV]),
         )
-        put(f"{p}.attention.output.dense.weight", np.asarray(attn["out"]["kernel"]).reshape(d, d).T)
-        put(f"{p}.attention.output.dense.bias", attn["out"]["bias"])
-        norm(f"{p}.attention.output.LayerNorm", layer["attn_norm"])
+        out.dense(f"{p}.attention.output.dense", attn["out"])
+        out.norm(f"{p}.attention.output.LayerNorm", layer["attn_norm"])
         mlp = layer["mlp"]
         gated = np.concatenate([mlp["gate"]["kernel"], mlp["up"]["kernel"]], axis=-1)
-        put(f"{p}.mlp.gated_layers.weight", gated.T)
-        put(f"{p}.mlp.wo.weight", np.asarray(mlp["down"]["kernel"]).T)
-        put(f"{p}.mlp.wo.bias", mlp["down"]["bias"])
-        norm(f"{p}.mlp.layernorm", layer["mlp_norm"])
-    put("cls.predictions.transform.dense.weight", np.asarray(head["dense"]["kernel"]).T)
-    put("cls.predictions.transform.dense.bias", head["dense"]["bias"])
-    norm("cls.predictions.transform.LayerNorm", head["norm"])
-    put("cls.predictions.decoder.weight", e["embed"]["embedding"])
-    put("cls.predictions.decoder.bias", head["decoder_bias"])
-    return out, _hf_config(model, tokenizer)
+        out.dense(f"{p}.mlp.gated_layers", {"kernel": gated})
+        out.dense(f"{p}.mlp.wo", mlp["down"])
+        out.norm(f"{p}.mlp.layernorm", layer["mlp_norm"])
+    out.dense("cls.predictions.transform.dense", head["dense"])
+    out.norm("cls.predictions.transform.LayerNorm", head["norm"])
+    out.put("cls.predictions.decoder.weight", e["embed"]["embedding"])
+    out.put("cls.predictions.decoder.bias", head["decoder_bias"])
+    return dict(out), _hf_config(model, tokenizer)
 
 
 QKV = ("query", "key", "value")

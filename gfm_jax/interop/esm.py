@@ -31,6 +31,7 @@ import numpy as np
 
 from gfm_jax.data.checkpoint_vocab import CheckpointVocab
 from gfm_jax.errors import UserError
+from gfm_jax.interop.state_dict import Weights
 
 Params = dict[str, Any]
 # The state-dict prefix of the encoder, per model_type (OmniGenome's code renames ESM's).
@@ -114,73 +115,28 @@ def model_overrides(config: dict, family: str) -> dict[str, Any]:
     }
 
 
-def _linear_in(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T)
+def _embedding(w: Weights, config: dict) -> dict:
+    """The token embedding table, checked against the config's vocab_size."""
+    table = w.get("embeddings.word_embeddings.weight")
+    if table.shape[0] != int(config["vocab_size"]):
+        raise UserError(
+            f"embeddings.word_embeddings.weight has {table.shape[0]} rows but config.json says "
+            f"vocab_size={config['vocab_size']}"
+        )
+    return {"embedding": table}
 
 
-def _strip_prefix(name: str) -> str:
-    for prefix in PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
-
-
-class _Weights:
-    """An ESM state dict read by Hugging Face name, as gfm_jax parameter blocks."""
-
-    def __init__(self, weights: dict[str, np.ndarray]):
-        # Older BERT-style files (and transformers' own saves) name LayerNorm parameters
-        # gamma / beta.
-        self._w = {
-            _strip_prefix(k)
-            .replace("LayerNorm.gamma", "LayerNorm.weight")
-            .replace("LayerNorm.beta", "LayerNorm.bias"): v
-            for k, v in weights.items()
-        }
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._w
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self._w:
-            raise UserError(f"the checkpoint has no weight {name!r}; is it an ESM model?")
-        return self._w[name]
-
-    def dense_rows(self, name: str, config: dict) -> dict:
-        """An embedding table, checked against the config's vocab_size."""
-        table = self.get(name)
-        if table.shape[0] != int(config["vocab_size"]):
-            raise UserError(
-                f"{name} has {table.shape[0]} rows but config.json says vocab_size="
-                f"{config['vocab_size']}"
-            )
-        return {"embedding": table}
-
-    def norm(self, prefix: str) -> dict:
-        return {"scale": self.get(f"{prefix}.weight"), "bias": self.get(f"{prefix}.bias")}
-
-    def dense(self, prefix: str, bias: bool = True) -> dict:
-        out = {"kernel": _linear_in(self.get(f"{prefix}.weight"))}
-        if bias:
-            out["bias"] = self.get(f"{prefix}.bias")
-        return out
-
-
-def _import_layer(w: _Weights, i: int, m: dict[str, Any]) -> Params:
+def _import_layer(w: Weights, i: int, m: dict[str, Any]) -> Params:
     """Encoder layer `i`: attention kernels split by head, the feed-forward, the two norms."""
     d, n = m["hidden_size"], m["num_heads"]
     h = d // n
     p = f"encoder.layer.{i}"
     attn = {}
     for name in ("query", "key", "value"):
-        attn[name] = {
-            "kernel": _linear_in(w.get(f"{p}.attention.self.{name}.weight")).reshape(d, n, h),
-            "bias": w.get(f"{p}.attention.self.{name}.bias").reshape(n, h),
-        }
-    attn["out"] = {
-        "kernel": _linear_in(w.get(f"{p}.attention.output.dense.weight")).reshape(n, h, d),
-        "bias": w.get(f"{p}.attention.output.dense.bias"),
-    }
+        q = w.dense(f"{p}.attention.self.{name}")
+        attn[name] = {"kernel": q["kernel"].reshape(d, n, h), "bias": q["bias"].reshape(n, h)}
+    out = w.dense(f"{p}.attention.output.dense")
+    attn["out"] = {"kernel": out["kernel"].reshape(n, h, d), "bias": out["bias"]}
     bias = m["use_bias_mlp"]
     if m["activation"] == "swiglu":  # NT v2: intermediate.dense holds [gate; up]
         stacked = w.dense(f"{p}.intermediate.dense", bias)
@@ -203,9 +159,9 @@ def _import_layer(w: _Weights, i: int, m: dict[str, Any]) -> Params:
 def import_params(weights: dict[str, np.ndarray], config: dict, family: str) -> Params:
     """gfm_jax MaskedLM parameters (nested dicts of numpy arrays) from an ESM state dict; without
     `mlm_head` when the checkpoint has no MLM head (a base-model save)."""
-    w = _Weights(weights)
+    w = Weights(weights, PREFIXES, "ESM")
     m = model_overrides(config, family)
-    encoder: Params = {"embed": w.dense_rows("embeddings.word_embeddings.weight", config)}
+    encoder: Params = {"embed": _embedding(w, config)}
     if m["position"] == "learned":
         pad = int(config["pad_token_id"])
         table = w.get("embeddings.position_embeddings.weight")
@@ -222,7 +178,7 @@ def import_params(weights: dict[str, np.ndarray], config: dict, family: str) -> 
         head["decoder_bias"] = w.get("lm_head.bias")
     else:
         head["decoder"] = {
-            "kernel": _linear_in(w.get("lm_head.decoder.weight")),
+            "kernel": w.dense("lm_head.decoder", bias=False)["kernel"],
             "bias": w.get("lm_head.bias"),
         }
     return {"encoder": encoder, "mlm_head": head}

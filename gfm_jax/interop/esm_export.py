@@ -11,6 +11,7 @@ import numpy as np
 
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
+from gfm_jax.interop.state_dict import StateDict
 
 Params = dict[str, Any]
 
@@ -50,24 +51,7 @@ def check_tokenizer(tokenizer: Tokenizer) -> None:
         )
 
 
-class _StateDict(dict):
-    """An ESM state dict being written: float32, contiguous, torch [out, in] layouts."""
-
-    def put(self, name: str, value: Any) -> None:
-        self[name] = np.ascontiguousarray(np.asarray(value, np.float32))
-
-    def norm(self, prefix: str, p: dict) -> None:
-        self.put(f"{prefix}.weight", p["scale"])
-        self.put(f"{prefix}.bias", p["bias"])
-
-    def dense(self, prefix: str, p: dict) -> None:
-        kernel = np.asarray(p["kernel"])
-        self.put(f"{prefix}.weight", kernel.reshape(-1, kernel.shape[-1]).T)
-        if "bias" in p:
-            self.put(f"{prefix}.bias", p["bias"])
-
-
-def _export_layer(out: _StateDict, layer: Params, p: str, d: int, glu: bool) -> None:
+def _export_layer(out: StateDict, layer: Params, p: str, d: int, glu: bool) -> None:
     for name in ("query", "key", "value"):
         q = layer["attn"][name]
         out.put(f"{p}.attention.self.{name}.weight", np.asarray(q["kernel"]).reshape(d, d).T)
@@ -130,7 +114,7 @@ def export_state(
     d = int(model["hidden_size"])
     pad = tokenizer.pad_id
     base = "OmniGenome." if family == "omnigenome" else "esm."
-    out = _StateDict()
+    out = StateDict()
     out.put(f"{base}embeddings.word_embeddings.weight", e["embed"]["embedding"])
     max_positions = 1026  # unused with rotary positions; the value ESM-2 configs carry
     if model["position"] == "learned":

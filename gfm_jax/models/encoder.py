@@ -33,7 +33,15 @@ from gfm_jax import ops
 from gfm_jax.errors import UserError
 from gfm_jax.models.adapters import NO_ADAPTER, Adapter
 from gfm_jax.models.attention import RopeTables, SelfAttention, rope_tables
-from gfm_jax.models.layers import Mlp, Norm, constrain, dtype_of, normal_init, zeros_init
+from gfm_jax.models.layers import (
+    Mlp,
+    Norm,
+    constrain,
+    dtype_of,
+    normal_init,
+    token_dropout,
+    zeros_init,
+)
 
 # remat name -> what the backward pass may keep instead of recomputing (None: no remat).
 REMAT_POLICIES = {
@@ -223,24 +231,6 @@ def reverse_complement_ids(
     """The token ids of each row's reverse complement (CLS first, padding last, as before)."""
     reversed_BxL = jnp.take_along_axis(ids_BxL, reversal_index(mask_BxL), axis=1)
     return jnp.asarray(complement, jnp.int32)[reversed_BxL]
-
-
-# ESM's token dropout: the mask fraction its models were trained with (15% selected, 80% of
-# those replaced by the mask token).
-TRAIN_MASK_FRACTION = 0.15 * 0.8
-
-
-def token_dropout(
-    x_BxLxD: jax.Array, ids_BxL: jax.Array, mask_BxL: jax.Array, mask_id: int
-) -> jax.Array:
-    """ESM's embedding rescaling: mask tokens' embeddings are zero and each row is scaled by
-    (1 - TRAIN_MASK_FRACTION) / (1 - the row's fraction of mask tokens)."""
-    is_mask_BxL = ids_BxL == mask_id
-    x_BxLxD = jnp.where(is_mask_BxL[..., None], 0.0, x_BxLxD)
-    length_Bx1 = jnp.maximum(jnp.sum(mask_BxL, axis=1, keepdims=True, dtype=jnp.float32), 1.0)
-    observed_Bx1 = jnp.sum(is_mask_BxL, axis=1, keepdims=True, dtype=jnp.float32) / length_Bx1
-    scale_Bx1 = (1.0 - TRAIN_MASK_FRACTION) / (1.0 - observed_Bx1)
-    return x_BxLxD * scale_Bx1[..., None]
 
 
 class Encoder(nn.Module):

@@ -1,4 +1,4 @@
-"""Building blocks: norms, dense layers and the (gated) MLP.
+"""Building blocks: norms, dense layers, the (gated) MLP and ESM's token dropout.
 
 Every parameter is created with logical axis names (`vocab`, `embed`, `mlp`, `heads`, `kv`,
 `norm`, `classes`), which `gfm_jax.sharding` maps to mesh axes. Parameters are float32; compute
@@ -147,6 +147,24 @@ def fused_projections(
         ]
         y = y + jnp.stack(deltas, axis=2)
     return y
+
+
+# ESM's token dropout: the mask fraction its models were trained with (15% selected, 80% of
+# those replaced by the mask token).
+TRAIN_MASK_FRACTION = 0.15 * 0.8
+
+
+def token_dropout(
+    x_BxLxD: jax.Array, ids_BxL: jax.Array, mask_BxL: jax.Array, mask_id: int
+) -> jax.Array:
+    """ESM's embedding rescaling: mask tokens' embeddings are zero and each row is scaled by
+    (1 - TRAIN_MASK_FRACTION) / (1 - the row's fraction of mask tokens)."""
+    is_mask_BxL = ids_BxL == mask_id
+    x_BxLxD = jnp.where(is_mask_BxL[..., None], 0.0, x_BxLxD)
+    length_Bx1 = jnp.maximum(jnp.sum(mask_BxL, axis=1, keepdims=True, dtype=jnp.float32), 1.0)
+    observed_Bx1 = jnp.sum(is_mask_BxL, axis=1, keepdims=True, dtype=jnp.float32) / length_Bx1
+    scale_Bx1 = (1.0 - TRAIN_MASK_FRACTION) / (1.0 - observed_Bx1)
+    return x_BxLxD * scale_Bx1[..., None]
 
 
 def exact_gelu(x: jax.Array) -> jax.Array:

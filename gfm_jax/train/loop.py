@@ -470,13 +470,11 @@ SHAPE_KEYS = (
     "token_type_embed",
     "token_dropout",  # not a shape, but the same weights compute another function without it
 )
-# What configs saved before a shape key existed meant by its absence.
+# What configs saved before a shape key existed meant by its absence: the field's default.
 SHAPE_KEY_DEFAULTS = {
-    "use_bias_mlp_in": True,
-    "norm_placement": "pre",
-    "embed_norm": False,
-    "token_type_embed": False,
-    "token_dropout": False,
+    f.name: f.default
+    for f in dataclasses.fields(EncoderConfig)
+    if f.default is not dataclasses.MISSING
 }
 
 
