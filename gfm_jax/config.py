@@ -20,7 +20,7 @@ ConfigDict = ml_collections.ConfigDict
 # left (see gfm_jax/models); these rules decide how they are laid out on the mesh.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "sequence"),  # context parallelism; a no-op while mesh.shape's sequence is 1
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -34,8 +34,9 @@ DEFAULT_RULES = (
 
 def mesh_defaults() -> ConfigDict:
     c = ConfigDict()
-    # Sizes of the ("data", "fsdp", "tensor") axes; one -1 takes the remaining devices.
-    c.shape = (-1, 1, 1)
+    # Sizes of the ("data", "fsdp", "tensor", "sequence") axes; one -1 takes the remaining
+    # devices. `sequence` > 1 shards each window's length (ring attention; docs/long_context.md).
+    c.shape = (-1, 1, 1, 1)
     c.rules = DEFAULT_RULES
     return c
 
@@ -74,6 +75,10 @@ def _data_defaults() -> ConfigDict:
     # If > 0, windows are sized in tokens instead: each holds this many tokens (after CLS),
     # cut from a window of enough bases for the tokenizer; window_len is then ignored.
     d.window_tokens = 0
+    # Sequence-length warm-up: ((last_step, length), ...) trains on windows of `length` (the
+    # unit of the window above: tokens if window_tokens > 0, else bases) up to `last_step`,
+    # then the next stage's, then the window above. () = off.
+    d.length_warmup = ()
     d.bpe_vocab_size = 4096  # tokenizer="bpe": vocabulary trained on the training segments
     d.bpe_train_bases = 50_000_000  # at most this many bases, spread evenly, train the BPE
     d.max_n_fraction = 0.1  # windows with more N are redrawn (up to 16 tries; see windows.py)

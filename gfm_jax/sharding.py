@@ -1,6 +1,7 @@
 """The device mesh, logical-axis rules, and the shardings of parameters, state and batches.
 
-Mesh axes are ("data", "fsdp", "tensor"). Parameters carry logical names (see gfm_jax/models);
+Mesh axes are ("data", "fsdp", "tensor", "sequence"); `sequence` shards the window's length
+(context parallelism, ops/context_parallel.py). Parameters carry logical names (see gfm_jax/models);
 `config.mesh.rules` maps each logical name to mesh axes. A mesh axis that does not divide a
 dimension is dropped for that dimension (the dimension is replicated over it), so small models
 run on any mesh; `describe` prints what each parameter really got.
@@ -19,17 +20,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gfm_jax.errors import UserError
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "tensor", "sequence")
 Rules = Sequence[tuple[str, Any]]
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh; one -1 in `shape` takes the remaining devices."""
+    """A ("data", "fsdp", "tensor", "sequence") mesh; one -1 in `shape` takes the remaining
+    devices. Three sizes leave `sequence` at 1 (configs written before it existed)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = [int(s) for s in shape]
+    if len(shape) == len(AXES) - 1:
+        shape.append(1)
     if len(shape) != len(AXES) or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
         raise UserError(
-            f"mesh.shape={tuple(shape)}: give 3 sizes for {AXES}, positive or one -1 "
+            f"mesh.shape={tuple(shape)}: give 4 sizes for {AXES}, positive or one -1 "
             "(-1 takes the remaining devices)"
         )
     known = math.prod(s for s in shape if s != -1)

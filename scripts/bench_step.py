@@ -49,9 +49,13 @@ class MlmStep:
         return self.step.lower(self.abstract_state, abstract_batch).compile()
 
 
-def mlm_step(model_cfg: EncoderConfig, tokens: int, device: Any) -> MlmStep:
-    """The train step on one device (a (1, 1, 1) mesh), as torch gets one in the comparisons."""
-    mesh = sharding.make_mesh((1, 1, 1), [device])
+def mlm_step(
+    model_cfg: EncoderConfig, tokens: int, device: Any, mesh_shape: tuple = (1, 1, 1, 1)
+) -> MlmStep:
+    """The train step on one device (a (1, 1, 1, 1) mesh), as torch gets one in the
+    comparisons, or on `mesh_shape` over a list of devices."""
+    devices = device if isinstance(device, list) else [device]
+    mesh = sharding.make_mesh(mesh_shape, devices)
     rules = config_lib.DEFAULT_RULES
     model = MaskedLM(model_cfg, mesh, rules)
     tx = optim.make_optimizer(config_lib.optim_defaults(), 1000)

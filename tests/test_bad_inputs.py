@@ -370,7 +370,7 @@ CONFIG = [
     Case(
         "mesh shape of one size",
         lambda t, w: train(t, "--config.mesh.shape=2"),
-        ("mesh.shape=(2,)", "give 3 sizes"),
+        ("mesh.shape=(2,)", "give 4 sizes"),
     ),
     Case(
         "mesh larger than the devices",

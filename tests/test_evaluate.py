@@ -17,7 +17,7 @@ from gfm_jax.data import builtin, tasks
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.data.vcf import read_vcf
 from gfm_jax.errors import UserError
-from gfm_jax.evaluate import metrics, probe, results, vep
+from gfm_jax.evaluate import metrics, perplexity, probe, results, vep
 from gfm_jax.evaluate.__main__ import main
 
 SPLICE = "configs/tasks/splice.py"
@@ -737,3 +737,16 @@ def test_vep_refuses_a_vcf_of_another_reference(ckpt, cli, tmp_path):
     code, err = refuse(vcf)
     assert code == 2 and "1 REF alleles do not match" in err and f"{first[0]}:{first[1]}" in err
     assert not (tmp_path / "s.tsv").exists()  # nothing half-written
+
+
+def test_perplexity_runs_on_the_sequence_axis_and_with_rope_scaling(ckpt):
+    """A window sharded over 8 devices scores as on one; context extension is a run option."""
+    fasta = ["builtin:phiX174_NC_001422.fa.gz"]
+    one = perplexity.run(str(ckpt), fasta, window=500)
+    eight = perplexity.run(str(ckpt), fasta, window=500, mesh_shape=(1, 1, 1, 8))
+    assert one["windows"] == eight["windows"] > 5 and one["window_bases"] == 500
+    assert abs(one["loss"] - eight["loss"]) < 1e-5
+    extended = perplexity.run(
+        str(ckpt), fasta, window=500, model_overrides={"rope_scaling": "ntk", "rope_factor": 4.0}
+    )
+    assert extended["loss"] != one["loss"]

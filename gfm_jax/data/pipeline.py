@@ -9,6 +9,10 @@ vectorised function that builds this host's slice of that step's global batch. W
 step s are `s * global_batch + [0, global_batch)`, and host h of H takes the h-th contiguous
 slice of them, so the global batch is the same for any number of hosts and resuming at step s
 needs no iterator state. `to_global` turns a host batch into a global `jax.Array`.
+
+`data.length_warmup` trains on shorter windows first (as HyenaDNA does): stage i's windows are
+used up to its step, then the next stage's; which stage a step is in depends on the step only,
+so resuming inside any stage is exact. Held-out windows always have the final length.
 """
 
 from __future__ import annotations
@@ -43,6 +47,41 @@ def hide_gpus_from_tensorflow() -> None:
         tf.config.set_visible_devices([], "GPU")
 
 
+def window_size(tokenizer: Tokenizer, data: ml_collections.ConfigDict, length: int = 0):
+    """(bases, tokens without CLS) of a window: `length` in the unit of the config's window
+    (tokens if `data.window_tokens` is set, else bases), or the config's window itself."""
+    if int(data.window_tokens) > 0:
+        num_tokens = int(length or data.window_tokens)
+        window_len = tokenizer.bases_for_tokens(num_tokens)
+    else:
+        window_len = int(length or data.window_len)
+        num_tokens = tokenizer.num_tokens(window_len)
+    if num_tokens < 1:
+        raise UserError(
+            f"data.window_len={window_len} gives no {tokenizer.name} token; make windows longer"
+        )
+    return window_len, num_tokens
+
+
+def warmup_stages(data: ml_collections.ConfigDict, final: int) -> list[tuple[int, int]]:
+    """`data.length_warmup` checked: (last step, length) pairs, steps and lengths increasing."""
+    stages = [tuple(int(x) for x in stage) for stage in data.length_warmup]
+    ok = all(len(s) == 2 for s in stages)
+    if ok:
+        steps = [0] + [s[0] for s in stages]
+        lengths = [0] + [s[1] for s in stages] + [final]
+        ok = all(a < b for a, b in zip(steps, steps[1:], strict=False)) and all(
+            a < b for a, b in zip(lengths, lengths[1:], strict=False)
+        )
+    if not ok:
+        raise UserError(
+            f"data.length_warmup={data.length_warmup}: give (last_step, length) pairs with "
+            f"both increasing and every length under the final window's ({final}), e.g. "
+            "((1000, 1024), (2000, 4096))"
+        )
+    return stages
+
+
 class WindowPipeline:
     """Builds masked, tokenized windows of a corpus for the 'train' and 'val' splits."""
 
@@ -51,17 +90,9 @@ class WindowPipeline:
     ):
         self.tokenizer = tokenizer
         # Tokens per window (without CLS), and the bases each window is cut from.
-        if int(data.window_tokens) > 0:
-            self.num_tokens = int(data.window_tokens)
-            self.window_len = tokenizer.bases_for_tokens(self.num_tokens)
-        else:
-            self.window_len = int(data.window_len)
-            self.num_tokens = tokenizer.num_tokens(self.window_len)
-        if self.num_tokens < 1:
-            raise UserError(
-                f"data.window_len={self.window_len} gives no {tokenizer.name} token; "
-                "make windows longer"
-            )
+        self.window_len, self.num_tokens = window_size(tokenizer, data)
+        final = self.num_tokens if int(data.window_tokens) > 0 else self.window_len
+        self.stages = warmup_stages(data, final)
         self.seeds = {"train": int(seed), "val": EVAL_SEED}
         self.masking = MaskingSpec(
             data.mask_rate,
@@ -85,29 +116,44 @@ class WindowPipeline:
         self.train_weights = corpus.file_weights(
             segments["train"], self.window_len, tuple(data.weights), float(data.size_temperature)
         )
-        self.samplers = {
-            split: windows.WindowSampler(
-                segments[split],
-                self.window_len,
-                reverse_complement=bool(data.reverse_complement) and split == "train",
-                group_weights=self.train_weights if split == "train" else None,
-                n_counter=n_counter,
-                max_n_fraction=float(data.max_n_fraction),
-            )
-            for split in ("train", "val")
-        }
+
+        def samplers(window_len: int) -> dict[str, windows.WindowSampler]:
+            return {
+                split: windows.WindowSampler(
+                    segments[split],
+                    window_len,
+                    reverse_complement=bool(data.reverse_complement) and split == "train",
+                    group_weights=self.train_weights if split == "train" else None,
+                    n_counter=n_counter,
+                    max_n_fraction=float(data.max_n_fraction),
+                )
+                for split in ("train", "val")
+            }
+
+        self.samplers = samplers(self.window_len)
+        # Per warm-up stage: its last step and its windows' (bases, tokens, samplers).
+        self.warmup = []
+        for last_step, length in self.stages:
+            bases, tokens = window_size(tokenizer, data, length)
+            self.warmup.append((last_step, (bases, tokens, samplers(bases)["train"])))
         self.files = corpus.files
 
     def describe_mixture(self) -> str:
         parts = [f"{f} {w:.1%}" for f, w in zip(self.files, self.train_weights, strict=True)]
         return "training mixture: " + ", ".join(parts)
 
-    def windows_for_indices(self, split: str, indices_B: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The masked windows of the given global indices (a pure function of split, index)."""
+    def windows_for_indices(
+        self, split: str, indices_B: tf.Tensor, stage: tuple | None = None
+    ) -> dict[str, tf.Tensor]:
+        """The masked windows of the given global indices (a pure function of split, index),
+        of the final length or of a warm-up `stage` (bases, tokens, sampler)."""
+        window_len, num_tokens, sampler = stage or (
+            self.window_len, self.num_tokens, self.samplers[split]
+        )  # fmt: skip
         keys_B = windows.window_keys(self.seeds[split], indices_B)
-        starts_B, strands_B = self.samplers[split].starts_and_strands(keys_B)
-        codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, self.window_len)
-        ids_BxT = self.tokenizer.ids_from_codes(codes_BxL)[:, : self.num_tokens]
+        starts_B, strands_B = sampler.starts_and_strands(keys_B)
+        codes_BxL = windows.gather_windows(self.genome, starts_B, strands_B, window_len)
+        ids_BxT = self.tokenizer.ids_from_codes(codes_BxL)[:, :num_tokens]
         # Every sequence starts with CLS (as in Nucleotide Transformer): it gives the model an
         # absolute anchor that rotary positions alone lack, and a token to pool for classifiers.
         cls_Bx1 = tf.fill([tf.shape(ids_BxT)[0], 1], tf.cast(self.tokenizer.cls_id, ids_BxT.dtype))
@@ -121,7 +167,7 @@ class WindowPipeline:
         )
         if self.repeat_weight != 1.0:
             # Down-weight repeats in the loss by the soft-masked fraction of each token.
-            frac_BxT = self.tokenizer.repeat_fraction(codes_BxL)[:, : self.num_tokens]
+            frac_BxT = self.tokenizer.repeat_fraction(codes_BxL)[:, :num_tokens]
             scale_BxT = 1.0 - (1.0 - self.repeat_weight) * frac_BxT
             scale_BxT = tf.concat([tf.ones_like(scale_BxT[:, :1]), scale_BxT], axis=1)  # CLS
             batch["weights"] = batch["weights"] * scale_BxT
@@ -138,16 +184,26 @@ class WindowPipeline:
         process_index: int = 0,
         process_count: int = 1,
     ) -> tf.data.Dataset:
-        """Host `process_index`'s slices of the global batches of steps [first_step, last_step)."""
+        """Host `process_index`'s slices of the global batches of steps [first_step, last_step)
+        (the dataset's step s builds the batch of train step s + 1), warm-up stages first."""
         per_host = host_batch_size(global_batch, process_count)
         offset = process_index * per_host
+        stages = self.warmup if split == "train" else []
+        ranges, start = [], first_step
+        for last, stage in [*stages, (last_step, None)]:
+            if min(last, last_step) > start:
+                ranges.append((start, min(last, last_step), stage))
+                start = min(last, last_step)
+        ds = None
+        for first, last, stage in ranges or [(first_step, first_step, None)]:
 
-        def build(step: tf.Tensor) -> dict[str, tf.Tensor]:
-            first = step * global_batch + offset
-            return self.windows_for_indices(split, first + tf.range(per_host, dtype=tf.int64))
+            def build(step: tf.Tensor, stage=stage) -> dict[str, tf.Tensor]:
+                indices = step * global_batch + offset + tf.range(per_host, dtype=tf.int64)
+                return self.windows_for_indices(split, indices, stage)
 
-        ds = tf.data.Dataset.range(first_step, last_step)
-        ds = ds.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            part = tf.data.Dataset.range(first, last)
+            part = part.map(build, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = part if ds is None else ds.concatenate(part)
         return ds.prefetch(self.prefetch)
 
 

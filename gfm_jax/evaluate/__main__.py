@@ -38,6 +38,7 @@ from ml_collections import config_flags
 from gfm_jax import command_line, distributed, host_memory
 from gfm_jax import config as config_lib
 from gfm_jax.errors import UserError, exit_on_user_error, quiet_late_callbacks
+from gfm_jax.models.attention import ROPE_SCALINGS
 
 PROG = "gfm_jax.evaluate"
 MODELS = {"finetune": ("pretrained", "scratch", "cnn"), "probe": ("pretrained", "scratch")}
@@ -99,6 +100,13 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
 
     if mode not in ("aggregate", "merge"):
         string("workdir", "pretraining workdir (its latest checkpoint)")
+    if mode in ("embed", "vep", "perplexity"):
+        string("mesh", "mesh.shape over the local devices, e.g. 1,1,1,8 (sequence 8: long "
+               "windows sharded)", "-1,1,1,1")  # fmt: skip
+        flags.DEFINE_enum("rope_scaling", None, ROPE_SCALINGS, "context extension (default: "
+                          "the checkpoint's)", flag_values=fv)  # fmt: skip
+        flags.DEFINE_float("rope_factor", None, "windows this many x the pretraining length",
+                           flag_values=fv)  # fmt: skip
     if mode == "embed":
         string("input", "FASTA (.fa/.fa.gz) or CSV with a sequence column")
         string("out", "output .npy (an index .tsv is written beside it)")
@@ -120,6 +128,7 @@ def _define_flags(mode: str, fv: flags.FlagValues, argv: list[str]) -> None:
         fasta_help = "held-out FASTA files (--fasta a.fa b.fa, or the flag repeated)"
         flags.DEFINE_multi_string("fasta", None, fasta_help, flag_values=fv, required=True)
         string("out", "JSON (default WORKDIR/eval/perplexity.json)", "")
+        flags.DEFINE_integer("window", 0, "bases per window (0: pretraining's)", flag_values=fv)
     elif mode == "merge":
         string("finetuned", "a LoRA / IA3 fine-tune's directory (its run JSON's 'checkpoint')")
         string("out", "directory for the merged, standalone fine-tuned model")
@@ -195,6 +204,19 @@ def _run_tasks(mode: str, args: flags.FlagValues) -> None:
     print(results.summarize(results.load_runs([out]), out))
 
 
+def _load_options(args: flags.FlagValues) -> dict:
+    """embed / vep / perplexity: the mesh and the run-time model keys (pretrained.load)."""
+    try:
+        shape = tuple(int(x) for x in args.mesh.strip("()").split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--mesh={args.mesh!r}: give sizes such as 1,1,1,8") from None
+    overrides = {"rope_scaling": args.rope_scaling, "rope_factor": args.rope_factor}
+    return {
+        "mesh_shape": shape,
+        "model_overrides": {k: v for k, v in overrides.items() if v is not None},
+    }
+
+
 def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
     """embed / vep / perplexity: one process on the local devices."""
     if mode == "embed":
@@ -202,13 +224,16 @@ def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
 
         result = embed.run(
             args.workdir, args.input, args.out, args.pooling, args.window, args.column,
-            args.layers, args.strand,
+            args.layers, args.strand, **_load_options(args),
         )  # fmt: skip
         print(json.dumps(result))
     elif mode == "vep":
         from gfm_jax.evaluate import vep
 
-        print(json.dumps(vep.run(args.workdir, args.vcf, args.fasta, args.out, args.window)))
+        result = vep.run(
+            args.workdir, args.vcf, args.fasta, args.out, args.window, **_load_options(args)
+        )
+        print(json.dumps(result))
     elif mode == "merge":
         from gfm_jax.evaluate import finetuned
 
@@ -216,7 +241,8 @@ def _run_tool(mode: str, args: flags.FlagValues, rest: list[str]) -> None:
     elif mode == "perplexity":
         from gfm_jax.evaluate import perplexity
 
-        result = perplexity.run(args.workdir, [*args.fasta, *rest])
+        fasta = [*args.fasta, *rest]
+        result = perplexity.run(args.workdir, fasta, window=args.window, **_load_options(args))
         out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval" / "perplexity.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))

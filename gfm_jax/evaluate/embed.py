@@ -22,6 +22,7 @@ import numbers
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -224,8 +225,10 @@ def run(
     column: str = "sequence",
     layers: str = "-1",
     strand: str = "forward",
+    **load_options: Any,
 ) -> dict:
-    loaded = pretrained.load(workdir)
+    """`load_options`: pretrained.load's mesh_shape and model_overrides."""
+    loaded = pretrained.load(workdir, **load_options)
     if window <= 0:
         window, _ = pretrained.window(loaded)
     sequences, names = read_inputs(input_path, window, column)

@@ -228,7 +228,9 @@ def read_meta(directory: str | pathlib.Path) -> tuple[pathlib.Path, dict]:
 
 
 def load(
-    directory: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1), base_workdir: str | None = None
+    directory: str | pathlib.Path,
+    mesh_shape: tuple = (-1, 1, 1, 1),
+    base_workdir: str | None = None,
 ) -> Finetuned:
     """A saved fine-tuned model (or its run JSON); an adapter or frozen-backbone fine-tune
     reads its base encoder from the workdir it was trained on (or `base_workdir`)."""

@@ -13,6 +13,7 @@ The unigram (base-composition) entropy of those targets is reported beside the l
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -62,9 +63,17 @@ def tile_windows(paths: list[str], window: int, max_n_fraction: float) -> tuple[
     return codes, counts
 
 
-def run(workdir: str, fasta_paths: list[str], batch_size: int = 32) -> dict:
+def run(
+    workdir: str,
+    fasta_paths: list[str],
+    batch_size: int = 32,
+    window: int = 0,
+    **load_options: Any,
+) -> dict:
+    """Masked-LM loss over tiled windows of `window` bases (0: the pretraining window).
+    `load_options`: pretrained.load's mesh_shape and model_overrides."""
     t0 = time.perf_counter()
-    loaded = pretrained.load(workdir)
+    loaded = pretrained.load(workdir, **load_options)
     meta = loaded.pretrained.meta
     data = meta["config"]["data"]
     if meta["config"]["train"].get("objective", "mlm") != "mlm":
@@ -72,7 +81,10 @@ def run(workdir: str, fasta_paths: list[str], batch_size: int = 32) -> dict:
             f"{workdir} holds a causal model; perplexity mode scores masked-LM checkpoints"
         )
     tok = loaded.tokenizer
-    window, num_tokens = pretrained.window(loaded)
+    if window > 0:
+        num_tokens = tok.num_tokens(window)
+    else:
+        window, num_tokens = pretrained.window(loaded)
     codes, counts = tile_windows(fasta_paths, window, float(data["max_n_fraction"]))
 
     spec = MaskingSpec(

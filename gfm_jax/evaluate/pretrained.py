@@ -27,15 +27,20 @@ class Pretrained:
     meta: dict
 
 
-def describe(workdir: str | pathlib.Path) -> Pretrained:
+# Model keys an evaluation may set apart from the checkpoint's: they change no parameter.
+RUN_KEYS = ("rope_scaling", "rope_factor")
+
+
+def describe(workdir: str | pathlib.Path, model_overrides: dict | None = None) -> Pretrained:
     """Reads only the `meta` item of the latest checkpoint."""
-    return from_meta(*checkpoint.read_meta(workdir))
+    return from_meta(*checkpoint.read_meta(workdir), model_overrides)
 
 
-def from_meta(step: int, meta: dict) -> Pretrained:
-    """The model and tokenizer a checkpoint's `meta` item describes."""
+def from_meta(step: int, meta: dict, model_overrides: dict | None = None) -> Pretrained:
+    """The model and tokenizer a checkpoint's `meta` item describes; `model_overrides` sets
+    keys of RUN_KEYS (context extension) for this run."""
     tokenizer = from_spec(meta["tokenizer"])
-    model = config_lib.ConfigDict(meta["config"]["model"])
+    model = config_lib.ConfigDict({**meta["config"]["model"], **(model_overrides or {})})
     causal = meta["config"]["train"].get("objective", "mlm") == "causal"
     model_config = EncoderConfig.from_config(
         model, tokenizer.vocab_size, causal, tokenizer.complement_ids(), tokenizer.mask_id
@@ -72,8 +77,13 @@ class Loaded:
         return self.pretrained.tokenizer
 
 
-def load(workdir: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1)) -> Loaded:
-    """The latest checkpoint of `workdir`, params only, on a mesh of every local device."""
+def load(
+    workdir: str | pathlib.Path,
+    mesh_shape: tuple = (-1, 1, 1, 1),
+    model_overrides: dict | None = None,
+) -> Loaded:
+    """The latest checkpoint of `workdir`, params only, on a mesh of every local device
+    (`mesh_shape`; a `sequence` axis > 1 shards long windows over the devices)."""
     if jax.process_count() > 1:
         from gfm_jax.errors import UserError
 
@@ -81,7 +91,7 @@ def load(workdir: str | pathlib.Path, mesh_shape: tuple = (-1, 1, 1)) -> Loaded:
             "embed / probe / vep / perplexity run in one process; launch them without "
             "--num_processes (fine-tuning is the multi-process mode)"
         )
-    pre = describe(workdir)
+    pre = describe(workdir, model_overrides)
     mesh = sharding.make_mesh(mesh_shape)
     rules = config_lib.DEFAULT_RULES
     return Loaded(pre, mesh, rules, load_params(workdir, pre, mesh, rules))

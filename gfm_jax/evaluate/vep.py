@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -250,10 +251,13 @@ def read_inputs(vcf_path: str, fasta_path: str) -> tuple[list[Variant], list, di
     return variants, list(unplaceable), genome
 
 
-def run(workdir: str, vcf_path: str, fasta_path: str, out: str, window: int = 0) -> dict:
-    """Scores a VCF (a path or builtin:<name>) against its reference; writes the TSVs."""
+def run(
+    workdir: str, vcf_path: str, fasta_path: str, out: str, window: int = 0, **load_options: Any
+) -> dict:
+    """Scores a VCF (a path or builtin:<name>) against its reference; writes the TSVs.
+    `load_options`: pretrained.load's mesh_shape and model_overrides."""
     variants, unplaceable, genome = read_inputs(vcf_path, fasta_path)
-    loaded = pretrained.load(workdir)
+    loaded = pretrained.load(workdir, **load_options)
     if window <= 0:
         window, _ = pretrained.window(loaded)
     rows, skipped = score_variants(loaded, variants, genome, window)

@@ -21,16 +21,32 @@ from gfm_jax.models.layers import Dtype, dense, fused_projections
 RopeTables = tuple[jax.Array, jax.Array]
 
 
+ROPE_SCALINGS = ("none", "linear", "ntk")
+
+
 def rope_tables(
-    length: int, head_dim: int, base: float, order_BxL: jax.Array | None = None
+    length: int,
+    head_dim: int,
+    base: float,
+    order_BxL: jax.Array | None = None,
+    scaling: str = "none",
+    factor: float = 1.0,
 ) -> RopeTables:
     """cos and sin [1, L, 1, H] of the rotary angles of positions 0 .. L-1 (float32), or
     [B, L, 1, H] at the positions `order_BxL` when the tokens are reordered.
 
+    Context extension by `factor` (windows `factor` x longer than in pretraining): `linear`
+    divides positions by it (position interpolation, Chen et al. 2023); `ntk` raises the base
+    to base * factor^(H / (H - 2)) (NTK-aware scaling), which keeps the fastest frequencies.
     Built with numpy while tracing, so XLA gets constants instead of evaluating cos and sin
     inside every fusion that reads them."""
+    if scaling == "ntk":
+        base = base * factor ** (head_dim / (head_dim - 2))
+    positions_L = np.arange(length, dtype=np.float32)
+    if scaling == "linear":
+        positions_L = positions_L / np.float32(factor)
     inv_freq_H2 = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
-    angles_LxH2 = np.arange(length, dtype=np.float32)[:, None] * inv_freq_H2.astype(np.float32)
+    angles_LxH2 = positions_L[:, None] * inv_freq_H2.astype(np.float32)
     angles_LxH = np.concatenate([angles_LxH2, angles_LxH2], axis=-1)
     tables = [jnp.asarray(f(angles_LxH))[:, None, :] for f in (np.cos, np.sin)]
     if order_BxL is None:

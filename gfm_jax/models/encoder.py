@@ -32,7 +32,7 @@ import ml_collections
 from gfm_jax import ops
 from gfm_jax.errors import UserError
 from gfm_jax.models.adapters import NO_ADAPTER, Adapter
-from gfm_jax.models.attention import RopeTables, SelfAttention, rope_tables
+from gfm_jax.models.attention import ROPE_SCALINGS, RopeTables, SelfAttention, rope_tables
 from gfm_jax.models.layers import (
     Mlp,
     Norm,
@@ -73,6 +73,9 @@ class EncoderConfig:
     position: str = "rope"  # rope | alibi | learned
     max_positions: int = 0  # learned positions: table size (longest sequence, CLS included)
     rope_base: float = 10000.0
+    # Context extension: windows `rope_factor` x the pretraining length (models/attention.py).
+    rope_scaling: str = "none"  # none | linear (position interpolation) | ntk
+    rope_factor: float = 1.0
     dtype: str = "float32"
     kernels: str = "auto"  # auto | xla: how ops run (gfm_jax/ops)
     remat: str = "none"  # none | full | save_dots
@@ -125,6 +128,8 @@ class EncoderConfig:
                 self.position != "learned" or self.max_positions > 0,
                 "model.position='learned' needs model.max_positions > 0",
             ),
+            one_of("rope_scaling", ROPE_SCALINGS),
+            (self.rope_factor >= 1.0, "model.rope_factor must be >= 1 (1: no extension)"),
             one_of("activation", ("swiglu", "geglu", "gelu")),
             one_of("norm", ("layernorm", "rmsnorm")),
             one_of("norm_placement", ("pre", "post")),
@@ -272,14 +277,18 @@ class Encoder(nn.Module):
     ) -> jax.Array | list[jax.Array]:
         c = self.config
         dtype = dtype_of(c.dtype)
-        x_BxLxD = self._embed(ids_BxL, mask_BxL).astype(dtype)
-        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
+        x_BxLxD = self._constrain(self._embed(ids_BxL, mask_BxL).astype(dtype))
         # The tokens in the layout the attention kernel takes (see ops.TokenMask).
-        mask = ops.TokenMask.create(mask_BxL, c.kernels, dtype, reorder=c.position != "alibi")
-        x_BxLxD = mask.enter(x_BxLxD)
+        mask = ops.TokenMask.create(
+            mask_BxL, c.kernels, dtype, c.position != "alibi", self.mesh, self.rules
+        )
+        x_BxLxD = self._constrain(mask.enter(x_BxLxD))
         rope = None
         if c.position == "rope":
-            rope = rope_tables(x_BxLxD.shape[1], c.head_dim, c.rope_base, mask.order_BxL)
+            rope = rope_tables(
+                x_BxLxD.shape[1], c.head_dim, c.rope_base, mask.order_BxL, c.rope_scaling,
+                c.rope_factor,
+            )  # fmt: skip
         states = [x_BxLxD]
         if c.scan_layers:
             stack = nn.scan(
@@ -305,6 +314,9 @@ class Encoder(nn.Module):
         if not all_layers:
             return out_BxLxD
         return [mask.exit(h) for h in states[:-1]] + [out_BxLxD]
+
+    def _constrain(self, x_BxLxD: jax.Array) -> jax.Array:
+        return constrain(x_BxLxD, ("batch", "length", "embed"), self.mesh, self.rules)
 
     def _embed(self, ids_BxL: jax.Array, mask_BxL: jax.Array) -> jax.Array:
         """Token embeddings (rescaled with `token_dropout`), plus learned position embeddings

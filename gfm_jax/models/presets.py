@@ -31,6 +31,8 @@ def _base() -> dict:
         position="rope",  # rope | alibi | learned
         max_positions=0,  # learned positions: table size
         rope_base=10000.0,
+        rope_scaling="none",  # context extension: none | linear | ntk (models/attention.py)
+        rope_factor=1.0,  # ... for windows this many times the pretraining length
         dtype="float32",  # compute dtype; parameters stay float32
         kernels="auto",  # auto (the fastest measured per backend) | xla (see gfm_jax/ops)
         remat="none",  # none | full | save_dots

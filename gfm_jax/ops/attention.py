@@ -7,6 +7,10 @@ Implementations, chosen by `implementation(kernels, dtype, length)`:
   encoder hands it tokens in a `TokenMask` layout: each row's kept tokens first, one masked
   token appended to an odd window.
 - `blocked` (`kernels="auto"` on a CPU from `BLOCKED_MIN_LENGTH` tokens): ops/blocked_attention.py.
+- `chunked` (`kernels="auto"`, no cuDNN, from `CHUNKED_MIN_LENGTH` tokens): query chunks against
+  all keys, scores recomputed in the backward pass, so memory stays linear in the length.
+- `ring` / `gather`: whenever the mesh shards the length (logical `length` -> the `sequence`
+  axis), whatever `kernels` says: ops/context_parallel.py; `CONTEXT_PARALLEL` picks one.
 """
 
 from __future__ import annotations
@@ -22,24 +26,44 @@ import jax
 import jax.numpy as jnp
 
 from gfm_jax.ops.blocked_attention import blocked_attention
+from gfm_jax.ops.context_parallel import local_attention
 
 # On a CPU the blocked kernel pays off once a head's L x L scores outgrow the cache; below
 # this length XLA's attention is as fast and compiles quicker.
 BLOCKED_MIN_LENGTH = 256
+# From here a window's L x L scores (per head group) no longer fit memory comfortably.
+CHUNKED_MIN_LENGTH = 8192
+# ring or gather for a sharded length, per backend (docs/benchmarks.md, "Long context"); ring
+# where nothing was measured, as its memory per device falls with the shard count.
+CONTEXT_PARALLEL = {"cpu": "gather"}
 
 
-def implementation(kernels: str, dtype: Any, length: int) -> str:
-    """Which implementation runs attention for `model.kernels` on the default backend."""
+def implementation(kernels: str, dtype: Any, length: int, shards: int = 1) -> str:
+    """Which implementation runs attention for `model.kernels` on the default backend, for a
+    window of `length` tokens split in `shards` along the mesh."""
+    if kernels not in ("auto", "xla"):
+        raise ValueError(f"unknown kernels {kernels!r}")
+    if shards > 1:
+        return CONTEXT_PARALLEL.get(jax.default_backend(), "ring")
     if kernels == "xla":
         return "xla"
-    if kernels != "auto":
-        raise ValueError(f"unknown kernels {kernels!r}")
     backend = jax.default_backend()
-    if backend == "cpu":
-        return "blocked" if length >= BLOCKED_MIN_LENGTH else "xla"
     if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
+    if length >= CHUNKED_MIN_LENGTH:
+        return "chunked"
+    if backend == "cpu":
+        return "blocked" if length >= BLOCKED_MIN_LENGTH else "xla"
     return "xla"
+
+
+def length_axes(mesh: Any, rules: Sequence) -> tuple[tuple[str, ...], int]:
+    """The mesh axes the logical `length` maps to, and how many shards they make."""
+    if mesh is None:
+        return (), 1
+    axes = nn.logical_to_mesh_axes(("length",), rules)[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return axes, math.prod(mesh.shape[a] for a in axes)
 
 
 @flax.struct.dataclass
@@ -57,11 +81,21 @@ class TokenMask:
 
     @classmethod
     def create(
-        cls, keep_BxL: jax.Array, kernels: str, dtype: Any, reorder: bool = True
+        cls,
+        keep_BxL: jax.Array,
+        kernels: str,
+        dtype: Any,
+        reorder: bool = True,
+        mesh: Any = None,
+        rules: Sequence = (),
     ) -> TokenMask:
         """The layout for `kernels`: for cuDNN, an even length and (with `reorder`; not for
-        ALiBi, whose bias needs the original order) each row's kept tokens first."""
+        ALiBi, whose bias needs the original order) each row's kept tokens first; on a mesh
+        that shards the length, a multiple of its shard count (added tokens are masked)."""
         length = keep_BxL.shape[1]
+        shards = length_axes(mesh, rules)[1]
+        if shards > 1:
+            return cls(jnp.pad(keep_BxL, ((0, 0), (0, -length % shards))), length)
         if implementation(kernels, dtype, length) != "cudnn":
             return cls(keep_BxL, length)
         keep_BxL = jnp.pad(keep_BxL, ((0, 0), (0, length % 2)))  # an added token is masked
@@ -112,7 +146,12 @@ def attend(
     if not isinstance(mask, TokenMask):
         mask = TokenMask(mask, mask.shape[1])
     length = q_BxLxNxH.shape[1]
-    impl = implementation(kernels, q_BxLxNxH.dtype, length)
+    impl = implementation(kernels, q_BxLxNxH.dtype, length, length_axes(mesh, rules)[1])
+    if impl in ("chunked", "ring", "gather"):
+        return _context_parallel(
+            q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask.keep_BxL, alibi_slopes_N, causal, mesh, rules,
+            impl,
+        )  # fmt: skip
     if impl == "blocked":
         return _sharded_blocked(
             q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask.keep_BxL, alibi_slopes_N, causal, mesh, rules
@@ -170,4 +209,26 @@ def _sharded_blocked(q, k, v, keep_BxL, slopes_N, causal: bool, mesh: Any, rules
     slopes = None if slopes_N is None else nn.logical_to_mesh_axes(("heads",), rules)
     return jax.shard_map(
         run, mesh=mesh, in_specs=(qkv, qkv, qkv, keep, slopes), out_specs=qkv, check_vma=False
+    )(q, k, v, keep_BxL, slopes_N)
+
+
+def _context_parallel(q, k, v, keep_BxL, slopes_N, causal: bool, mesh, rules, mode: str):
+    """ops/context_parallel.py on each device's (batch, length, head) shard; with one length
+    shard, or at shapes the mesh does not divide, one call on the global arrays."""
+    axes, shards = length_axes(mesh, rules)
+    run = functools.partial(local_attention, causal=causal)
+    if shards == 1:
+        return run(q, k, v, keep_BxL, alibi_slopes_N=slopes_N)
+    qkv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), rules)
+    if not _divides(q.shape, qkv, mesh):
+        return run(q, k, v, keep_BxL, alibi_slopes_N=slopes_N)
+    axis = axes[0] if len(axes) == 1 else axes
+    keep = nn.logical_to_mesh_axes(("batch", "length"), rules)
+    slopes = None if slopes_N is None else nn.logical_to_mesh_axes(("heads",), rules)
+
+    def shard(q, k, v, m, s):
+        return run(q, k, v, m, alibi_slopes_N=s, axis=axis, axis_size=shards, mode=mode)
+
+    return jax.shard_map(
+        shard, mesh=mesh, in_specs=(qkv, qkv, qkv, keep, slopes), out_specs=qkv, check_vma=False
     )(q, k, v, keep_BxL, slopes_N)
