@@ -378,6 +378,21 @@ CONFIG = [
         ("mesh.shape=(2, 1, 1)", "1 are available", "set --config.mesh.shape"),
     ),
     Case(
+        "length warm-up not increasing",
+        lambda t, w: train(t, "--config.data.length_warmup=((5,32),(3,16))"),
+        ("data.length_warmup=((5, 32), (3, 16))", "both increasing", "e.g."),
+    ),
+    Case(
+        "unknown RoPE scaling",
+        lambda t, w: train(t, "--config.model.rope_scaling=yarn"),
+        ("model.rope_scaling must be one of none, linear, ntk",),
+    ),
+    Case(
+        "sequence axis larger than the devices",
+        lambda t, w: train(t, "--config.mesh.shape=(1,1,1,4)"),
+        ("mesh.shape=(1, 1, 1, 4)", "1 are available", "set --config.mesh.shape"),
+    ),
+    Case(
         "batch the devices do not divide",
         lambda t, w: train(t, "--cpu_devices", "3"),
         ("train.global_batch_size=16", "make it a multiple of 3"),
@@ -561,6 +576,21 @@ CHECKPOINTS = [
             write(t / "n.fa", ">n\n" + "N" * 2000 + "\n"),
         ],
         ("n.fa", "more than 10% N", "give sequence that is not N"),
+        needs_checkpoint=True,
+    ),
+    Case(
+        "perplexity mesh not numbers",
+        lambda t, w: [
+            "gfm_jax.evaluate",
+            "perplexity",
+            "--workdir",
+            str(w),
+            "--fasta",
+            LAMBDA,
+            "--mesh",
+            "1,x,1,1",
+        ],  # fmt: skip
+        ("--mesh='1,x,1,1'", "give sizes such as 1,1,1,8"),
         needs_checkpoint=True,
     ),
     Case(

@@ -739,9 +739,19 @@ def test_vep_refuses_a_vcf_of_another_reference(ckpt, cli, tmp_path):
     assert not (tmp_path / "s.tsv").exists()  # nothing half-written
 
 
-def test_perplexity_runs_on_the_sequence_axis_and_with_rope_scaling(ckpt):
-    """A window sharded over 8 devices scores as on one; context extension is a run option."""
+def test_perplexity_and_embed_run_on_the_sequence_axis_and_with_rope_scaling(ckpt, tmp_path):
+    """A window sharded over 8 devices scores and embeds as on one; context extension is a
+    run option."""
+    from gfm_jax.evaluate import embed
+
     fasta = ["builtin:phiX174_NC_001422.fa.gz"]
+    runs = [
+        embed.run(str(ckpt), fasta[0], str(tmp_path / f"{i}.npy"), "mean", 700, mesh_shape=shape)
+        for i, shape in enumerate([(-1, 1, 1, 1), (1, 1, 1, 8)])
+    ]
+    a, b = (np.load(r["embeddings"]) for r in runs)
+    assert a.shape == b.shape and a.shape[0] >= 7
+    np.testing.assert_allclose(a, b, atol=1e-5)
     one = perplexity.run(str(ckpt), fasta, window=500)
     eight = perplexity.run(str(ckpt), fasta, window=500, mesh_shape=(1, 1, 1, 8))
     assert one["windows"] == eight["windows"] > 5 and one["window_bases"] == 500

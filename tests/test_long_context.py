@@ -33,11 +33,20 @@ def mode(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("alibi", True)])
-@pytest.mark.parametrize("mask_kind", ["holes", "empty_row"])
-def test_chunked_attention_equals_the_einsum_reference(monkeypatch, position, causal, mask_kind):
-    monkeypatch.setattr(context_parallel, "SCORE_BUDGET", 2 * 4 * 16 * 4)  # 4 query chunks
-    mask = padded_mask(16, mask_kind)
+@pytest.mark.parametrize(
+    "position, causal, mask_kind, length",
+    [
+        ("rope", False, "holes", 16),
+        ("alibi", True, "holes", 16),
+        ("alibi", False, "empty_row", 16),
+        ("rope", True, "holes", 13),  # queries padded to whole chunks
+    ],
+)
+def test_chunked_attention_equals_the_einsum_reference(
+    monkeypatch, position, causal, mask_kind, length
+):
+    monkeypatch.setattr(context_parallel, "SCORE_BUDGET", 2 * 4 * length * 4)  # chunks of 4
+    mask = padded_mask(length, mask_kind)
     slopes = alibi_slopes(4) if position == "alibi" else None
     # A row without keys (all padding) gives zeros and passes no gradient; its output is
     # unused, so the other rows are compared with the reference.
@@ -48,10 +57,10 @@ def test_chunked_attention_equals_the_einsum_reference(monkeypatch, position, ca
         return out[rows]
 
     assert_values_and_grads_close(
-        chunked, lambda q, k, v: einsum_attention(q, k, v, mask, slopes, causal)[rows], qkv()
+        chunked, lambda q, k, v: einsum_attention(q, k, v, mask, slopes, causal)[rows], qkv(length)
     )
     if mask_kind == "empty_row":
-        q, k, v = qkv()
+        q, k, v = qkv(length)
         out = context_parallel.local_attention(q, k, v, mask, causal=causal, alibi_slopes_N=slopes)
         np.testing.assert_array_equal(out[0], 0.0)
 
@@ -220,3 +229,21 @@ def test_two_processes_equal_one_on_the_sequence_axis_with_a_length_warmup(tmp_p
     a, b = (pretrained.load(tmp_path / d).params for d in ("one", "split"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("tokenizer, size", [("char", 1_000_000), ("nt6", 0)])
+def test_windows_of_a_megabase_are_built_index_pure(tokenizer, size):
+    """1 Mb windows (char: 1,000,001 tokens; nt6: 166,666 tokens of 999,996 bases) from the
+    built-in S. aureus genome, the same whichever step range asks for them."""
+    corpus = load_corpus(["builtin:saureus_NCTC8325_NC_007795.fa.gz"])
+    p = make_pipeline(
+        corpus, tokenizer=tokenizer, window_len=size, window_tokens=0 if size else 166_666,
+        val_fraction=0.4,
+    )  # fmt: skip
+    assert p.window_len >= 999_996
+    a = collect(p.dataset("train", global_batch=1, first_step=0, last_step=2))
+    b = collect(p.dataset("train", global_batch=1, first_step=1, last_step=2))
+    assert a[0]["inputs"].shape == (1, 1 + p.num_tokens)
+    np.testing.assert_array_equal(a[1]["inputs"], b[0]["inputs"])
+    np.testing.assert_array_equal(a[1]["weights"], b[0]["weights"])
+    assert 0.13 < float(a[0]["weights"].astype(bool).mean()) < 0.17

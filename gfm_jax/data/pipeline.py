@@ -219,6 +219,17 @@ def host_batch_size(
     return global_batch // process_count
 
 
+def host_slice(sharding: jax.sharding.Sharding, global_batch: int) -> dict[str, int]:
+    """Which contiguous slice of each global batch this process builds, as `dataset`'s
+    (process_index, process_count): the rows its devices hold. Where the batch axis is not
+    split across processes (a mesh whose data x fsdp lies within each process, such as one
+    spanning processes along `sequence` only), every process builds the whole batch."""
+    index_map = sharding.addressable_devices_indices_map((global_batch,))
+    rows = [s[0].indices(global_batch)[:2] for s in index_map.values()]
+    lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
+    return dict(process_index=lo // (hi - lo), process_count=global_batch // (hi - lo))
+
+
 def to_global(
     batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
 ) -> dict[str, jax.Array]:

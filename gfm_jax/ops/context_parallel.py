@@ -29,7 +29,8 @@ Axis = str | tuple[str, ...] | None
 
 
 def _chunk(batch: int, heads: int, queries: int, keys: int) -> int:
-    """Queries per chunk: the largest divisor of `queries` whose scores fit SCORE_BUDGET."""
+    """Queries per chunk: the largest divisor of `queries` whose scores fit SCORE_BUDGET
+    (local_attention pads the queries to a multiple of the budget's chunk)."""
     most = max(1, SCORE_BUDGET // (batch * heads * keys))
     return max(c for c in range(1, min(most, queries) + 1) if queries % c == 0)
 
@@ -106,10 +107,11 @@ def _merge(out, lse, out_s, lse_s):
 class _Ring:
     """Where this device sits: its query positions, and the key positions of step s's block."""
 
-    def __init__(self, axis: Axis, size: int, ring: bool, queries: int, keys: int):
+    def __init__(self, axis: Axis, size: int, ring: bool, queries: int, padded: int, keys: int):
         self.axis, self.size, self.ring, self.keys = axis, size, ring, keys
         self.index = 0 if axis is None else lax.axis_index(axis)
-        self.q_pos = self.index * queries + jnp.arange(queries)
+        self.q_pos = self.index * queries + jnp.arange(padded)  # padding queries go last
+        self.last = self.index * queries + queries - 1
         self.steps = size if ring else 1
 
     def k_pos(self, step: jax.Array) -> jax.Array:
@@ -118,7 +120,7 @@ class _Ring:
 
     def visible(self, k_pos: jax.Array) -> jax.Array:
         """Whether any key of the block is at or before the last query (causal)."""
-        return k_pos[0] <= self.q_pos[-1]
+        return k_pos[0] <= self.last
 
     def shift(self, xs: tuple) -> tuple:
         """Each device's blocks to the next device on the ring (a no-op without one)."""
@@ -137,13 +139,14 @@ def _when(visible: jax.Array | None, compute, zeros):
     return compute() if visible is None else lax.cond(visible, compute, zeros)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _core(axis: Axis, size: int, ring: bool, causal: bool, q, k, v, keep, slopes):
-    return _core_fwd(axis, size, ring, causal, q, k, v, keep, slopes)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _core(axis: Axis, size: int, ring: bool, causal: bool, queries: int, q, k, v, keep, slopes):
+    """`queries`: this device's query count before padding (the stride of its positions)."""
+    return _core_fwd(axis, size, ring, causal, queries, q, k, v, keep, slopes)[0]
 
 
-def _core_fwd(axis, size, ring, causal, q, k, v, keep, slopes):
-    where = _Ring(axis, size, ring, q.shape[1], k.shape[1])
+def _core_fwd(axis, size, ring, causal, queries, q, k, v, keep, slopes):
+    where = _Ring(axis, size, ring, queries, q.shape[1], k.shape[1])
 
     def hidden():
         return jnp.zeros_like(q), jnp.full(q.shape[:3], NEG_INF, jnp.float32)
@@ -162,9 +165,9 @@ def _core_fwd(axis, size, ring, causal, q, k, v, keep, slopes):
     return out, (q, k, v, keep, slopes, out, lse)
 
 
-def _core_bwd(axis, size, ring, causal, residuals, d_out):
+def _core_bwd(axis, size, ring, causal, queries, residuals, d_out):
     q, k, v, keep, slopes, out, lse = residuals
-    where = _Ring(axis, size, ring, q.shape[1], k.shape[1])
+    where = _Ring(axis, size, ring, queries, q.shape[1], k.shape[1])
     delta = jnp.sum(d_out * out, axis=-1)  # rowsum(dO * O) = rowsum(P * dP)
 
     def hidden():
@@ -212,5 +215,9 @@ def local_attention(
     if mode == "gather" and axis is not None and axis_size > 1:
         k, v, keep_BxL = (lax.all_gather(x, axis, axis=1, tiled=True) for x in (k, v, keep_BxL))
     slopes = None if alibi_slopes_N is None else alibi_slopes_N.astype(jnp.float32)
-    out = _core(axis, axis_size, ring, causal, q, k, v, keep_BxL, slopes)
-    return out.astype(dtype)
+    # Queries padded to a whole number of budget-sized chunks (their outputs are dropped).
+    batch, queries, heads = q.shape[:3]
+    chunk = min(queries, max(1, SCORE_BUDGET // (batch * heads * k.shape[1])))
+    q = jnp.pad(q, ((0, 0), (0, -queries % chunk), (0, 0), (0, 0)))
+    out = _core(axis, axis_size, ring, causal, queries, q, k, v, keep_BxL, slopes)
+    return out[:, :queries].astype(dtype)

@@ -26,7 +26,12 @@ from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.data.corpus import load_corpus
 from gfm_jax.data.masking_spec import target_capacity
-from gfm_jax.data.pipeline import WindowPipeline, global_batches, host_batch_size, to_global
+from gfm_jax.data.pipeline import (
+    WindowPipeline,
+    global_batches,
+    host_slice,
+    to_global,
+)
 from gfm_jax.data.tokenizer_choice import tokenizer_for_run
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
@@ -133,16 +138,11 @@ class _Data:
         return 1 + self.pipeline.num_tokens  # CLS + tokens
 
 
-def _process() -> dict[str, int]:
-    return dict(process_index=jax.process_index(), process_count=jax.process_count())
-
-
 def _setup_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Data:
     mesh = sharding.make_mesh(config.mesh.shape)
     rules = tuple(tuple(r) for r in config.mesh.rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
     log(f"gfm_jax {gfm_jax.__version__}: {jax.device_count()} devices, mesh {dict(mesh.shape)}")
-    host_batch_size(config.train.global_batch_size, jax.process_count())
     sharding.check_batch_divides(
         config.train.global_batch_size, int(config.train.micro_batches), batch_sharding
     )
@@ -263,7 +263,7 @@ class _Evaluator:
             global_batch=t_cfg.global_batch_size,
             first_step=0,
             last_step=t_cfg.eval_batches,
-            **_process(),
+            **host_slice(data.batch_sharding, t_cfg.global_batch_size),
         )
         self.batches = [{k: b[k] for k in MODEL_KEYS} for b in ds.as_numpy_iterator()]
         targets = np.concatenate([b["targets"] for b in self.batches])
@@ -380,7 +380,7 @@ def _train_steps(
         global_batch=t_cfg.global_batch_size,
         first_step=start_step,
         last_step=last_step,
-        **_process(),
+        **host_slice(run.data.batch_sharding, t_cfg.global_batch_size),
     )
     batches = global_batches(train_ds, run.data.batch_sharding, MODEL_KEYS)
     train_log = _TrainLog(run, last_step)
