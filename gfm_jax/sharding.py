@@ -29,24 +29,25 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     devices. Three sizes leave `sequence` at 1 (configs written before it existed)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = [int(s) for s in shape]
+    given = tuple(shape)  # as the user wrote it, for the messages
     if len(shape) == len(AXES) - 1:
         shape.append(1)
     if len(shape) != len(AXES) or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
         raise UserError(
-            f"mesh.shape={tuple(shape)}: give 4 sizes for {AXES}, positive or one -1 "
+            f"mesh.shape={given}: give 4 sizes for {AXES}, positive or one -1 "
             "(-1 takes the remaining devices)"
         )
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if len(devices) % known:
             raise UserError(
-                f"mesh.shape={tuple(shape)} does not divide the {len(devices)} devices; "
+                f"mesh.shape={given} does not divide the {len(devices)} devices; "
                 f"make the fixed sizes multiply to a divisor of {len(devices)}"
             )
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
         raise UserError(
-            f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but {len(devices)} are "
+            f"mesh.shape={given} needs {math.prod(shape)} devices but {len(devices)} are "
             f"available; set --config.mesh.shape so the sizes multiply to {len(devices)}"
         )
     auto = (jax.sharding.AxisType.Auto,) * len(AXES)

@@ -41,8 +41,8 @@ def enabled(kernels: set[str]) -> contextlib.AbstractContextManager:
     stack = contextlib.ExitStack()
     real = attention_ops.implementation
 
-    def attention(setting: str, dtype, length: int) -> str:
-        chosen = real(setting, dtype, length)
+    def attention(setting: str, dtype, length: int, shards: int = 1) -> str:
+        chosen = real(setting, dtype, length, shards)
         return chosen if chosen in kernels else "xla"
 
     stack.enter_context(mock.patch.object(attention_ops, "implementation", attention))

@@ -99,6 +99,6 @@ def cudnn_as_xla(monkeypatch) -> list[dict]:
     monkeypatch.setattr(
         attention_ops,
         "implementation",
-        lambda kernels, dtype, length: {"auto": "cudnn"}.get(kernels, "xla"),
+        lambda kernels, dtype, length, shards=1: {"auto": "cudnn"}.get(kernels, "xla"),
     )
     return calls

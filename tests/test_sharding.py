@@ -22,16 +22,19 @@ def test_conftest_gives_eight_devices():
 
 
 def test_mesh_fills_the_minus_one():
-    mesh = sharding.make_mesh((2, -1, 1))
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    mesh = sharding.make_mesh((2, 1, 1, -1))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4}
     assert dict(sharding.make_mesh((1, 1, 1), jax.devices()[:1]).shape) == {
         "data": 1,
         "fsdp": 1,
         "tensor": 1,
+        "sequence": 1,
     }
 
 
-@pytest.mark.parametrize("shape", [(3, -1, 1), (2, 2, 1), (0, 1, 1), (-1, -1, 1), (8, 1)])
+@pytest.mark.parametrize(
+    "shape", [(3, -1, 1), (2, 2, 1), (0, 1, 1), (-1, -1, 1), (8, 1), (1, 1, 1, 1, 8)]
+)
 def test_mesh_that_does_not_fit_the_devices_is_a_clear_error(shape):
     with pytest.raises(UserError, match="mesh.shape"):
         sharding.make_mesh(shape)
