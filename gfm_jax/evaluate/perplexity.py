@@ -63,6 +63,9 @@ def tile_windows(paths: list[str], window: int, max_n_fraction: float) -> tuple[
     return codes, counts
 
 
+TOKENS_PER_BATCH = 1 << 16
+
+
 def run(
     workdir: str,
     fasta_paths: list[str],
@@ -104,9 +107,11 @@ def run(
     model = MaskedLM(loaded.pretrained.model_config, loaded.mesh, loaded.rules)
     objective = jax.jit(step_lib.mlm_objective(model, tok.pad_id))
     totals: dict[str, float] = {}
-    step = -(-batch_size // pretrained.batch_multiple(loaded.mesh)) * pretrained.batch_multiple(
-        loaded.mesh
-    )
+    # Rows per batch: no more than there are windows, nor than TOKENS_PER_BATCH tokens (long
+    # windows), rounded up to what the mesh's batch axes divide.
+    multiple = pretrained.batch_multiple(loaded.mesh)
+    rows = min(batch_size, len(codes), max(1, TOKENS_PER_BATCH // (num_tokens + 1)))
+    step = -(-rows // multiple) * multiple
     for first in range(0, len(codes), step):
         rows = np.arange(first, min(first + step, len(codes)))
         weights = np.zeros(step, np.float32)
