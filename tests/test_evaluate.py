@@ -744,19 +744,19 @@ def test_perplexity_and_embed_run_on_the_sequence_axis_and_with_rope_scaling(ckp
     run option."""
     from gfm_jax.evaluate import embed
 
-    fasta = ["builtin:phiX174_NC_001422.fa.gz"]
+    fasta = ["builtin:lambda_phage_NC_001416.fa.gz"]
     runs = [
-        embed.run(str(ckpt), fasta[0], str(tmp_path / f"{i}.npy"), "mean", 700, mesh_shape=shape)
+        embed.run(str(ckpt), fasta[0], str(tmp_path / f"{i}.npy"), "mean", 4000, mesh_shape=shape)
         for i, shape in enumerate([(-1, 1, 1, 1), (1, 1, 1, 8)])
     ]
     a, b = (np.load(r["embeddings"]) for r in runs)
     assert a.shape == b.shape and a.shape[0] >= 7
     np.testing.assert_allclose(a, b, atol=1e-5)
-    one = perplexity.run(str(ckpt), fasta, window=500)
-    eight = perplexity.run(str(ckpt), fasta, window=500, mesh_shape=(1, 1, 1, 8))
-    assert one["windows"] == eight["windows"] > 5 and one["window_bases"] == 500
+    one = perplexity.run(str(ckpt), fasta, window=4000)
+    eight = perplexity.run(str(ckpt), fasta, window=4000, mesh_shape=(1, 1, 1, 8))
+    assert one["windows"] == eight["windows"] > 5 and one["window_bases"] == 4000
     assert abs(one["loss"] - eight["loss"]) < 1e-5
     extended = perplexity.run(
-        str(ckpt), fasta, window=500, model_overrides={"rope_scaling": "ntk", "rope_factor": 4.0}
+        str(ckpt), fasta, window=4000, model_overrides={"rope_scaling": "ntk", "rope_factor": 4.0}
     )
     assert extended["loss"] != one["loss"]

@@ -123,7 +123,7 @@ def genome_batch(length: int) -> dict:
 @pytest.mark.parametrize(
     "impl, length, causal, extra",
     [
-        ("ring", 512, True, {"position": "alibi"}),
+        ("ring", 256, True, {"position": "alibi"}),
         pytest.param("gather", 512, False, {}, marks=pytest.mark.slow),
         pytest.param("ring", 1000, False, {"scan_layers": True, "remat": "full"},
                      marks=pytest.mark.slow),  # padded to 8 x 125
@@ -147,7 +147,8 @@ def test_sequence_axis_gives_the_loss_and_gradients_of_one_device(
     )  # fmt: skip
     batch = genome_batch(length)
     one = loss_and_grads(cfg, sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1]), batch)
-    for shape in [(1, 1, 1, 8), (1, 2, 2, 2)]:  # alone, and with fsdp and tensor
+    # The sequence axis alone, and (slow cases) with fsdp and tensor.
+    for shape in [(1, 1, 1, 8), (1, 2, 2, 2)] if length > 256 else [(1, 1, 1, 8)]:
         got = loss_and_grads(cfg, sharding.make_mesh(shape), batch)
         assert abs(got[0] - one[0]) < 1e-5, (shape, got[0], one[0])
         worst = max(float(np.max(np.abs(a - b))) for a, b in zip(got[1], one[1], strict=True))
@@ -199,6 +200,7 @@ def test_length_warmup_uses_each_stage_up_to_its_step_and_resumes_exactly():
     p = make_pipeline(corpus, window_len=64, length_warmup=((3, 16), (5, 32)))
     stream = collect(p.dataset("train", global_batch=4, first_step=0, last_step=8))
     assert [b["inputs"].shape[1] for b in stream] == [17, 17, 17, 33, 33, 65, 65, 65]
+    assert [p.tokens_at(step) for step in range(1, 9)] == [17, 17, 17, 33, 33, 65, 65, 65]
     for first in (2, 4, 6):  # inside each stage
         resumed = collect(p.dataset("train", global_batch=4, first_step=first, last_step=8))
         for a, b in zip(stream[first:], resumed, strict=True):

@@ -138,6 +138,13 @@ class WindowPipeline:
             self.warmup.append((last_step, (bases, tokens, samplers(bases)["train"])))
         self.files = corpus.files
 
+    def tokens_at(self, step: int) -> int:
+        """Tokens per window (CLS included) of train step `step` (1-based), warm-up included."""
+        for last_step, (_, tokens, _) in self.warmup:
+            if step <= last_step:
+                return 1 + tokens
+        return 1 + self.num_tokens
+
     def describe_mixture(self) -> str:
         parts = [f"{f} {w:.1%}" for f, w in zip(self.files, self.train_weights, strict=True)]
         return "training mixture: " + ", ".join(parts)

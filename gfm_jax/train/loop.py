@@ -316,7 +316,6 @@ class _TrainLog:
     def __init__(self, run: _Run, last_step: int):
         t_cfg, window_tokens = run.config.train, run.data.window_tokens
         self._run, self._last_step = run, last_step
-        self._tokens_per_step = t_cfg.global_batch_size * window_tokens
         self._flops_per_token = flops.train_flops_per_token(run.model_cfg, window_tokens)
         self._peak = flops.peak_flops(run.model_cfg.dtype, float(t_cfg.peak_tflops))
         if self._peak is None:
@@ -326,7 +325,7 @@ class _TrainLog:
 
     def _reset(self) -> None:
         self._sums: dict[str, float] = {}
-        self._start, self._steps = time.perf_counter(), 0
+        self._start, self._steps, self._tokens = time.perf_counter(), 0, 0
 
     def add(self, step: int, metrics: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -344,6 +343,8 @@ class _TrainLog:
         for k, v in values.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._steps += 1
+        batch = self._run.config.train.global_batch_size
+        self._tokens += batch * self._run.data.pipeline.tokens_at(step)  # warm-up: shorter
         if step % self._run.config.train.log_every == 0 or step == self._last_step:
             self._write(step)
 
@@ -351,7 +352,7 @@ class _TrainLog:
         elapsed = time.perf_counter() - self._start
         out = summarize(self._sums, self._run.data.tokenizer.bases_per_token)
         out["grad_norm"] = self._sums["grad_norm"] / self._steps
-        out["tokens_per_sec"] = self._steps * self._tokens_per_step / elapsed
+        out["tokens_per_sec"] = self._tokens / elapsed
         mfu = ""
         if self._peak is not None:
             out["mfu"] = out["tokens_per_sec"] * self._flops_per_token / self._peak
