@@ -195,16 +195,15 @@ def _divides(shape: tuple[int, ...], spec: Any, mesh: Any) -> bool:
     return True
 
 
-def _sharded_blocked(q, k, v, keep_BxL, slopes_N, causal: bool, mesh: Any, rules: Sequence):
-    """The blocked kernel on each device's (batch, head) shard: attention mixes neither axis,
-    so it needs no communication. Without a mesh, or at shapes the mesh does not divide
-    (model.init's batch of 1), one call on the global arrays."""
-    run = lambda q, k, v, m, s: blocked_attention(q, k, v, m, causal=causal, alibi_slopes_N=s)
+def _per_shard(run, q, k, v, keep_BxL, slopes_N, mesh: Any, rules: Sequence, whole=None):
+    """`run(q, k, v, keep, slopes)` on each device's (batch, length, head) shard; without a
+    mesh, or at shapes the mesh does not divide (model.init's batch of 1), one call of
+    `whole` (default `run`) on the global arrays."""
     qkv = (
         None if mesh is None else nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), rules)
     )
     if qkv is None or not _divides(q.shape, qkv, mesh):
-        return run(q, k, v, keep_BxL, slopes_N)
+        return (whole or run)(q, k, v, keep_BxL, slopes_N)
     keep = nn.logical_to_mesh_axes(("batch", "length"), rules)
     slopes = None if slopes_N is None else nn.logical_to_mesh_axes(("heads",), rules)
     return jax.shard_map(
@@ -212,23 +211,27 @@ def _sharded_blocked(q, k, v, keep_BxL, slopes_N, causal: bool, mesh: Any, rules
     )(q, k, v, keep_BxL, slopes_N)
 
 
+def _sharded_blocked(q, k, v, keep_BxL, slopes_N, causal: bool, mesh: Any, rules: Sequence):
+    """The blocked kernel per (batch, head) shard: attention mixes neither axis, so it needs
+    no communication (the length is not sharded on this path)."""
+    run = lambda q, k, v, m, s: blocked_attention(q, k, v, m, causal=causal, alibi_slopes_N=s)
+    return _per_shard(run, q, k, v, keep_BxL, slopes_N, mesh, rules)
+
+
 def _context_parallel(q, k, v, keep_BxL, slopes_N, causal: bool, mesh, rules, mode: str):
-    """ops/context_parallel.py on each device's (batch, length, head) shard; with one length
-    shard, or at shapes the mesh does not divide, one call on the global arrays."""
+    """ops/context_parallel.py per (batch, length, head) shard, the length shards talking
+    over their mesh axes; with one length shard, one call on the global arrays."""
     axes, shards = length_axes(mesh, rules)
-    run = functools.partial(local_attention, causal=causal)
+
+    def whole(q, k, v, m, s):
+        return local_attention(q, k, v, m, causal=causal, alibi_slopes_N=s)
+
+    def run(q, k, v, m, s):
+        axis = axes[0] if len(axes) == 1 else axes
+        return local_attention(
+            q, k, v, m, causal=causal, alibi_slopes_N=s, axis=axis, axis_size=shards, mode=mode
+        )
+
     if shards == 1:
-        return run(q, k, v, keep_BxL, alibi_slopes_N=slopes_N)
-    qkv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"), rules)
-    if not _divides(q.shape, qkv, mesh):
-        return run(q, k, v, keep_BxL, alibi_slopes_N=slopes_N)
-    axis = axes[0] if len(axes) == 1 else axes
-    keep = nn.logical_to_mesh_axes(("batch", "length"), rules)
-    slopes = None if slopes_N is None else nn.logical_to_mesh_axes(("heads",), rules)
-
-    def shard(q, k, v, m, s):
-        return run(q, k, v, m, alibi_slopes_N=s, axis=axis, axis_size=shards, mode=mode)
-
-    return jax.shard_map(
-        shard, mesh=mesh, in_specs=(qkv, qkv, qkv, keep, slopes), out_specs=qkv, check_vma=False
-    )(q, k, v, keep_BxL, slopes_N)
+        return whole(q, k, v, keep_BxL, slopes_N)
+    return _per_shard(run, q, k, v, keep_BxL, slopes_N, mesh, rules, whole)
