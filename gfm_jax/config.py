@@ -205,7 +205,7 @@ def check_pretrain(c: ConfigDict) -> None:
     _refuse(checks)
 
 
-POOLINGS = ("cls", "mean", "max")
+POOLINGS = ("cls", "mean", "max", "flatten")
 STRANDS = ("forward", "both")
 ADAPTERS = ("none", "lora", "ia3")
 LORA_TARGETS = ("query", "key", "value", "out", "gate", "up", "down")
@@ -227,6 +227,12 @@ def check_finetune(c: ConfigDict) -> None:
         *_optim_checks(c.optim),
         (f.epochs >= 1, f"finetune.epochs={f.epochs} must be at least 1"),
         (f.batch_size >= 1, f"finetune.batch_size={f.batch_size} must be at least 1"),
+        (0 < f.layer_decay <= 1, f"finetune.layer_decay={f.layer_decay}: give (0, 1]; 1 = off"),
+        (f.patience >= 0, f"finetune.patience={f.patience}: give 0 (off) or a number of epochs"),
+        (
+            0 <= f.input_mask_rate < 1,
+            f"finetune.input_mask_rate={f.input_mask_rate}: give a fraction in [0, 1)",
+        ),
         (0 <= c.task.val_fraction < 1, f"task.val_fraction={c.task.val_fraction}: give [0, 1)"),
         (c.probe.max_iterations >= 1, f"probe.max_iterations={c.probe.max_iterations}: give 1+"),
         (f.pooling in POOLINGS, f"finetune.pooling={f.pooling!r}: choose {', '.join(POOLINGS)}"),
@@ -322,6 +328,13 @@ def finetune_defaults() -> ConfigDict:
     f.batch_size = 64
     f.pooling = "cls"  # cls (the first token) | mean | max (over the sequence's tokens)
     f.freeze_backbone = False  # True: train the head only (the encoder gets no update)
+    # Layer-wise learning-rate decay: block i of L trains at lr * layer_decay ** (L - i), the
+    # embeddings at lr * layer_decay ** (L + 1); 1.0 = off (train/optim.py:scale_by_depth).
+    f.layer_decay = 1.0
+    f.patience = 0  # early stopping: stop after this many epochs without a better val; 0 = off
+    # Augmentation: this fraction of each training sequence's tokens is replaced by the mask
+    # token, drawn afresh every epoch (a pretrained masked LM has seen such inputs); 0 = off.
+    f.input_mask_rate = 0.0
     # Parameter-efficient fine-tuning (models/adapters.py): none | lora | ia3. The backbone is
     # frozen; the adapters and the head train.
     f.adapter = "none"

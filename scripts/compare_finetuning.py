@@ -26,7 +26,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from benchmarks_md import publish  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TASKS = {"splice": "configs/tasks/splice.py", "species": "configs/tasks/species.py"}
+TASKS = {
+    "splice": "configs/tasks/splice.py",
+    "species": "configs/tasks/species.py",
+    "coding": "configs/tasks/coding.py",
+}
 METHODS = {  # name -> (mode, extra flags)
     "full fine-tuning": ("finetune", []),
     "LoRA (rank 8, all projections)": ("finetune", ["--config.finetune.adapter=lora"]),
@@ -39,17 +43,17 @@ METHODS = {  # name -> (mode, extra flags)
 def run(mode: str, task: str, workdir: str, flags: list[str], out: pathlib.Path, seeds: str):
     """The run JSONs of one (task, method) for every seed, running those not yet written."""
     out.mkdir(parents=True, exist_ok=True)
-    found = sorted(out.glob("*_seed*.json"))
-    if len(found) < len(seeds.split(",")):
+    done = {json.loads(p.read_text())["seed"] for p in out.glob("*_seed*.json")}
+    missing = [s for s in seeds.split(",") if int(s) not in done]
+    if missing:
         command = [
             *(sys.executable, "-m", "gfm_jax.evaluate", mode, "--config", TASKS[task]),
-            *("--workdir", workdir, "--seeds", seeds, "--out", str(out), *flags),
+            *("--workdir", workdir, "--seeds", ",".join(missing), "--out", str(out), *flags),
             "--config.finetune.save=False",
         ]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
-        found = sorted(out.glob("*_seed*.json"))
-    return [json.loads(p.read_text()) for p in found]
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*_seed*.json"))]
 
 
 def _method_dir(name: str) -> str:

@@ -85,13 +85,18 @@ def build_rows(directory: pathlib.Path = builtin.DIRECTORY) -> list[dict[str, st
     return [row for split in SPLITS for row in by_split[split]]
 
 
-def write_csv(out: pathlib.Path, directory: pathlib.Path = builtin.DIRECTORY) -> int:
-    """Writes species.csv to `out` (LF line ends); returns the number of rows."""
-    rows = build_rows(directory)
+def write_rows(out: pathlib.Path, rows: list[dict[str, str]]) -> None:
+    """Writes task rows as CSV with COLUMNS (ASCII, LF line ends)."""
     with open(out, "w", newline="", encoding="ascii") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_csv(out: pathlib.Path, directory: pathlib.Path = builtin.DIRECTORY) -> int:
+    """Writes species.csv to `out`; returns the number of rows."""
+    rows = build_rows(directory)
+    write_rows(out, rows)
     return len(rows)
 
 

@@ -60,18 +60,34 @@ def _host_rows(global_rows: np.ndarray) -> np.ndarray:
     return global_rows[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
 
 
-def _batches(data: dict[str, np.ndarray], batch_size: int, order: np.ndarray):
-    """Fixed-size batches over `order`; the last one is padded with weight-0 examples."""
+def _batches(data: dict[str, np.ndarray], batch_size: int, order: np.ndarray, augment=None):
+    """Fixed-size batches over `order`; the last one is padded with weight-0 examples.
+    `augment(batch) -> ids` rewrites the global batch's ids before each process takes its rows."""
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
         weights = np.ones(batch_size, np.float32)
         if len(rows) < batch_size:
             weights[len(rows) :] = 0.0
             rows = np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])
-        rows_h = _host_rows(rows)
-        batch = {k: v[rows_h] for k, v in data.items()}
+        batch = {k: v[rows] for k, v in data.items()}
+        if augment is not None:
+            batch["ids"] = augment(batch)
+        batch = {k: _host_rows(v) for k, v in batch.items()}
         batch["weights"] = _host_rows(weights)
         yield batch
+
+
+def input_masking(rate: float, tokenizer: Any, rng: np.random.Generator):
+    """Fine-tuning augmentation: each sequence token (not CLS, not padding) of a training batch
+    becomes the mask token with probability `rate`, drawn from `rng` over the global batch."""
+
+    def augment(batch: dict[str, np.ndarray]) -> np.ndarray:
+        ids_BxL = batch["ids"]
+        hit_BxL = rng.random(ids_BxL.shape) < rate
+        hit_BxL &= batch["mask"].astype(bool) & (ids_BxL != tokenizer.cls_id)
+        return np.where(hit_BxL, np.asarray(tokenizer.mask_id, ids_BxL.dtype), ids_BxL)
+
+    return augment
 
 
 def _objective(model: Any, kind: str, trainable):
@@ -180,8 +196,12 @@ def _build_state(run: _Run, workdir: str, model_name: str, seed: int):
         return run.model.init(rng, example["ids"][:1], example["mask"][:1])["params"]
 
     steps_per_epoch = -(-len(run.task.train) // f_cfg.batch_size)
-    tx = _train_only(optim.make_optimizer(run.config.optim, steps_per_epoch * f_cfg.epochs),
-                     run.trainable)  # fmt: skip
+    tx = optim.make_optimizer(run.config.optim, steps_per_epoch * f_cfg.epochs)
+    if model_name == "pretrained" and f_cfg.layer_decay != 1.0:  # keeps pretrained features
+        tx = optax.chain(
+            tx, optim.scale_by_depth(f_cfg.layer_decay, run.pre.model_config.num_layers)
+        )
+    tx = _train_only(tx, run.trainable)
     state, shardings = state_lib.create_sharded_state(
         init_params, tx, jax.random.key(seed), run.mesh, run.rules
     )
@@ -235,12 +255,17 @@ def _run_epochs(run: _Run, state: Any, train_step, evaluate, batch_sharding, see
     is the one whose validation `select` metric is best in that metric's direction."""
     f_cfg = run.config.finetune
     rng = np.random.default_rng(seed)
+    augment = None
+    if f_cfg.input_mask_rate > 0:
+        augment = input_masking(
+            f_cfg.input_mask_rate, run.tokenizer, np.random.default_rng([seed, 1])
+        )
     best_epoch, best_score, best_params = -1, None, None
     history = []
     for epoch in range(1, f_cfg.epochs + 1):
         loss_sum = weight_sum = 0.0
         order = rng.permutation(len(run.task.train))
-        for batch in _batches(run.data["train"], f_cfg.batch_size, order):
+        for batch in _batches(run.data["train"], f_cfg.batch_size, order, augment):
             state, m = train_step(state, to_global(batch, batch_sharding))
             m = jax.device_get(m)
             loss_sum += float(m["loss_sum"])
@@ -257,6 +282,9 @@ def _run_epochs(run: _Run, state: Any, train_step, evaluate, batch_sharding, see
         if metrics.is_better(select, val[select], best_score):
             best_epoch, best_score = epoch, val[select]
             best_params = jax.tree.map(lambda x: x.copy(), state.params)
+        elif f_cfg.patience and epoch - best_epoch >= f_cfg.patience:
+            log(f"early stop: no better val {select} for {f_cfg.patience} epochs")
+            break
     return best_epoch, best_params, history
 
 

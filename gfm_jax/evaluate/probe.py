@@ -102,6 +102,10 @@ def probe(
         raise UserError(f"probe --model={model_name!r}: choose one of {MODELS}")
     if not config.probe.l2 or any(float(l2) <= 0 for l2 in config.probe.l2):
         raise UserError(f"probe.l2={tuple(config.probe.l2)}: give positive strengths, e.g. (1e-3,)")
+    if config.finetune.pooling == "flatten":
+        raise UserError(
+            "probe pools with cls, mean or max; finetune.pooling=flatten is for finetune"
+        )
     t0 = time.perf_counter()
     task = tasks.load_task(config.task)
     if task.kind == "token_classification":

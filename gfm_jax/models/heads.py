@@ -83,9 +83,13 @@ def masked_mean(h_BxLxD: jax.Array, mask_BxL: jax.Array) -> jax.Array:
 
 def pool(h_BxLxD: jax.Array, mask_BxL: jax.Array, pooling: str) -> jax.Array:
     """[B, D] float32: `cls` the first position, `mean` / `max` over the positions `mask_BxL`
-    (a row without any: zeros)."""
+    (a row without any: zeros); `flatten` [B, L * D]: every position in order, those outside
+    `mask_BxL` zeroed (position-aware, for fixed-length windows)."""
     if pooling == "cls":
         return h_BxLxD[:, 0].astype(jnp.float32)
+    if pooling == "flatten":
+        h = jnp.where(mask_BxL[..., None], h_BxLxD.astype(jnp.float32), 0.0)
+        return h.reshape(h.shape[0], -1)
     if pooling == "mean":
         return masked_mean(h_BxLxD, mask_BxL)
     if pooling == "max":

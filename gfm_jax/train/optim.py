@@ -50,3 +50,27 @@ def make_optimizer(
             mask=decay_mask,
         ),
     )
+
+
+def scale_by_depth(decay: float, num_layers: int) -> optax.GradientTransformation:
+    """Layer-wise learning-rate decay for fine-tuning: the updates of encoder block i are scaled
+    by decay ** (num_layers - i), the token embeddings' by decay ** (num_layers + 1); the final
+    norm, the head and anything outside the encoder keep the full rate. decay = 1 is a no-op."""
+
+    def depth_scale(path: tuple, update: jax.Array) -> jax.Array:
+        names = [str(getattr(k, "key", k)) for k in path]
+        if "encoder" not in names or "final_norm" in names:
+            return update
+        if "layers" in names:  # scanned blocks: stacked along the leading axis
+            scale = decay ** (num_layers - jnp.arange(num_layers, dtype=update.dtype))
+            return update * scale.reshape((num_layers,) + (1,) * (update.ndim - 1))
+        for name in names:
+            if name.startswith("layer_"):
+                return update * decay ** (num_layers - int(name.removeprefix("layer_")))
+        return update * decay ** (num_layers + 1)
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(depth_scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
