@@ -140,9 +140,27 @@ def test_bad_recipe_values_are_refused_by_name(flag, message):
         config_lib.check_finetune(command_line.load_config(SPLICE, [flag]))
 
 
-def test_probe_refuses_flatten_pooling_by_name(tmp_path):
+def test_a_flatten_probe_keeps_every_position_and_reads_one_strand(tmp_path):
     from gfm_jax.evaluate import probe
 
-    config = command_line.load_config(SPLICE, ["--config.finetune.pooling=flatten"])
-    with pytest.raises(UserError, match="probe pools with cls, mean or max"):
+    tokens = {"train": np.ones((2, 3, 4)), "test": np.ones((1, 2, 4))}
+    out = probe.flattened(tokens)
+    assert out["train"].shape == (2, 12) and out["test"].shape == (1, 12)
+    np.testing.assert_array_equal(out["test"][0], [1] * 8 + [0] * 4)
+    config = command_line.load_config(
+        "configs/tasks/species.py",
+        ["--config.finetune.pooling=flatten", "--config.finetune.strand=both"],
+    )
+    with pytest.raises(UserError, match="a flatten probe reads one strand's positions"):
         probe.probe(config, str(tmp_path))
+
+
+def test_the_transfer_recipe_configs_load_and_pass_their_checks():
+    from gfm_jax import config as config_lib
+
+    cpu = command_line.load_config("configs/pretrain/transfer.py")
+    gpu = command_line.load_config("configs/pretrain/transfer.py:gpu")
+    for c in (cpu, gpu):
+        config_lib.check_pretrain(c)
+    assert (cpu.model.num_layers, cpu.model.hidden_size) == (4, 96)  # the tiny preset
+    assert gpu.model.hidden_size > cpu.model.hidden_size and gpu.model.dtype == "bfloat16"

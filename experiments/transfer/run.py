@@ -92,7 +92,7 @@ def finetune(args, workdir, task, model, lr, extra=(), seeds=None) -> list[dict]
     flags = [*RECIPE, f"--config.optim.learning_rate={lr}", "--model", model]
     if model != "cnn":
         flags.append(f"--config.finetune.pooling={POOLING[task]}")
-    tag = "_".join(f.split(".")[-1].replace("=", "") for f in extra)
+    tag = "_".join(f.removeprefix("--config.finetune.").replace("=", "") for f in extra)
     out = pathlib.Path(workdir) / "eval" / task / f"{model}_lr{lr:g}{'_' + tag if tag else ''}"
     found = compare.run("finetune", task, workdir, [*flags, *extra], out, seeds or args.seeds)
     wanted = {int(seed) for seed in (seeds or args.seeds).split(",")}
@@ -183,7 +183,9 @@ def main() -> None:
     for path in (readme, docs):
         publish(grid, path, "<!-- transfer tuning -->")
         publish(table, path, "<!-- transfer main -->")
-    publish(ablation_table(args, workdir, lr["pretrained"]), readme, "<!-- transfer ablation -->")
+    ablation = ablation_table(args, workdir, lr["pretrained"])
+    for path in (readme, docs):
+        publish(ablation, path, "<!-- transfer ablation -->")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,16 @@ def fit_ridge(x_NxD: np.ndarray, y_N: np.ndarray, l2: float) -> tuple[np.ndarray
     return model.coef_[:, None], np.array([model.intercept_])
 
 
+def flattened(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[N, T, D] per-token states -> [N, T_max * D]: every position in order, zero-padded to the
+    longest sequence of any split (the `flatten` pooling of fine-tuning)."""
+    longest = max(v.shape[1] for v in tokens.values())
+    return {
+        k: np.pad(v, ((0, 0), (0, longest - v.shape[1]), (0, 0))).reshape(len(v), -1)
+        for k, v in tokens.items()
+    }
+
+
 def probe(
     config: ml_collections.ConfigDict, workdir: str, model_name: str = "pretrained", seed: int = 0
 ) -> dict[str, Any]:
@@ -102,10 +112,8 @@ def probe(
         raise UserError(f"probe --model={model_name!r}: choose one of {MODELS}")
     if not config.probe.l2 or any(float(l2) <= 0 for l2 in config.probe.l2):
         raise UserError(f"probe.l2={tuple(config.probe.l2)}: give positive strengths, e.g. (1e-3,)")
-    if config.finetune.pooling == "flatten":
-        raise UserError(
-            "probe pools with cls, mean or max; finetune.pooling=flatten is for finetune"
-        )
+    if config.finetune.pooling == "flatten" and config.finetune.strand == "both":
+        raise UserError("a flatten probe reads one strand's positions: use --strand forward")
     t0 = time.perf_counter()
     task = tasks.load_task(config.task)
     if task.kind == "token_classification":
@@ -120,11 +128,13 @@ def probe(
             loaded,
             split.sequences,
             [f"{task.path}, {r}" for r in split.rows],
-            pooling,
+            "none" if pooling == "flatten" else pooling,
             strand=strand,
         )  # fmt: skip
         for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
     }
+    if pooling == "flatten":
+        feats = flattened(feats)
     mean, sd = feats["train"].mean(axis=0), feats["train"].std(axis=0) + 1e-6
     feats = {k: (v - mean) / sd for k, v in feats.items()}
     labels = {"train": task.train.labels, "val": task.val.labels, "test": task.test.labels}
