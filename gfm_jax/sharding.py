@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gfm_jax.errors import UserError
@@ -51,7 +52,13 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
             f"available; set --config.mesh.shape so the sizes multiply to {len(devices)}"
         )
     auto = (jax.sharding.AxisType.Auto,) * len(AXES)
-    return jax.make_mesh(tuple(shape), AXES, axis_types=auto, devices=devices)
+    try:
+        return jax.make_mesh(tuple(shape), AXES, axis_types=auto, devices=devices)
+    except NotImplementedError:
+        # A TPU torus (4x8x8, say) takes only sizes that are products of its physical axes
+        # unchanged; other divisors (16) split a physical axis between two mesh axes.
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=auto)
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

@@ -26,6 +26,8 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)$")
 FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all"}
 SLICES = {"slice", "dynamic-slice"}
 UPDATE_SLICE = "dynamic-update-slice"
+# Collectives are their own kind (bytes = what they produce); async ones count at "-start".
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
 def shape_bytes(text: str) -> int:
@@ -73,6 +75,22 @@ def _computations(hlo: str) -> dict[str, list[re.Match]]:
 def _root(body: list[re.Match]) -> re.Match:
     """The instruction marked ROOT (XLA prints it last, but nothing promises that)."""
     return next((m for m in body if m.group(0).lstrip().startswith("ROOT ")), body[-1])
+
+
+def _trips(blocks: dict, rest: str) -> int:
+    """A while loop's trip count: XLA:GPU's `known_trip_count`, else the bound of a condition
+    `counter < constant` (a scan or fori loop counting from 0, as XLA:TPU prints it), else 1."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
+    if known:
+        return int(known.group(1))
+    condition = re.search(r"condition=%([\w.\-]+)", rest)
+    body = blocks.get(condition.group(1), []) if condition else []
+    if not body or "direction=LT" not in _root(body).group(4):
+        return 1
+    constants = {m.group(1): m.group(4) for m in body if m.group(3) == "constant"}
+    bound = [constants[o] for o in _operands(_root(body).group(4)) if o in constants]
+    found = re.match(r"(\d+)\)", bound[0]) if bound else None
+    return int(found.group(1)) if found else 1
 
 
 def _elements(shape: str) -> int:
@@ -133,6 +151,9 @@ def _kind(name: str, op: str, rest: str, body: list[re.Match]) -> str:
         return "matmul"
     if op in ("copy", "copy-start", "copy-done"):
         return "copy"
+    collective = op.removesuffix("-start")
+    if collective in COLLECTIVES:
+        return collective
     return "other"
 
 
@@ -164,8 +185,7 @@ def _walk(blocks: dict, computation: str, launches: int, found: list[Kernel]) ->
         operands = _operands(rest)
         if op == "while":  # a scan over layers: its body runs once per trip
             body = re.search(r"body=%([\w.\-]+)", rest).group(1)
-            trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
-            _walk(blocks, body, launches * (int(trips.group(1)) if trips else 1), found)
+            _walk(blocks, body, launches * _trips(blocks, rest), found)
             continue
         if op == "call":
             _walk(blocks, re.search(r"to_apply=%([\w.\-]+)", rest).group(1), launches, found)

@@ -132,3 +132,21 @@ def test_step_traffic_tables_the_tiny_train_step(tmp_path):
     # The same matmuls whether the layers are unrolled or a scan (a while loop, counted per trip).
     assert len(matmul) == 2 and matmul[0] == matmul[1] and matmul[0][1] > 0
     assert any(r[1].strip().startswith("`backward: encoder/layer_N/") for r in rows)
+
+
+def test_hlo_bytes_reads_a_loop_bound_from_its_condition(monkeypatch):
+    """XLA:TPU prints no `known_trip_count`: the trips of a scan come from `counter < N`."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    hlo_bytes = importlib.import_module("hlo_bytes")
+    hlo = """%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[]{:T(128)} constant(29)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+"""
+    blocks = hlo_bytes._computations(hlo)
+    assert hlo_bytes._trips(blocks, "condition=%cond, body=%body") == 29
+    gpu = 'body=%body, backend_config={"known_trip_count":{"n":"7"}}'
+    assert hlo_bytes._trips(blocks, gpu) == 7
+    assert hlo_bytes._trips(blocks, "body=%body") == 1  # no bound known: counted once

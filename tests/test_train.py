@@ -46,8 +46,9 @@ def run_steps(mesh, batches, micro_batches=1, **model_overrides):
     init = lambda rng: model.init(rng, np.zeros((1, 64), np.int32))["params"]  # noqa: E731
     state, shardings = state_lib.create_sharded_state(init, tx, jax.random.key(0), mesh, rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    step = step_lib.compile_train_step(
-        step_lib.make_train_step(step_lib.mlm_objective(model, pad_id=4), tx, micro_batches),
+    objective = step_lib.mlm_objective(model, pad_id=4)
+    step = step_lib.compile_train_step(  # as gfm_jax/train/program.py builds it
+        step_lib.make_train_step(objective, tx, micro_batches, batch_sharding),
         shardings,
         batch_sharding,
     )

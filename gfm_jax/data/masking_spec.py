@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from gfm_jax.errors import UserError
 
@@ -28,6 +29,16 @@ class MaskingSpec:
                 f"masking rates {self}: need 0 <= mask_rate <= 1 and "
                 "mask_token_fraction + random_token_fraction <= 1"
             )
+
+
+def from_config(data: Any, default_span: int) -> MaskingSpec:
+    """The spec of a config's `data` block; span 0 there means the tokenizer's `default_span`."""
+    return MaskingSpec(
+        float(data.mask_rate),
+        float(data.mask_token_fraction),
+        float(data.random_token_fraction),
+        int(data.mask_span) or default_span,
+    )
 
 
 def target_capacity(num_tokens: int, spec: MaskingSpec, sigmas: float = 6.0) -> int:

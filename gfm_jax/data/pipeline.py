@@ -25,10 +25,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from gfm_jax.data import windows
+from gfm_jax.data import masking_spec, windows
 from gfm_jax.data.corpus import Corpus
 from gfm_jax.data.masking import mask_tokens
-from gfm_jax.data.masking_spec import MaskingSpec
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 
@@ -94,12 +93,7 @@ class WindowPipeline:
         final = self.num_tokens if int(data.window_tokens) > 0 else self.window_len
         self.stages = warmup_stages(data, final)
         self.seeds = {"train": int(seed), "val": EVAL_SEED}
-        self.masking = MaskingSpec(
-            data.mask_rate,
-            data.mask_token_fraction,
-            data.random_token_fraction,
-            int(data.mask_span) or tokenizer.default_mask_span,
-        )
+        self.masking = masking_spec.from_config(data, tokenizer.default_mask_span)
         if float(data.repeat_weight) < 0.0:
             raise UserError(f"data.repeat_weight={data.repeat_weight}: must be >= 0")
         self.repeat_weight = float(data.repeat_weight)

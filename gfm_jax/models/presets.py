@@ -43,6 +43,16 @@ def _base() -> dict:
     )
 
 
+_NT_V1 = dict(
+    activation="gelu",
+    use_bias_mlp=True,
+    position="learned",
+    max_positions=1002,
+    norm_eps=1e-12,
+    token_dropout=True,
+    tie_embeddings=True,
+)
+
 PRESETS: dict[str, dict] = {
     # Small enough to pretrain in minutes on 2 CPU cores (about 0.46M parameters).
     "tiny": dict(num_layers=4, hidden_size=96, num_heads=4, mlp_dim=256),
@@ -51,19 +61,10 @@ PRESETS: dict[str, dict] = {
     "nt_v2_500m": dict(num_layers=29, hidden_size=1024, num_heads=16, mlp_dim=4096),
     # Nucleotide Transformer v1 (ESM-1b style): learned positions, plain GELU FFN with bias,
     # ESM's token dropout.
-    "nt_v1_500m": dict(
-        num_layers=24,
-        hidden_size=1280,
-        num_heads=20,
-        mlp_dim=5120,
-        activation="gelu",
-        use_bias_mlp=True,
-        position="learned",
-        max_positions=1002,
-        norm_eps=1e-12,
-        token_dropout=True,
-        tie_embeddings=True,
-    ),
+    "nt_v1_500m": dict(num_layers=24, hidden_size=1280, num_heads=20, mlp_dim=5120, **_NT_V1),
+    # NT v1 2.5B (the multi-species and 1000G models), for plans past one machine
+    # (scripts/plan_scale.py).
+    "nt_v1_2500m": dict(num_layers=32, hidden_size=2560, num_heads=40, mlp_dim=10240, **_NT_V1),
     # DNABERT-2 (MosaicBERT): ALiBi, post-LN, an embedding norm, GEGLU (no bias in, bias out),
     # BPE vocabulary.
     "dnabert2_117m": dict(
@@ -101,6 +102,7 @@ PUBLISHED = {
     "nt_v2_50m": dict(params=55.9e6, vocab=4107, published_extra=2050 * 512),
     "nt_v2_500m": dict(params=498e6, vocab=4107, published_extra=2050 * 1024),
     "nt_v1_500m": dict(params=480e6, vocab=4105, published_extra=0),
+    "nt_v1_2500m": dict(params=2.5e9, vocab=4105, published_extra=0),  # rounded on the card
     "dnabert2_117m": dict(params=117e6, vocab=4096, published_extra=0),
     "omnigenome_52m": dict(params=52e6, vocab=24, published_extra=0),
 }

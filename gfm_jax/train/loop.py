@@ -25,7 +25,6 @@ import gfm_jax
 from gfm_jax import checkpoint, sharding
 from gfm_jax import config as config_lib
 from gfm_jax.data.corpus import load_corpus
-from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.pipeline import (
     WindowPipeline,
     global_batches,
@@ -37,8 +36,8 @@ from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.models import presets
 from gfm_jax.models.encoder import EncoderConfig
-from gfm_jax.models.heads import MaskedLM
-from gfm_jax.train import flops, optim
+from gfm_jax.train import flops
+from gfm_jax.train import program as program_lib
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
 from gfm_jax.train.lm_metrics import summarize, unigram_baseline
@@ -102,17 +101,17 @@ def _remove_if_unused(workdir: pathlib.Path) -> None:
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     t_cfg = config.train
     data = _setup_data(config, workdir)
-    model = _setup_model(config, data)
+    program = _build_program(config, data)
     ckpt = checkpoint.Checkpointer(
         workdir,
         keep=t_cfg.keep_checkpoints,
         best_metric=t_cfg.best_metric,
         best_mode=t_cfg.best_mode,
     )
-    state = _init_or_restore(config, data, model, ckpt)
-    train_step, eval_step = _compile_steps(config, data, model)
+    state = _init_or_restore(config, data, program, ckpt)
+    train_step, eval_step = program.train_step, program.eval_step
     writer = MetricsWriter(workdir, bool(t_cfg.tensorboard))
-    run = _Run(config, data, model.cfg, ckpt, writer, _Evaluator(config, data, eval_step, writer))
+    run = _Run(config, data, program.cfg, ckpt, writer, _Evaluator(config, data, eval_step, writer))
 
     start_step = int(jax.device_get(state.step))
     final = run.evaluate(state.params, start_step) if start_step == 0 else {}
@@ -154,93 +153,38 @@ def _setup_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Da
     return _Data(mesh, rules, batch_sharding, tokenizer, pipeline)
 
 
-# --- Model, optimizer and sharded state -----------------------------------------------------
+# --- Model, optimizer, sharded state and steps (train/program.py) ---------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Model:
-    """The model and optimizer, and the abstract train state with its shardings."""
-
-    cfg: EncoderConfig
-    module: MaskedLM
-    tx: optax.GradientTransformation
-    init_params: Callable[[jax.Array], Any]
-    rng: jax.Array
-    boxed: state_lib.TrainState  # abstract, parameters boxed with their logical axes
-    shardings: state_lib.TrainState
-
-
-def _setup_model(config: ml_collections.ConfigDict, data: _Data) -> _Model:
-    t_cfg = config.train
-    if t_cfg.objective not in ("mlm", "causal"):
-        raise UserError(f"train.objective={t_cfg.objective!r}: choose 'mlm' or 'causal'")
-    causal = t_cfg.objective == "causal"
-    model_cfg = EncoderConfig.from_config(
-        config.model,
-        data.tokenizer.vocab_size,
-        causal,
-        data.tokenizer.complement_ids(),
-        data.tokenizer.mask_id,
-    )
-    model = MaskedLM(model_cfg, data.mesh, data.rules)
-    window = np.zeros((1, data.window_tokens), np.int32)
-
-    def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, window)["params"]
-
-    tx = optim.make_optimizer(config.optim, t_cfg.num_steps)
-    rng = jax.random.key(config.seed)
-    boxed = state_lib.abstract_state(init_params, tx, rng)
-    shardings = sharding.tree_shardings(boxed, data.mesh, data.rules)
-    return _Model(model_cfg, model, tx, init_params, rng, boxed, shardings)
+def _build_program(config: ml_collections.ConfigDict, data: _Data) -> program_lib.Program:
+    program = program_lib.build(config, data.mesh, data.tokenizer, data.window_tokens)
+    if config.train.objective == "mlm":
+        log(f"MLM head on {program.head_positions} of {data.window_tokens} positions per window")
+    return program
 
 
 def _init_or_restore(
-    config: ml_collections.ConfigDict, data: _Data, model: _Model, ckpt: checkpoint.Checkpointer
+    config: ml_collections.ConfigDict,
+    data: _Data,
+    program: program_lib.Program,
+    ckpt: checkpoint.Checkpointer,
 ) -> state_lib.TrainState:
     """The workdir's latest checkpoint, else `train.init_from`'s parameters, else a fresh
     initialization; the parameters are logged with their shardings."""
     init_from = config.train.init_from
-    state = _resume(ckpt, model.boxed, model.shardings, config)
+    state = _resume(ckpt, program.boxed, program.shardings, config)
     if state is None and init_from:
-        state = _init_from(init_from, model.boxed, model.shardings, model.tx, config)
+        state = _init_from(init_from, program.boxed, program.shardings, program.tx, config)
         log(f"parameters from {init_from} (params only; optimizer and step start afresh)")
     if state is None:
         state, _ = state_lib.create_sharded_state(
-            model.init_params, model.tx, model.rng, data.mesh, data.rules
+            program.init_params, program.tx, program.rng, data.mesh, data.rules
         )
     log(f"model {config.model.name}: parameters (shape, dtype, sharding):")
-    log(sharding.describe(state.params, model.shardings.params))
+    log(sharding.describe(state.params, program.shardings.params))
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     log(presets.compare_to_published(config.model.name, num_params, data.tokenizer.vocab_size))
     return state
-
-
-def _compile_steps(
-    config: ml_collections.ConfigDict, data: _Data, model: _Model
-) -> tuple[Callable, Callable]:
-    """The jitted train step and held-out eval step of `train.objective`."""
-    t_cfg, tokenizer = config.train, data.tokenizer
-    z_loss = float(config.optim.z_loss)
-    if t_cfg.objective == "causal":
-        objective = step_lib.causal_objective(
-            model.module, tokenizer.pad_id, tokenizer.maskable, z_loss
-        )
-    else:
-        capacity = int(t_cfg.target_capacity)
-        if capacity == 0:
-            capacity = target_capacity(data.window_tokens, data.pipeline.masking)
-        elif capacity < 0:
-            capacity = data.window_tokens
-        log(f"MLM head on {capacity} of {data.window_tokens} positions per window")
-        objective = step_lib.mlm_objective(model.module, tokenizer.pad_id, z_loss, capacity)
-    train_step = step_lib.compile_train_step(
-        step_lib.make_train_step(objective, model.tx, int(t_cfg.micro_batches)),
-        model.shardings,
-        data.batch_sharding,
-    )
-    eval_step = step_lib.compile_eval_step(objective, model.shardings.params, data.batch_sharding)
-    return train_step, eval_step
 
 
 # --- Held-out evaluation (fixed windows from the held-out ranges) -----------------------------

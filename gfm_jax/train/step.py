@@ -91,8 +91,19 @@ def causal_objective(
     return objective
 
 
-def _sum_gradients(objective: Objective, params: Any, batch: Batch, micro_batches: int):
-    """(metric sums, gradient of the summed training loss) over `micro_batches` slices."""
+def _sum_gradients(
+    objective: Objective,
+    params: Any,
+    batch: Batch,
+    micro_batches: int,
+    batch_sharding: NamedSharding | None = None,
+):
+    """(metric sums, gradient of the summed training loss) over `micro_batches` slices.
+
+    With `batch_sharding`, every slice is laid out as a whole batch is: spread over all the
+    batch's devices rather than over a block of them (a bare reshape leaves each slice on
+    1/micro_batches of the devices, and cuDNN attention's partitioner refuses that layout).
+    """
 
     def sums_and_grads(batch_slice: Batch) -> tuple[dict[str, jax.Array], Any]:
         def total(p: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -111,6 +122,9 @@ def _sum_gradients(objective: Objective, params: Any, batch: Batch, micro_batche
             "choose a divisor of train.global_batch_size"
         )
     sliced = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+    if batch_sharding is not None:
+        spec = NamedSharding(batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))
+        sliced = jax.lax.with_sharding_constraint(sliced, spec)
     zero = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], sliced))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
 
@@ -121,9 +135,18 @@ def _sum_gradients(objective: Objective, params: Any, batch: Batch, micro_batche
     return sums, grads
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation, micro_batches: int = 1):
+def make_train_step(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    micro_batches: int = 1,
+    batch_sharding: NamedSharding | None = None,
+):
+    """The pure train step; `batch_sharding` (the step's input layout) lays out micro-batches."""
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        sums, grad_sums = _sum_gradients(objective, state.params, batch, micro_batches)
+        sums, grad_sums = _sum_gradients(
+            objective, state.params, batch, micro_batches, batch_sharding
+        )
         scale = 1.0 / jnp.maximum(sums["weight_sum"], 1.0)
         grads = jax.tree.map(lambda g: g * scale, grad_sums)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
