@@ -35,6 +35,7 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server: compile-
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU to lock: plans side by side
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 from hlo_bytes import COLLECTIVES, kernels  # noqa: E402
@@ -56,6 +57,12 @@ MEASURED_MFU = 0.447
 # Recomputation under remat, as a multiple of the model FLOPs: `full` redoes each layer's
 # forward pass (2 of the 6 FLOPs per parameter and token); `save_dots` keeps the matmuls.
 REMAT_FLOPS = {"none": 1.0, "save_dots": 1.0, "full": 4.0 / 3.0}
+# Measured on one 2-core host (docs/benchmarks.md): a train-state save of nt_v2_50m, 658 MB, took
+# 2.08 s in all and blocked training for 0.39 s (scripts/bench_checkpoint.py); one process made
+# 4.7M masked NT 6-mer tokens/s (scripts/bench_data.py).
+SAVE_BYTES_PER_S = 658e6 / 2.08
+SAVE_BLOCKED_BYTES_PER_S = 658e6 / 0.39
+INPUT_TOKENS_PER_S = 4.7e6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,20 +72,21 @@ class Target:
     memory: int  # bytes per device the program may use
     peak_tflops: float  # dense bfloat16, datasheet
     label: str
+    devices_per_host: int  # TPU VMs of these slices hold 4 chips, GPU nodes 8 cards
 
 
 TARGETS = {
-    "v5e-64": Target("tpu", "v5e:8x8", 16 * GIB, 197.0, "TPU v5e, 64 chips (8x8)"),
-    "v5e-256": Target("tpu", "v5e:16x16", 16 * GIB, 197.0, "TPU v5e, 256 chips (16x16)"),
-    "v5p-64": Target("tpu", "v5p:4x4x4", 95 * GIB, 459.0, "TPU v5p, 64 chips (4x4x4)"),
-    "v5p-256": Target("tpu", "v5p:4x8x8", 95 * GIB, 459.0, "TPU v5p, 256 chips (4x8x8)"),
-    "v6e-64": Target("tpu", "v6e:8x8", 32 * GIB, 918.0, "TPU v6e, 64 chips (8x8)"),
-    "v6e-256": Target("tpu", "v6e:16x16", 32 * GIB, 918.0, "TPU v6e, 256 chips (16x16)"),
+    "v5e-64": Target("tpu", "v5e:8x8", 16 * GIB, 197.0, "TPU v5e, 64 chips (8x8)", 4),
+    "v5e-256": Target("tpu", "v5e:16x16", 16 * GIB, 197.0, "TPU v5e, 256 chips (16x16)", 4),
+    "v5p-64": Target("tpu", "v5p:4x4x4", 95 * GIB, 459.0, "TPU v5p, 64 chips (4x4x4)", 4),
+    "v5p-256": Target("tpu", "v5p:4x8x8", 95 * GIB, 459.0, "TPU v5p, 256 chips (4x8x8)", 4),
+    "v6e-64": Target("tpu", "v6e:8x8", 32 * GIB, 918.0, "TPU v6e, 64 chips (8x8)", 4),
+    "v6e-256": Target("tpu", "v6e:16x16", 32 * GIB, 918.0, "TPU v6e, 256 chips (16x16)", 4),
     "h100x8": Target(
-        "cuda", "1x1x8", int(0.75 * GPU_TARGETS["h100"]["memory"]), 989.0, "1 node of 8 H100"
+        "cuda", "1x1x8", int(0.75 * GPU_TARGETS["h100"]["memory"]), 989.0, "1 node of 8 H100", 8
     ),
     "h100x32": Target(
-        "cuda", "1x4x8", int(0.75 * GPU_TARGETS["h100"]["memory"]), 989.0, "4 nodes of 8 H100"
+        "cuda", "1x4x8", int(0.75 * GPU_TARGETS["h100"]["memory"]), 989.0, "4 nodes of 8 H100", 8
     ),
 }
 
@@ -183,8 +191,16 @@ def compile_plan(config, target: Target, devices: list, tokens: int) -> Plan:
 def search(config, target: Target, meshes, remats, micros, tokens: int) -> list[Plan]:
     """Per mesh, candidates from the least recomputation up, until one fits."""
     devices = devices_of(target)
-    plans = []
+    plans, seen = [], set()
     for mesh in meshes:
+        try:
+            resolved = tuple(sharding.make_mesh(mesh, devices).shape.values())
+        except UserError as error:
+            print(f"  skip mesh {mesh}: {error}", flush=True)
+            continue
+        if resolved in seen:  # (-1, 8, 1, 1) on 8 devices is (1, 8, 1, 1)
+            continue
+        seen.add(resolved)
         config.mesh.shape = mesh
         for remat in remats:
             config.model.remat = remat
@@ -220,6 +236,49 @@ def step_seconds(config, target: Target, plan: Plan, tokens: int) -> float:
     return work * REMAT_FLOPS[plan.remat] / (devices * target.peak_tflops * 1e12 * MEASURED_MFU)
 
 
+def state_bytes(config, tokens: int) -> int:
+    """Bytes of the train state (float32 parameters and AdamW moments), from its shapes."""
+    mesh = sharding.make_mesh((1, 1, 1, 1), jax.devices()[:1])
+    program = program_lib.build(config, mesh, get_tokenizer(config.data.tokenizer), tokens)
+    leaves = jax.tree.leaves(nn.meta.unbox(program.boxed))
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+
+
+def summary(config, targets, chosen, tokens: int, train_tokens: float) -> list[str]:
+    """One line per target: its fastest fitting program, and what a run of `train_tokens`
+    then takes (projected)."""
+    state = state_bytes(config, tokens)
+    lines = [
+        "| target | hosts | mesh, remat, micro-batches (compiled) | GiB per device (compiled) "
+        "| step s (projected) | tokens/s (projected) | days (projected) | checkpoint save s per "
+        "host: blocked, whole (projected) | input tokens/s per host needed (projected) |",
+        "| --- " * 9 + "|",
+    ]
+    for name, plan in zip(targets, chosen, strict=True):
+        target = TARGETS[name]
+        if plan is None:
+            lines.append(f"| {name} | | nothing tried fits | | | | | | |")
+            continue
+        hosts = max(1, math.prod(plan.mesh) // target.devices_per_host)
+        step = step_seconds(config, target, plan, tokens)
+        rate = int(config.train.global_batch_size) * tokens / step
+        per_host = state / hosts
+        lines.append(
+            f"| {name} | {hosts} | {plan.mesh}, {plan.remat}, {plan.micro_batches} | "
+            f"{plan.bytes['total'] / GIB:.1f} | {step:.2f} | {rate / 1e6:.2f}M | "
+            f"{train_tokens / rate / 86400:.1f} | {per_host / SAVE_BLOCKED_BYTES_PER_S:.1f}, "
+            f"{per_host / SAVE_BYTES_PER_S:.1f} | {rate / hosts / 1e6:.2f}M |"
+        )
+    lines.append("")
+    lines.append(
+        f"Train state {state / 1e9:.2f} GB. Projected: step from the model FLOPs at "
+        f"{MEASURED_MFU:.1%} MFU; days for {train_tokens / 1e9:.0f}B tokens; saves with every "
+        "host writing its share at one 2-core host's measured rate; input against "
+        f"{INPUT_TOKENS_PER_S / 1e6:.1f}M tokens/s measured per 2-core process."
+    )
+    return lines
+
+
 def row(plan: Plan, target: Target, config, tokens: int) -> str:
     gib = lambda key: f"{plan.bytes.get(key, 0) / GIB:.1f}" if key in plan.bytes else ""  # noqa: E731
     comm = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in sorted(plan.collectives.items()))
@@ -251,6 +310,7 @@ def main() -> None:
     p.add_argument("--remat", default="none,save_dots,full")
     p.add_argument("--micro-batches", default="1,2")
     p.add_argument("--unrolled", action="store_true", help="layers unrolled (default: scanned)")
+    p.add_argument("--train-tokens", type=float, default=300e9, help="for the days column")
     p.add_argument("--write", default=None, help="Markdown file to put the table in")
     args = p.parse_args()
     jax.config.update("jax_platforms", "cpu")  # the targets are compile targets only
@@ -266,6 +326,7 @@ def main() -> None:
         f"Model FLOPs per token: {model_flops / 1e9:.2f} GFLOP (gfm_jax/train/flops.py). "
         f"Compiled with jax {jax.__version__}.",
     ]
+    chosen = []
     for name in args.target:
         target = TARGETS[name]
         print(f"{name}: {target.label}", flush=True)
@@ -282,8 +343,13 @@ def main() -> None:
             "| --- " * 11 + "|",
         ]
         lines += [row(plan, target, config, args.tokens) for plan in plans]
+        fitting = [p for p in plans if p.fits]
+        times = [step_seconds(config, target, p, args.tokens) for p in fitting]
+        chosen.append(fitting[times.index(min(times))] if fitting else None)
         marker = f"<!-- plan_scale {args.preset} {args.tokens} {' '.join(args.target)} -->"
         publish("\n".join(lines), args.write, marker)  # after each target: a crash keeps it
+    plan = summary(config, args.target, chosen, args.tokens, args.train_tokens)
+    publish("\n".join([*lines, "", "Plan:", "", *plan]), args.write, marker)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ def plan_scale(monkeypatch):
 
 def small_slice(plan_scale):
     """A 2x2 TPU v5e slice: four compile-only chips of 16 GiB."""
-    return plan_scale.Target("tpu", "v5e:2x2", 16 * plan_scale.GIB, 197.0, "TPU v5e, 4 chips")
+    return plan_scale.Target("tpu", "v5e:2x2", 16 * plan_scale.GIB, 197.0, "TPU v5e, 4 chips", 4)
 
 
-def test_the_tiny_train_step_compiles_for_a_tpu_slice_and_reports_its_memory(plan_scale):
+def test_the_tiny_train_step_compiles_for_a_tpu_slice_and_reports_its_memory(
+    plan_scale, monkeypatch
+):
     target = small_slice(plan_scale)
     config = plan_scale.base_config("tiny", tokens=128, batch=8, scan=True)
     config.mesh.shape = (1, -1, 1, 1)
@@ -38,6 +40,12 @@ def test_the_tiny_train_step_compiles_for_a_tpu_slice_and_reports_its_memory(pla
     assert plan.collectives and all(v > 0 for v in plan.collectives.values())
     line = plan_scale.row(plan, target, config, 128)
     assert line.startswith("| (1, 4, 1, 1) | none | 1 |") and "| yes |" in line
+    # The plan row: one host of 4 chips, a positive projected step and token rate.
+    monkeypatch.setitem(plan_scale.TARGETS, "small", target)
+    summary = plan_scale.summary(config, ["small"], [plan], 128, 300e9)
+    cells = [c.strip() for c in summary[2].split("|")[1:-1]]
+    assert cells[:3] == ["small", "1", "(1, 4, 1, 1), none, 1"]
+    assert float(cells[4]) >= 0 and float(cells[5].removesuffix("M")) > 0
 
 
 def test_a_program_larger_than_the_chip_is_a_row_with_its_bytes(plan_scale):
@@ -53,9 +61,11 @@ def test_a_program_larger_than_the_chip_is_a_row_with_its_bytes(plan_scale):
 def test_a_mesh_the_slice_cannot_take_is_skipped_by_name(plan_scale, capsys):
     target = small_slice(plan_scale)
     config = plan_scale.base_config("tiny", tokens=128, batch=6, scan=True)
-    plans = plan_scale.search(config, target, [(1, -1, 1, 1)], ["none"], [1], 128)
+    plans = plan_scale.search(config, target, [(3, -1, 1, 1), (1, -1, 1, 1)], ["none"], [1], 128)
     assert plans == []
-    assert "train.global_batch_size=6 does not split" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mesh.shape=(3, -1, 1, 1) does not divide the 4 devices" in out
+    assert "train.global_batch_size=6 does not split" in out
 
 
 def test_a_mesh_size_no_product_of_torus_axes_splits_one(plan_scale):
