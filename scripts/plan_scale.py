@@ -346,7 +346,8 @@ def main() -> None:
         fitting = [p for p in plans if p.fits]
         times = [step_seconds(config, target, p, args.tokens) for p in fitting]
         chosen.append(fitting[times.index(min(times))] if fitting else None)
-        marker = f"<!-- plan_scale {args.preset} {args.tokens} {' '.join(args.target)} -->"
+        layers = " unrolled" if args.unrolled else ""
+        marker = f"<!-- plan_scale {args.preset} {args.tokens} {' '.join(args.target)}{layers} -->"
         publish("\n".join(lines), args.write, marker)  # after each target: a crash keeps it
     plan = summary(config, args.target, chosen, args.tokens, args.train_tokens)
     publish("\n".join([*lines, "", "Plan:", "", *plan]), args.write, marker)
