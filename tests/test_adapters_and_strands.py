@@ -73,6 +73,7 @@ def test_reverse_complement_ids_keep_cls_and_padding_in_place():
 SCANNED = pytest.param(True, marks=pytest.mark.slow)  # the same model, its layers in one scan
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 @pytest.mark.parametrize("scan", [False, SCANNED])
 def test_rc_equivariant_encoder_and_mlm_at_init_and_after_training(scan):
     config = small_config(rc_equivariant=True, complement=TOK.complement_ids(), scan_layers=scan)

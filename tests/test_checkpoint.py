@@ -106,6 +106,7 @@ def test_sigkill_after_a_save_then_resume_equals_the_uninterrupted_run(tmp_path)
     assert_same_params(params_a, params_b)  # bitwise: same updates on the same batches
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_sigterm_saves_the_current_step_and_exits_nonzero(tmp_path):
     process = start_training(tmp_path, **{"train.num_steps": 5000, "train.checkpoint_every": 1000})
     wait_for(lambda: logged_step(tmp_path) >= 5, process)

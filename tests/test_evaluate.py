@@ -739,6 +739,7 @@ def test_vep_refuses_a_vcf_of_another_reference(ckpt, cli, tmp_path):
     assert not (tmp_path / "s.tsv").exists()  # nothing half-written
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_perplexity_and_embed_run_on_the_sequence_axis_and_with_rope_scaling(ckpt, tmp_path):
     """A window sharded over 8 devices scores and embeds as on one; context extension is a
     run option."""

@@ -72,6 +72,7 @@ def test_flatten_pooling_keeps_positions_and_zeroes_the_rest():
     np.testing.assert_array_equal(out[1], [0, 0, 8, 9, 0, 0])
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_early_stopping_is_the_prefix_of_the_full_run(tmp_path):
     def history(patience):
         config = command_line.load_config(
@@ -104,6 +105,7 @@ def ckpt(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_the_whole_recipe_fine_tunes_a_pretrained_encoder(ckpt):
     def run(*flags):
         config = command_line.load_config(SPLICE, [*SMALL, "--config.finetune.epochs=2", *flags])

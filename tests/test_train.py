@@ -140,6 +140,7 @@ def test_micro_batches_equal_one_batch(real_batches):
     assert_runs_close(run_steps(mesh, real_batches, micro_batches=4), whole, 1e-5)
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_mlm_head_at_target_slots_gives_the_full_loss_and_gradients(real_batches):
     config = micro_config()
     model = MaskedLM(EncoderConfig.from_config(config.model, 12))
@@ -215,6 +216,7 @@ def test_loss_falls_on_real_windows_and_checkpoints_are_written(tmp_path):
     np.testing.assert_allclose(tb_losses, [r["loss"] for r in trn], rtol=1e-6)
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_nt6_tokens_train_and_report_bits_per_base(tmp_path):
     config = micro_config(
         **{
@@ -275,6 +277,7 @@ def test_resume_in_a_new_process_equals_the_uninterrupted_run(tmp_path):
     assert read_metrics(whole)[-1] == read_metrics(split)[-1]
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_bpe_is_trained_saved_with_the_run_and_restored_for_evaluation(tmp_path):
     config = micro_config(
         **{

@@ -102,7 +102,6 @@ PUBLISHED = {
     "nt_v2_50m": dict(params=55.9e6, vocab=4107, published_extra=2050 * 512),
     "nt_v2_500m": dict(params=498e6, vocab=4107, published_extra=2050 * 1024),
     "nt_v1_500m": dict(params=480e6, vocab=4105, published_extra=0),
-    "nt_v1_2500m": dict(params=2.5e9, vocab=4105, published_extra=0),  # rounded on the card
     "dnabert2_117m": dict(params=117e6, vocab=4096, published_extra=0),
     "omnigenome_52m": dict(params=52e6, vocab=24, published_extra=0),
 }
