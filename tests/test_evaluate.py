@@ -324,6 +324,7 @@ def test_bad_task_files(tmp_path, content, overrides, message):
 # --- The CLI, one test per mode --------------------------------------------------------------
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_finetune_cli_models_seeds_summary_and_report(ckpt, cli):
     # scratch is the pretrained path without the restore; the slow tests cover it.
     for model, seeds in (("pretrained", "0"), ("cnn", "0,1")):

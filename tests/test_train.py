@@ -82,6 +82,7 @@ def test_sharded_meshes_match_one_device(real_batches, monkeypatch):
     assert_runs_close(blocked, reference, 1e-5)
 
 
+@pytest.mark.slow  # long end to end: in the slow set CI runs
 def test_causal_objective_predicts_only_from_tokens_and_cudnn_order_changes_nothing(
     real_batches, cudnn_as_xla
 ):
