@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README (`make test` calls this).
-#   scripts/test.sh          ruff, then the fast default suite (under 10 minutes on 2 cores)
+#   scripts/test.sh          ruff, then the fast default suite (under 8 minutes on 2 cores)
 #   scripts/test.sh --slow   only the tests marked slow
 # Both run in TEST_WORKERS pytest-xdist processes (default 2: most of a test is one XLA compile
 # on one thread, so two processes use the two cores a small machine has; 0 runs in this one).
