@@ -24,6 +24,7 @@ from gfm_jax.models.heads import MaskedLM
 from gfm_jax.train import optim
 from gfm_jax.train import state as state_lib
 from gfm_jax.train import step as step_lib
+from gfm_jax.train.program import BATCH_DTYPES
 
 PAD_ID = 1  # random ids start at 5, so a batch holds padding only where `holes` puts it
 
@@ -41,10 +42,9 @@ class MlmStep:
 
     def compile(self, batch: int, tokens: int) -> jax.stages.Compiled:
         """The step compiled ahead of time for batches of [batch, tokens]."""
-        dtypes = {"inputs": np.int32, "targets": np.int32, "weights": np.float32}
         abstract_batch = {
             k: jax.ShapeDtypeStruct((batch, tokens), dt, sharding=self.batch_sharding)
-            for k, dt in dtypes.items()
+            for k, dt in BATCH_DTYPES.items()
         }
         return self.step.lower(self.abstract_state, abstract_batch).compile()
 

@@ -19,7 +19,6 @@ import optax
 
 from gfm_jax import sharding
 from gfm_jax.data import masking_spec
-from gfm_jax.data.masking_spec import target_capacity
 from gfm_jax.data.tokenizers import Tokenizer
 from gfm_jax.errors import UserError
 from gfm_jax.models.encoder import EncoderConfig
@@ -95,7 +94,7 @@ def build(
     else:
         capacity = int(t_cfg.target_capacity)
         if capacity == 0:
-            capacity = target_capacity(
+            capacity = masking_spec.target_capacity(
                 window_tokens, masking_spec.from_config(config.data, tokenizer.default_mask_span)
             )
         elif capacity < 0:
