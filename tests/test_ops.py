@@ -54,7 +54,11 @@ def assert_values_and_grads_close(fn, reference, args, atol=1e-5):
         np.testing.assert_allclose(g, w, atol=atol)
 
 
-@pytest.mark.parametrize("position, causal", [("rope", False), ("alibi", False), ("rope", True)])
+@pytest.mark.parametrize(
+    "position, causal",
+    # rope without causality is also checked through every preset (test_models); slow set only
+    [pytest.param("rope", False, marks=pytest.mark.slow), ("alibi", False), ("rope", True)],
+)
 def test_xla_attention_equals_the_einsum_reference(position, causal):
     mask = padded_mask(16, "holes")
     slopes = alibi_slopes(4) if position == "alibi" else None
