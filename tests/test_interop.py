@@ -97,7 +97,7 @@ def test_esm_family_logits_and_hidden_states_match_pytorch(tmp_path, name):
     assert_parity(esm_outputs(model, ids, mask), ours(tmp_path / "w", ids, mask), mask)
 
 
-@pytest.mark.slow  # long end to end: in the slow set CI runs
+@pytest.mark.slow  # an import checked against torch: in the slow set CI runs
 def test_a_checkpoint_without_an_mlm_head_imports_its_encoder(tmp_path):
     """A base-model save (OmniGenomeModel, BertModel): the encoder, and a new head, said so."""
     config, files, _ = esm_case("omnigenome_52m")

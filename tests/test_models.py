@@ -263,7 +263,7 @@ def test_block_returns_one_array_for_every_config(name, cudnn_as_xla):
         assert isinstance(out, jax.Array) and out.shape == x.shape
 
 
-@pytest.mark.slow  # long end to end: in the slow set CI runs
+@pytest.mark.slow  # compiles scan and remat twice: in the slow set CI runs
 def test_token_layout_passes_through_scanned_and_rematerialised_layers(cudnn_as_xla):
     """The cuDNN layout (a TokenMask pytree and reordered RoPE tables) broadcast through
     `nn.scan` and `nn.remat` gives the reference's values and gradients."""
