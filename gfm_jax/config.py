@@ -365,6 +365,9 @@ def finetune_defaults() -> ConfigDict:
     c.probe = p = ConfigDict()
     p.l2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     p.max_iterations = 200
+    # Encoder states the probe reads, concatenated: "-1" the output, "0" the embeddings (each
+    # base without context), "all" every layer, or a list such as "0,-1".
+    p.layers = "-1"
 
     c.mesh = mesh_defaults()
     c.lock()

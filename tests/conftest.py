@@ -1,6 +1,5 @@
 """Test set-up: 8 CPU devices before jax is imported, quiet TensorFlow, shared fixtures."""
 
-import importlib.util
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -8,14 +7,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# With libtpu installed (compile-only TPU targets, tests/test_plan_scale.py) JAX would try a TPU
-# backend at start on a machine without one and log the failure into every run's stderr.
-if importlib.util.find_spec("libtpu") and not any(
-    os.path.exists(p) for p in ("/dev/accel0", "/dev/vfio")
-):
-    os.environ.setdefault("JAX_PLATFORMS", "cuda,cpu" if os.path.exists("/dev/nvidia0") else "cpu")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only, in two workers
+# With libtpu installed (compile-only TPU targets, tests/test_plan_scale.py) and no TPU, as
+# the entry points do; compile-only libtpu in two pytest-xdist workers at once.
+from gfm_jax.platforms import skip_absent_tpu  # noqa: E402
+
+skip_absent_tpu()
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Runs (in this process and in the subprocesses tests start) cache encoded genomes in a
 # temporary directory, never in the user's ~/.cache.
 import atexit  # noqa: E402

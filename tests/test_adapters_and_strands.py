@@ -126,10 +126,15 @@ def test_rc_equivariance_needs_a_one_base_tokenizer_and_masked_lm():
         small_config(rc_equivariant=True, complement=TOK.complement_ids(), causal=True).validate()
 
 
-@pytest.mark.parametrize("kind", ["lora", "ia3"])
 @pytest.mark.parametrize(
-    "scan,activation",
-    [(False, "swiglu"), pytest.param(True, "swiglu", marks=pytest.mark.slow), (False, "gelu")],
+    "kind,scan,activation",
+    [
+        pytest.param("lora", False, "swiglu", marks=pytest.mark.slow),  # gelu: the same path
+        ("ia3", False, "swiglu"),
+        *(pytest.param(k, True, "swiglu", marks=pytest.mark.slow) for k in ("lora", "ia3")),
+        ("lora", False, "gelu"),
+        ("ia3", False, "gelu"),
+    ],
 )
 def test_merged_adapters_give_the_adapted_outputs_from_the_plain_encoder(kind, scan, activation):
     adapter = adapters.Adapter(kind=kind, rank=4)

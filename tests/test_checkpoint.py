@@ -153,7 +153,7 @@ def save_on_eight_devices(workdir):
     return jax.device_get(state)
 
 
-@pytest.mark.parametrize("devices", [4, 1])
+@pytest.mark.parametrize("devices", [pytest.param(4, marks=pytest.mark.slow), 1])
 def test_a_checkpoint_written_on_8_devices_restores_on_fewer(tmp_path, devices):
     saved = save_on_eight_devices(tmp_path)
     mesh = sharding.make_mesh((1, devices, 1), jax.devices()[:devices])

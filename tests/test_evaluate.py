@@ -469,6 +469,16 @@ def test_probe_cli_and_its_solvers(ckpt, cli, tmp_path):
     )
     # Even a two-step encoder's embeddings rank the classes better than chance.
     assert run["test"]["auroc"] > 0.55
+    # Two layers side by side: the embeddings (each base alone) and the output.
+    two = tmp_path / "layers"
+    cli("probe", "--config", SPLICE, "--workdir", ckpt, "--seeds", "0", "--out", two, *SMALL,
+        "--config.probe.layers=0,-1")  # fmt: skip
+    (run,) = results.load_runs([two])
+    assert run["embedding_dim"] == 64 and run["layers"][0] == 0 and len(run["layers"]) == 2
+    assert run["model"] == f"pretrained_layers0,{run['layers'][1]}"
+    code, err = cli("probe", "--config", SPLICE, "--workdir", ckpt, "--out", two, *SMALL,
+                    "--config.probe.layers=last", expect_error=True)  # fmt: skip
+    assert code == 2 and "probe.layers" in err and "give 'all'" in err
 
 
 def _one_hot_bases(sequences: list[str]) -> np.ndarray:

@@ -26,6 +26,9 @@ if __name__ == "__main__":  # first: Ctrl-C while the libraries below import is 
     from gfm_jax.errors import stop_on_signals
 
     stop_on_signals("gfm_jax.evaluate")
+    from gfm_jax.platforms import skip_absent_tpu
+
+    skip_absent_tpu()  # before jax imports
 
 import json
 import pathlib

@@ -1,11 +1,12 @@
 """Linear probe: a linear model on frozen encoder embeddings.
 
-Embeddings are pooled encoder outputs (`finetune.pooling`: cls, mean or max; with
-`finetune.strand=both` the mean of each sequence's and its reverse complement's),
-standardised with the training rows' mean and sd. Classification fits multinomial logistic
-regression by L-BFGS, regression fits ridge regression in closed form (both scikit-learn);
-each L2 strength in `probe.l2` is fitted on train and the best on validation (by the select
-metric, in its direction) is tested once. The sweep is ours, not LogisticRegressionCV /
+Embeddings are pooled encoder states (`finetune.pooling`: cls, mean, max or flatten; with
+`finetune.strand=both` the mean of each sequence's and its reverse complement's) of the layers
+`probe.layers` names, concatenated (default: the output; "0" is the embeddings, each base
+without context), standardised with the training rows' mean and sd. Classification fits
+multinomial logistic regression by L-BFGS, regression fits ridge regression in closed form (both
+scikit-learn); each L2 strength in `probe.l2` is fitted on train and the best on validation (by
+the select metric, in its direction) is tested once. The sweep is ours, not LogisticRegressionCV /
 RidgeCV: those cross-validate inside train and refit, where the probe selects on the task's
 fixed validation rows and reports every strength's validation metrics.
 `--model scratch` probes a randomly initialised encoder of the same shape (seeded): the floor
@@ -98,11 +99,20 @@ def fit_ridge(x_NxD: np.ndarray, y_N: np.ndarray, l2: float) -> tuple[np.ndarray
 def flattened(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """[N, T, D] per-token states -> [N, T_max * D]: every position in order, zero-padded to the
     longest sequence of any split (the `flatten` pooling of fine-tuning)."""
+    tokens = {k: v.reshape(*v.shape[:2], -1) for k, v in tokens.items()}  # [N, T, K, D] too
     longest = max(v.shape[1] for v in tokens.values())
     return {
         k: np.pad(v, ((0, 0), (0, longest - v.shape[1]), (0, 0))).reshape(len(v), -1)
         for k, v in tokens.items()
     }
+
+
+def chosen_layers(spec: str, num_layers: int) -> tuple[int, ...]:
+    """`probe.layers` as indices 0 (the embeddings) .. num_layers (the output)."""
+    try:
+        return embed.layer_indices(str(spec), num_layers)[0]
+    except UserError as e:
+        raise UserError(f"probe.{e}") from None
 
 
 def probe(
@@ -123,18 +133,22 @@ def probe(
     if model_name == "scratch":
         loaded = random_encoder(loaded, seed)
     pooling, strand = config.finetune.pooling, config.finetune.strand
+    layers = chosen_layers(config.probe.layers, loaded.pretrained.model_config.num_layers)
     feats = {
         name: embed.embed_sequences(
             loaded,
             split.sequences,
             [f"{task.path}, {r}" for r in split.rows],
             "none" if pooling == "flatten" else pooling,
+            layers=layers,
             strand=strand,
         )  # fmt: skip
         for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
     }
-    if pooling == "flatten":
-        feats = flattened(feats)
+    if pooling == "flatten":  # [N, K, T, D] -> [N, T, K, D]: each position's K states side by side
+        feats = flattened({k: np.moveaxis(v, 1, 2) for k, v in feats.items()})
+    else:  # [N, K, D]
+        feats = {k: v.reshape(len(v), -1) for k, v in feats.items()}
     mean, sd = feats["train"].mean(axis=0), feats["train"].std(axis=0) + 1e-6
     feats = {k: (v - mean) / sd for k, v in feats.items()}
     labels = {"train": task.train.labels, "val": task.val.labels, "test": task.test.labels}
@@ -161,9 +175,11 @@ def probe(
         + ", ".join(f"{k} {v:.4f}" for k, v in test.items()),
         flush=True,
     )
+    output = layers == (loaded.pretrained.model_config.num_layers,)
+    name = model_name + ("" if output else f"_layers{','.join(map(str, layers))}")
     return {
         "mode": "probe",
-        "model": f"{model_name}_both_strands" if strand == "both" else model_name,
+        "model": f"{name}_both_strands" if strand == "both" else name,
         "seed": seed,
         "task": task.name,
         "task_path": task.path,
@@ -172,6 +188,7 @@ def probe(
         "checkpoint_step": loaded.pretrained.step,
         "tokenizer": loaded.tokenizer.name,
         "pooling": pooling,
+        "layers": list(layers),
         "strand": strand,
         "trainable_params": int(w.size + b.size),
         "embedding_dim": int(w.shape[0]),

@@ -11,6 +11,9 @@ if __name__ == "__main__":  # first: Ctrl-C while the libraries below import is 
     from gfm_jax.errors import stop_on_signals
 
     stop_on_signals("gfm_jax.train")
+    from gfm_jax.platforms import skip_absent_tpu
+
+    skip_absent_tpu()  # before jax imports
 
 import sys
 from collections.abc import Sequence
