@@ -90,11 +90,12 @@ def test_blocked_attention_equals_the_einsum_reference(position, causal, heads_p
 @pytest.mark.parametrize(
     "mask_kind, position, causal",
     [
-        ("right_padded", "rope", False),
+        # one mask that is a prefix and one that is not by default; the rest in the slow set
+        pytest.param("right_padded", "rope", False, marks=pytest.mark.slow),
         ("right_padded", "alibi", True),
         ("holes", "rope", True),
-        ("holes", "alibi", False),
-        ("empty_row", "rope", False),
+        pytest.param("holes", "alibi", False, marks=pytest.mark.slow),
+        pytest.param("empty_row", "rope", False, marks=pytest.mark.slow),
     ],
 )
 def test_cudnn_path_takes_key_lengths_only_where_they_say_the_mask(

@@ -11,6 +11,8 @@
 3. Main table: every built-in task x {pretrained, scratch, CNN} fine-tuned, and linear probes of
    the pretrained and of a random encoder.
 4. Ablation table: splice, the recipe with one factor changed.
+5. Probe table: linear probes of the pretrained and of random encoders on the embeddings alone
+   (layer 0: each base without context), the output, and every layer side by side.
 Every run goes through `python -m gfm_jax.evaluate` / `gfm_jax.train`; a finished run is reused.
 `--write` puts both tables into this folder's README and docs/evaluation.md.
 """
@@ -47,6 +49,9 @@ RECIPE = (
 # junction position, a mean over positions for the composition tasks.
 POOLING = {"splice": "flatten", "species": "mean", "coding": "mean"}
 PROBE_POOLING = "mean"
+# Probe table: name -> probe.layers; pooling as the fine-tuning's (POOLING).
+PROBE_LAYERS = {"embeddings (bases alone)": "0", "output": "-1", "every layer": "all"}
+TABLES = ("main", "ablation", "probes")
 # name -> pretraining overrides, each run for ABLATION_STEPS steps (the "recipe" row too).
 PRETRAIN_ABLATIONS = {
     f"recipe, {ABLATION_STEPS} pretraining steps": (),
@@ -73,6 +78,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--genome", required=True, help="extra pretraining FASTA (the chr20 piece)")
     p.add_argument("--workdir", required=True, help="runs go under this directory")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--tables", default=",".join(TABLES), help="which tables to (re)build")
     p.add_argument("--write", action="store_true")
     return p.parse_args()
 
@@ -99,10 +105,12 @@ def finetune(args, workdir, task, model, lr, extra=(), seeds=None) -> list[dict]
     return [r for r in found if r["seed"] in wanted]
 
 
-def probe(args, workdir: str, task: str, model: str) -> list[dict]:
-    flags = ["--model", model, f"--config.finetune.pooling={PROBE_POOLING}"]
-    out = pathlib.Path(workdir) / "eval" / task / f"probe_{model}"
-    return compare.run("probe", task, workdir, flags, out, args.seeds)
+def probe(args, workdir, task, model, pooling=PROBE_POOLING, layers="-1", seeds=None):
+    flags = ["--model", model, f"--config.finetune.pooling={pooling}"]
+    flags.append(f"--config.probe.layers={layers}")
+    tag = "" if (pooling, layers) == (PROBE_POOLING, "-1") else f"_{pooling}_layers{layers}"
+    out = pathlib.Path(workdir) / "eval" / task / f"probe_{model}{tag}"
+    return compare.run("probe", task, workdir, flags, out, seeds or args.seeds)
 
 
 def val_mean(runs: list[dict]) -> float:
@@ -173,19 +181,42 @@ def ablation_table(args, workdir: str, lr: float) -> str:
     return "\n".join(lines)
 
 
+def probe_table(args, workdir: str) -> str:
+    """Test accuracy of linear probes by layer: the pretrained encoder (deterministic: the first
+    seed) against random encoders (every seed)."""
+    lines = ["| task | pooling | layers | pretrained probe | random-encoder probe |"]
+    lines.append("| --- | --- | --- | --- | --- |")
+    first = args.seeds.split(",")[0]
+    for task in TASKS:
+        for name, layers in PROBE_LAYERS.items():
+            pre = probe(args, workdir, task, "pretrained", POOLING[task], layers, first)
+            rnd = probe(args, workdir, task, "scratch", POOLING[task], layers)
+            lines.append(f"| {task} | {POOLING[task]} | {name} | {cell(pre)} | {cell(rnd)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse()
+    tables = set(args.tables.split(","))
+    if not tables <= set(TABLES):
+        raise SystemExit(f"--tables={args.tables}: choose from {','.join(TABLES)}")
     workdir = pretrain(args, "recipe")
-    lr, grid = tune(args, workdir)
-    readme = str(pathlib.Path(__file__).parent / "README.md") if args.write else None
-    docs = str(ROOT / "docs/evaluation.md") if args.write else None
-    table = main_table(args, workdir, lr)
-    for path in (readme, docs):
-        publish(grid, path, "<!-- transfer tuning -->")
-        publish(table, path, "<!-- transfer main -->")
-    ablation = ablation_table(args, workdir, lr["pretrained"])
-    for path in (readme, docs):
-        publish(ablation, path, "<!-- transfer ablation -->")
+    paths = [str(pathlib.Path(__file__).parent / "README.md"), str(ROOT / "docs/evaluation.md")]
+    paths = paths if args.write else [None]
+    lr, grid = tune(args, workdir) if tables & {"main", "ablation"} else ({}, "")
+    if "main" in tables:
+        table = main_table(args, workdir, lr)
+        for path in paths:
+            publish(grid, path, "<!-- transfer tuning -->")
+            publish(table, path, "<!-- transfer main -->")
+    if "ablation" in tables:
+        ablation = ablation_table(args, workdir, lr["pretrained"])
+        for path in paths:
+            publish(ablation, path, "<!-- transfer ablation -->")
+    if "probes" in tables:
+        probes = probe_table(args, workdir)
+        for path in paths:
+            publish(probes, path, "<!-- transfer probes -->")
 
 
 if __name__ == "__main__":
