@@ -8,6 +8,7 @@ key. gfm_jax/command_line.py loads them from a command line.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 import ml_collections
@@ -235,6 +236,10 @@ def check_finetune(c: ConfigDict) -> None:
         ),
         (0 <= c.task.val_fraction < 1, f"task.val_fraction={c.task.val_fraction}: give [0, 1)"),
         (c.probe.max_iterations >= 1, f"probe.max_iterations={c.probe.max_iterations}: give 1+"),
+        (
+            re.fullmatch(r"all|-?\d+(,-?\d+)*", str(c.probe.layers).replace(" ", "")),
+            f"probe.layers={c.probe.layers!r}: give 'all' or layer numbers such as -1, 0 or 0,-1",
+        ),
         (f.pooling in POOLINGS, f"finetune.pooling={f.pooling!r}: choose {', '.join(POOLINGS)}"),
         (f.strand in STRANDS, f"finetune.strand={f.strand!r}: choose forward or both"),
         (

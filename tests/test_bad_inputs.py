@@ -469,6 +469,15 @@ CONFIG = [
         fast=True,
     ),
     Case(
+        "probe layers not numbers",
+        lambda t, w: [
+            *("gfm_jax.evaluate", "probe", "--config", "configs/tasks/splice.py:smoke"),
+            *("--workdir", str(t), "--config.probe.layers=last"),
+        ],
+        ("probe.layers='last'", "give 'all' or layer numbers"),
+        fast=True,
+    ),
+    Case(
         "unknown evaluate mode",
         lambda t, w: ["gfm_jax.evaluate", "finetnue", "--workdir", str(t)],
         ("unknown mode 'finetnue'", "choose one of finetune"),

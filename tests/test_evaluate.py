@@ -17,7 +17,7 @@ from gfm_jax.data import builtin, tasks
 from gfm_jax.data.tokenizers import get_tokenizer
 from gfm_jax.data.vcf import read_vcf
 from gfm_jax.errors import UserError
-from gfm_jax.evaluate import metrics, perplexity, probe, results, vep
+from gfm_jax.evaluate import metrics, perplexity, pretrained, probe, results, vep
 from gfm_jax.evaluate.__main__ import main
 
 SPLICE = "configs/tasks/splice.py"
@@ -474,11 +474,18 @@ def test_probe_cli_and_its_solvers(ckpt, cli, tmp_path):
     cli("probe", "--config", SPLICE, "--workdir", ckpt, "--seeds", "0", "--out", two, *SMALL,
         "--config.probe.layers=0,-1")  # fmt: skip
     (run,) = results.load_runs([two])
-    assert run["embedding_dim"] == 64 and run["layers"][0] == 0 and len(run["layers"]) == 2
-    assert run["model"] == f"pretrained_layers0,{run['layers'][1]}"
+    top = pretrained.describe(ckpt).model_config.num_layers
+    assert run["embedding_dim"] == 64 and run["layers"] == [0, top]
+    assert run["model"] == f"pretrained_layers0,{top}"
+    # ... and per position (flatten): 60 bases x 2 layers x 32.
+    flat = tmp_path / "flat"
+    cli("probe", "--config", SPLICE, "--workdir", ckpt, "--seeds", "0", "--out", flat, *SMALL,
+        "--config.probe.layers=0,-1", "--config.finetune.pooling=flatten")  # fmt: skip
+    (run,) = results.load_runs([flat])
+    assert run["embedding_dim"] == 60 * 2 * 32 and run["test"]["accuracy"] > 0.7
     code, err = cli("probe", "--config", SPLICE, "--workdir", ckpt, "--out", two, *SMALL,
-                    "--config.probe.layers=last", expect_error=True)  # fmt: skip
-    assert code == 2 and "probe.layers" in err and "give 'all'" in err
+                    "--config.probe.layers=9", expect_error=True)  # fmt: skip
+    assert code == 2 and f"layers 0 (embeddings) .. {top}" in err
 
 
 def _one_hot_bases(sequences: list[str]) -> np.ndarray:

@@ -14,7 +14,8 @@
 5. Probe table: linear probes of the pretrained and of random encoders on the embeddings alone
    (layer 0: each base without context), the output, and every layer side by side.
 Every run goes through `python -m gfm_jax.evaluate` / `gfm_jax.train`; a finished run is reused.
-`--write` puts both tables into this folder's README and docs/evaluation.md.
+`--write` puts the tables `--tables` names (and the tuning grid) into this folder's README and
+docs/evaluation.md.
 """
 
 from __future__ import annotations
