@@ -27,6 +27,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from gfm_jax import config as config_lib  # noqa: E402
 from gfm_jax.data.pipeline import hide_gpus_from_tensorflow  # noqa: E402
@@ -75,6 +76,28 @@ def damage_array_files(step_dir: pathlib.Path) -> None:
 @pytest.fixture(scope="session")
 def root() -> pathlib.Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory, worker_id) -> pathlib.Path:
+    """A 2-step pretraining of the micro model, params only (no mode may need the optimizer
+    state). Built once per test run and shared by the pytest-xdist workers: read it or copy it,
+    never write into it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # the run's own directory
+    work = shared / "micro_checkpoint"
+    with FileLock(str(shared / "micro_checkpoint.lock")):
+        if not (work / "built").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            steps = {"train.num_steps": 2, "train.checkpoint_every": 2}
+            r = run_module(
+                "gfm_jax.train", "--config", "configs/pretrain/tiny.py", "--workdir", str(work),
+                *micro_overrides(**steps),
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr[-3000:]
+            shutil.rmtree(work / "ckpt" / "2" / "opt_state")
+            (work / "built").touch()
+    return work
 
 
 @pytest.fixture

@@ -699,14 +699,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, needles: tuple[st
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> pathlib.Path:
-    work = tmp_path_factory.mktemp("bad_inputs") / "w"
-    steps = {"train.num_steps": 2, "train.checkpoint_every": 2}
-    r = run_module(
-        "gfm_jax.train", "--config", TINY, "--workdir", str(work), *micro_overrides(**steps)
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work
+def pretrained(micro_checkpoint) -> pathlib.Path:
+    return micro_checkpoint  # cases that damage a checkpoint damage a copy (`damaged`)
 
 
 def test_the_corpus_is_large_and_covers_every_kind_of_input():

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import micro_overrides, run_module
 
 from gfm_jax import command_line
 from gfm_jax import config as config_lib
@@ -76,19 +75,10 @@ def on_splice(cli, mode, ckpt, out, *args):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    work = tmp_path_factory.mktemp("evaluate") / "w"
-    r = run_module(
-        "gfm_jax.train",
-        "--config",
-        "configs/pretrain/tiny.py",
-        "--workdir",
-        str(work),
-        *micro_overrides(**{"train.num_steps": 2, "train.checkpoint_every": 2}),
-    )
-    assert r.returncode == 0, r.stderr
-    shutil.rmtree(work / "ckpt" / "2" / "opt_state")  # every mode must read params only
-    return work
+def ckpt(tmp_path_factory, micro_checkpoint):
+    """The shared micro checkpoint (params only: every mode must read params only), copied:
+    these tests write their runs into it."""
+    return shutil.copytree(micro_checkpoint, tmp_path_factory.mktemp("evaluate") / "w")
 
 
 # --- Metrics -----------------------------------------------------------------------------------
