@@ -698,11 +698,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, needles: tuple[st
         assert needle in lines[0], (needle, lines[0])
 
 
-@pytest.fixture(scope="module")
-def pretrained(micro_checkpoint) -> pathlib.Path:
-    return micro_checkpoint  # cases that damage a checkpoint damage a copy (`damaged`)
-
-
 def test_the_corpus_is_large_and_covers_every_kind_of_input():
     assert len(ALL) >= 40 and len({c.name for c in ALL}) == len(ALL)
     assert all(any(c.fast for c in kind) for kind in (FASTA, CSV, VCF, CONFIG, CHECKPOINTS))
@@ -710,7 +705,8 @@ def test_the_corpus_is_large_and_covers_every_kind_of_input():
 
 @pytest.mark.parametrize("case", params(ALL))
 def test_bad_input(case: Case, tmp_path: pathlib.Path, request) -> None:
-    work = request.getfixturevalue("pretrained") if case.needs_checkpoint else None
+    # The shared checkpoint (conftest.py); cases that damage one damage a copy (`damaged`).
+    work = request.getfixturevalue("micro_checkpoint") if case.needs_checkpoint else None
     result = run_module(*case.args(tmp_path, work))
     assert_one_line_error(result, tuple(n.replace("{tmp}", str(tmp_path)) for n in case.needles))
     assert not (tmp_path / "run").exists()  # a failed training run leaves no workdir

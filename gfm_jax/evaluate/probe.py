@@ -99,7 +99,6 @@ def fit_ridge(x_NxD: np.ndarray, y_N: np.ndarray, l2: float) -> tuple[np.ndarray
 def flattened(tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """[N, T, D] per-token states -> [N, T_max * D]: every position in order, zero-padded to the
     longest sequence of any split (the `flatten` pooling of fine-tuning)."""
-    tokens = {k: v.reshape(*v.shape[:2], -1) for k, v in tokens.items()}  # [N, T, K, D] too
     longest = max(v.shape[1] for v in tokens.values())
     return {
         k: np.pad(v, ((0, 0), (0, longest - v.shape[1]), (0, 0))).reshape(len(v), -1)
@@ -145,8 +144,10 @@ def probe(
         )  # fmt: skip
         for name, split in (("train", task.train), ("val", task.val), ("test", task.test))
     }
-    if pooling == "flatten":  # [N, K, T, D] -> [N, T, K, D]: each position's K states side by side
-        feats = flattened({k: np.moveaxis(v, 1, 2) for k, v in feats.items()})
+    if pooling == "flatten":  # [N, K, T, D] -> [N, T, K * D]: each position's states side by side
+        feats = flattened(
+            {k: np.moveaxis(v, 1, 2).reshape(*v.shape[::2], -1) for k, v in feats.items()}
+        )
     else:  # [N, K, D]
         feats = {k: v.reshape(len(v), -1) for k, v in feats.items()}
     mean, sd = feats["train"].mean(axis=0), feats["train"].std(axis=0) + 1e-6
